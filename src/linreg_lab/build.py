@@ -1,0 +1,34 @@
+"""Config nodes -> plain objects. Every hydra.utils.instantiate call of the package is here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from linreg_lab.data import RegressionData
+from linreg_lab.tracking.store import TrackingSettings
+from linreg_lab.training.settings import TrainerSettings
+
+
+def trainer(cfg: DictConfig) -> TrainerSettings:
+    return instantiate(cfg.trainer)
+
+
+def tracking(cfg: DictConfig) -> TrackingSettings:
+    return instantiate(cfg.tracking)
+
+
+def dataset(cfg: DictConfig) -> RegressionData:
+    return instantiate(cfg.dataset, _convert_="all")
+
+
+def model(cfg: DictConfig, in_features: int) -> nn.Module:
+    return instantiate(cfg.model, module={"in_features": in_features})
+
+
+def optimizer_factory(cfg: DictConfig) -> Callable:
+    """A partial that takes the model's parameters (not called here: no torch.optim set-up)."""
+    return instantiate(cfg.optimizer, _convert_="all")

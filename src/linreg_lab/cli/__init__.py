@@ -1,0 +1,1 @@
+"""Command-line entry points: linreg-train, linreg-report, linreg-ui."""

@@ -1,0 +1,25 @@
+"""User mistakes become one line on stderr and exit code 2, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+from linreg_lab.config.validate import ConfigError
+from linreg_lab.tracking.store import TrackingError
+from linreg_lab.training.engine import EngineError
+
+USER_ERRORS = (ConfigError, TrackingError, EngineError)
+EXIT_USER_ERROR = 2
+
+
+@contextmanager
+def exit_on_user_error(program: str = "linreg-train"):
+    try:
+        yield
+    except USER_ERRORS as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{program}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

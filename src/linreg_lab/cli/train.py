@@ -1,0 +1,49 @@
+"""linreg-train: compose the config with Hydra, train, record in MLflow.
+
+    linreg-train                                   # the default experiment
+    linreg-train optimizer.lr=0.1 trainer.batch_size=32
+    linreg-train -m optimizer.lr=0.003,0.01,0.03,0.1 trainer.batch_size=10,32,100
+    linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from linreg_lab.config.schema import register_schemas
+from linreg_lab.paths import CONF_DIR, PROJECT_ROOT
+
+OmegaConf.register_new_resolver("linreg.root", lambda: str(PROJECT_ROOT), replace=True)
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def train(cfg: DictConfig) -> float:
+    from linreg_lab import console
+    from linreg_lab.cli.errors import exit_on_user_error
+    from linreg_lab.experiment import Interrupted, exit_code_for, run_experiment
+
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        with exit_on_user_error():
+            outcome = run_experiment(cfg, overrides, quiet=in_sweep)
+    except (KeyboardInterrupt, Interrupted) as error:
+        sys.exit(exit_code_for(error))  # the run already ended KILLED
+    if in_sweep:
+        console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
+    return outcome.objective
+
+
+def main() -> None:
+    train()
+
+
+if __name__ == "__main__":
+    main()

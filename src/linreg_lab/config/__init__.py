@@ -1,0 +1,1 @@
+"""Typed config schemas and the value checks run before any MLflow run is created."""

@@ -1,0 +1,69 @@
+"""What the user sees in the terminal: progress while training, a summary after."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+def interactive() -> bool:
+    return sys.stdout.isatty()
+
+
+@contextmanager
+def epoch_progress(epochs: int, quiet: bool) -> Iterator[Callable[[int, float], None]]:
+    """A progress bar over epochs with the current loss; silent when not on a terminal."""
+    if quiet or not interactive():
+        yield lambda epoch, loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+        TextColumn("train/loss {task.fields[loss]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("train", total=epochs, loss="-")
+
+        def advance(epoch: int, loss: float) -> None:
+            progress.update(task, completed=epoch, loss=f"{loss:.3e}")
+
+        yield advance
+
+
+def summary(outcome, data, model, tracking) -> None:
+    """Final loss, true vs recovered parameters, the run id and how to open the UI."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    metrics = outcome.metrics
+    w = model.weight.detach().reshape(-1).cpu().tolist()
+    b = float(model.bias.detach()) if model.bias is not None else 0.0
+    shown = min(len(w), 10)
+    table = Table(title=f"{outcome.status} ({outcome.engine} engine)")
+    table.add_column("parameter")
+    table.add_column("true", justify="right")
+    table.add_column("recovered", justify="right")
+    for i in range(shown):
+        table.add_row(f"w_{i}", f"{float(data.true_w[i]):.4f}", f"{w[i]:.4f}")
+    if shown < len(w):
+        table.add_row(f"... {len(w) - shown} more", "", "")
+    table.add_row("b", f"{data.true_b:.4f}", f"{b:.4f}")
+    console.print(table)
+    loss = metrics.get("train/loss", float("nan"))
+    console.print(
+        f"train/loss {loss:.4e} (noise floor {data.noise_std**2:.1e}), "
+        f"error/w_l2 {metrics.get('error/w_l2', float('nan')):.2e}, "
+        f"error/b_abs {metrics.get('error/b_abs', float('nan')):.2e}, "
+        f"error/excess_loss {metrics.get('error/excess_loss', float('nan')):.2e}"
+    )
+    console.print(f"MLflow run {outcome.run_id} in {tracking.uri}")
+    console.print("Browse it: make ui   (or .venv/bin/linreg-ui)")
+
+
+def job_line(job: str, outcome) -> None:
+    """One line per finished sweep job: no bars interleaving between parallel workers."""
+    loss = outcome.metrics.get("train/loss", float("nan"))
+    print(f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {outcome.run_id}", flush=True)

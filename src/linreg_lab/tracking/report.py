@@ -1,0 +1,185 @@
+"""Compare a sweep's child runs: a table, a heatmap or line plot, the best run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE, RunRecorder
+
+HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
+
+
+@dataclass(frozen=True)
+class Row:
+    run_id: str
+    name: str
+    overrides: str
+    status: str
+    loss: float
+    w_l2: float
+    failure: str
+    params: dict[str, str]
+
+    @property
+    def sort_key(self) -> tuple:
+        loss = self.loss if math.isfinite(self.loss) else math.inf
+        return (self.status != FINISHED, loss)
+
+
+def children(client: MlflowClient, parent: Run) -> list[Run]:
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=50000,
+    )
+
+
+def rows_of(runs: list[Run]) -> list[Row]:
+    rows = [
+        Row(
+            run.info.run_id,
+            run.info.run_name or "",
+            run.data.tags.get("linreg.overrides", ""),
+            run.info.status,
+            run.data.metrics.get("train/loss", math.nan),
+            run.data.metrics.get("error/w_l2", math.nan),
+            run.data.tags.get(TAG_FAILURE, ""),
+            run.data.params,
+        )
+        for run in runs
+    ]
+    return sorted(rows, key=lambda row: row.sort_key)
+
+
+def varied_keys(rows: list[Row]) -> list[str]:
+    """The params whose values differ between runs: what the sweep swept."""
+    keys = sorted({k for row in rows for k in row.params})
+    return [k for k in keys if len({row.params.get(k) for row in rows}) > 1]
+
+
+def to_csv(rows: list[Row], keys: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["rank", *keys, "train/loss", "error/w_l2", "status", "run_id", "failure"])
+    for rank, row in enumerate(rows, start=1):
+        values = [row.params.get(k, "") for k in keys]
+        writer.writerow([rank, *values, row.loss, row.w_l2, row.status, row.run_id, row.failure])
+    return out.getvalue()
+
+
+def print_table(rows: list[Row], keys: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ["#", *keys, "train/loss", "error/w_l2", "status", "run id"]:
+        table.add_column(column, justify="right" if column not in ("status", "run id") else "left")
+    for rank, row in enumerate(rows, start=1):
+        status = row.status if not row.failure else f"{row.status}: {row.failure[:60]}"
+        table.add_row(
+            str(rank), *(row.params.get(k, "") for k in keys),
+            f"{row.loss:.4e}", f"{row.w_l2:.2e}", status, row.run_id,
+        )  # fmt: skip
+    Console(highlight=False, width=200).print(table)
+
+
+def plot(rows: list[Row], keys: list[str]):
+    """Heatmap of final loss over lr x batch size, or a line plot for one swept key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return math.nan
+
+    finite = [row for row in rows if math.isfinite(row.loss)]
+    if sorted(keys) == sorted(HEATMAP_KEYS):
+        lrs = sorted({number(row.params[HEATMAP_KEYS[0]]) for row in rows})
+        batches = sorted({number(row.params[HEATMAP_KEYS[1]]) for row in rows})
+        grid = np.full((len(batches), len(lrs)), np.nan)
+        for row in finite:
+            i = batches.index(number(row.params[HEATMAP_KEYS[1]]))
+            j = lrs.index(number(row.params[HEATMAP_KEYS[0]]))
+            grid[i, j] = row.loss
+        fig, ax = plt.subplots(figsize=(1.4 * len(lrs) + 2, 0.9 * len(batches) + 1.8))
+        image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(batches)), [f"{v:g}" for v in batches])
+        ax.set_xlabel("optimizer.lr")
+        ax.set_ylabel("trainer.batch_size")
+        for i in range(len(batches)):
+            for j in range(len(lrs)):
+                text = f"{grid[i, j]:.1e}" if np.isfinite(grid[i, j]) else "failed"
+                ax.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
+        fig.colorbar(image, ax=ax, label="log10 final train/loss")
+        ax.set_title("final train/loss")
+        return fig, "heatmap.png"
+    if len(keys) == 1:
+        key = keys[0]
+        points = sorted((number(row.params[key]), row.loss) for row in finite)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_yscale("log")
+        if key == "optimizer.lr":
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("final train/loss")
+        ax.grid(True, which="both", alpha=0.3)
+        return fig, "loss_vs_" + key.replace(".", "_") + ".png"
+    return None, None
+
+
+def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) -> list[Row]:
+    rows = rows_of(children(client, parent))
+    keys = varied_keys(rows)
+    if show:
+        print_table(rows, keys, f"{parent.info.run_name} ({parent.info.run_id}): best first")
+    if not log or not rows:
+        return rows
+    recorder = RunRecorder(client, parent.info.run_id)
+    recorder.log_text(to_csv(rows, keys), "comparison.csv")
+    fig, name = plot(rows, keys)
+    if fig is not None:
+        client.log_figure(parent.info.run_id, fig, name)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    best = rows[0]
+    if best.status == FINISHED:
+        recorder.log_metrics({"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}, step=0)
+        recorder.set_tags({"linreg.best_run_id": best.run_id, "linreg.best_run": best.name})
+    recorder.flush()
+    return rows
+
+
+def finish_sweep(
+    client: MlflowClient, parent_run_id: str, failure: str | None, interrupted: str | None
+) -> str:
+    """Log the comparison on the parent, then end it with the status its children earned."""
+    parent = client.get_run(parent_run_id)
+    rows = compare(client, parent, log=True)
+    statuses = {row.status for row in rows}
+    if interrupted or KILLED in statuses:
+        status = KILLED
+    elif failure or not rows or statuses != {FINISHED}:
+        status = FAILED
+    else:
+        status = FINISHED
+    reason = failure or (f"interrupted by {interrupted}" if interrupted else None)
+    failed = [row for row in rows if row.status != FINISHED]
+    if failed and not reason:
+        reason = f"{len(failed)} of {len(rows)} runs did not finish"
+    RunRecorder(client, parent_run_id).end(status, reason)
+    print(f"MLflow parent run {parent_run_id} ended {status}" + (f": {reason}" if reason else ""))
+    return status

@@ -1,0 +1,110 @@
+"""Where runs are recorded: an MLflow tracking URI and an experiment in it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from linreg_lab.paths import DEFAULT_TRACKING_URI, MLRUNS_DIR
+
+# Set before mlflow is imported: no telemetry, and a dead server fails in seconds, not minutes.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    uri: str = DEFAULT_TRACKING_URI
+    artifact_location: str | None = str(MLRUNS_DIR / "artifacts")
+    experiment_name: str = "linreg"
+    run_name: str | None = None
+    log_weights_up_to: int = 10
+    log_model: bool = False
+
+    @property
+    def is_server(self) -> bool:
+        return urlparse(self.uri).scheme in ("http", "https")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file behind a sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def open_client(settings: TrackingSettings):
+    """An MlflowClient on settings.uri; creates a sqlite store's folder, checks a server answers."""
+    from mlflow import MlflowClient
+
+    db = sqlite_path(settings.uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(
+                f"tracking.uri={settings.uri}: cannot create {db.parent} ({error.strerror})"
+            ) from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"tracking.uri={settings.uri}: {db} is not writable")
+    elif settings.is_server:
+        _check_server(settings.uri)
+    try:
+        return MlflowClient(tracking_uri=settings.uri)
+    except Exception as error:  # MLflow raises several kinds for a bad or foreign store
+        raise TrackingError(f"tracking.uri={settings.uri}: {_first_line(error)}") from None
+
+
+def experiment_id(client, settings: TrackingSettings) -> str:
+    """The id of settings.experiment_name, created (with our artifact folder) if missing."""
+    experiment = _call(client.get_experiment_by_name, settings, settings.experiment_name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"tracking.experiment_name={settings.experiment_name} is deleted in "
+                f"{settings.uri}; restore it in the UI or choose another name"
+            )
+        return experiment.experiment_id
+    artifact_location = None
+    if settings.artifact_location and not settings.is_server:
+        artifact_location = Path(settings.artifact_location).resolve().as_uri()
+    try:
+        return client.create_experiment(settings.experiment_name, artifact_location)
+    except Exception:
+        # Another process created it first.
+        experiment = _call(client.get_experiment_by_name, settings, settings.experiment_name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _check_server(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingError(f"tracking.uri={uri}: no MLflow server answers ({reason})") from None
+
+
+def _call(method, settings: TrackingSettings, *args):
+    try:
+        return method(*args)
+    except Exception as error:
+        raise TrackingError(f"tracking.uri={settings.uri}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

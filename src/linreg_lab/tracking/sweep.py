@@ -1,0 +1,119 @@
+"""One MLflow parent run per Hydra multirun; every job's run is its child.
+
+The parent process creates the store, the experiment and the parent run before any job starts
+(new sqlite stores and experiments must not be created by racing workers), and hands their ids
+to the jobs through the environment, which every Hydra launcher passes on to its workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
+ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
+TAG_SWEEP = "linreg.sweep"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Parent:
+    run_id: str
+    experiment_id: str
+
+
+def current_parent() -> Parent | None:
+    """The sweep's parent run when this process runs a multirun job, else None."""
+    run_id = os.environ.get(ENV_PARENT_RUN_ID)
+    experiment_id = os.environ.get(ENV_EXPERIMENT_ID)
+    return Parent(run_id, experiment_id) if run_id and experiment_id else None
+
+
+def sweep_name(config: DictConfig) -> str:
+    preset = OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)
+    overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+    name = " ".join(o for o in overrides if not o.startswith("experiment="))
+    return f"sweep {preset or ''} {name}".replace("  ", " ").strip()
+
+
+class MlflowSweepCallback(Callback):
+    """Opens the parent run at on_multirun_start; ends it at on_multirun_end or at exit."""
+
+    def __init__(self) -> None:
+        self._client = None
+        self._parent: Parent | None = None
+        self._interrupted: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from linreg_lab import build
+        from linreg_lab.cli.errors import exit_on_user_error
+        from linreg_lab.config.validate import validate
+        from linreg_lab.tracking.run import TAG_HOST, TAG_PID, RunRecorder
+        from linreg_lab.tracking.store import experiment_id, open_client
+
+        with exit_on_user_error():
+            validate(config)
+            tracking = build.tracking(config)
+            self._client = open_client(tracking)
+            exp_id = experiment_id(self._client, tracking)
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        import socket
+
+        run = self._client.create_run(
+            exp_id,
+            run_name=sweep_name(config),
+            tags={
+                TAG_SWEEP: "true",
+                TAG_PID: str(os.getpid()),
+                TAG_HOST: socket.gethostname(),
+                "linreg.sweep_dir": str(config.hydra.sweep.dir),
+                "linreg.launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
+            },
+        )
+        recorder = RunRecorder(self._client, run.info.run_id)
+        params = {f"sweep.override.{i}": o for i, o in enumerate(overrides)}
+        if sweep_params:
+            params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
+        recorder.log_params(params)
+        self._parent = Parent(run.info.run_id, exp_id)
+        os.environ[ENV_PARENT_RUN_ID] = self._parent.run_id
+        os.environ[ENV_EXPERIMENT_ID] = exp_id
+        atexit.register(self._finish, "the sweep stopped before its end")
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        print(f"MLflow parent run {self._parent.run_id}: {sweep_name(config)}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._finish(None)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._interrupted = signal.Signals(signum).name
+        from linreg_lab.experiment import Interrupted
+
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signum)
+
+    def _finish(self, failure: str | None) -> None:
+        """Compare the children, then end the parent: FINISHED only if every child finished."""
+        if self._parent is None:
+            return
+        parent, self._parent = self._parent, None
+        for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID):
+            os.environ.pop(name, None)
+        from linreg_lab.tracking.report import finish_sweep
+
+        try:
+            finish_sweep(self._client, parent.run_id, failure, self._interrupted)
+        except Exception as error:  # the parent must still be ended
+            log.error("could not compare the sweep's runs: %s", error)
+            from linreg_lab.tracking.run import FAILED
+
+            self._client.set_terminated(parent.run_id, status=FAILED)

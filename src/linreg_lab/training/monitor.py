@@ -1,0 +1,48 @@
+"""What each epoch is measured by: full-data loss, parameter errors, excess over the optimum."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from linreg_lab.data import RegressionData
+from linreg_lab.training.evaluate import LeastSquares, mse
+
+
+class Diverged(RuntimeError):
+    """The loss became inf or NaN: training stops, the run ends FAILED with this reason."""
+
+
+@dataclass
+class EpochMonitor:
+    """Turns each epoch's parameters into the run's metrics and keeps the latest ones."""
+
+    data: RegressionData
+    optimum: LeastSquares
+    log_weights_up_to: int = 10
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def measure(self, epoch: int, last_batch_loss: float, w: torch.Tensor, b: float) -> dict:
+        data = self.data
+        loss = mse(data.X, data.y, w, b)
+        metrics = {"train/loss": loss, "train/last_batch_loss": last_batch_loss}
+        if w.numel() == data.num_features:
+            w_cpu = w.detach().float().cpu()
+            if data.num_features <= self.log_weights_up_to:
+                metrics.update({f"param/w_{i}": float(v) for i, v in enumerate(w_cpu)})
+            metrics["param/b"] = b
+            metrics["error/w_l2"] = float(torch.linalg.vector_norm(w_cpu - data.true_w))
+            metrics["error/b_abs"] = abs(b - data.true_b)
+        metrics["error/excess_loss"] = loss - self.optimum.loss
+        self.history.append(metrics)
+        if not math.isfinite(loss):
+            raise Diverged(
+                f"diverged at epoch {epoch}: train/loss={loss} (try a smaller optimizer.lr)"
+            )
+        return metrics
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}

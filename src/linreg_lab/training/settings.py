@@ -1,0 +1,47 @@
+"""How the loop runs: epochs, batches, order, seed, device, engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ENGINES = ("auto", "analytic", "autograd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    epochs: int = 3
+    batch_size: int = 10
+    shuffle: bool = True
+    seed: int = 42
+    device: str = "auto"
+    engine: str = "auto"
+    threads: str | int = "auto"
+
+    def __post_init__(self) -> None:
+        # Enum members from the typed config arrive here; keep plain strings.
+        object.__setattr__(self, "device", str(getattr(self.device, "value", self.device)))
+        object.__setattr__(self, "engine", str(getattr(self.engine, "value", self.engine)))
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def num_threads(self, num_samples: int, num_features: int) -> int:
+        """One thread for small problems: a second thread only adds contention on shared cores."""
+        if self.threads != "auto":
+            return int(self.threads)
+        large = num_samples * num_features >= 1 << 22
+        return torch.get_num_threads() if large else 1
+
+
+def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.Generator):
+    """The sample order of each epoch: a fresh permutation per epoch, as DataLoader(shuffle=True)."""
+    for _ in range(epochs):
+        if shuffle:
+            yield torch.randperm(num_samples, generator=generator)
+        else:
+            yield torch.arange(num_samples)
