@@ -1,7 +1,7 @@
 """Structured-config schemas: a wrong type fails at composition, naming the key.
 
 Each YAML option in conf/ lists its schema first in its defaults list
-(`/schema/<group>@_here_: <option>`), so Hydra merges the file onto a typed node.
+(`/<group>_<option>_schema@_here_`), so Hydra merges the file onto a typed node.
 """
 
 from dataclasses import dataclass, field
@@ -110,4 +110,5 @@ SCHEMAS = {
 def register_schemas() -> None:
     store = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
-        store.store(group=f"schema/{group}", name=name, node=node)
+        # Root-level names, not a group: `--help` lists only the groups a user picks from.
+        store.store(name=f"{group}_{name}_schema", node=node)

@@ -31,4 +31,4 @@ def train_autograd(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        on_epoch_end(epoch, float(loss))
+        on_epoch_end(epoch, loss.item())

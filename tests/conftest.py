@@ -1,0 +1,86 @@
+"""Shared fixtures: a private MLflow store per test and the real command-line programs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _env(uri: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("LINREG_PARENT_RUN_ID", None)
+    env.pop("LINREG_EXPERIMENT_ID", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory) -> Path:
+    """An initialised sqlite store, built once: creating the schema costs seconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+class Store:
+    """A sqlite store in a test's tmp_path, with the CLI pointed at it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    @property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def run(self, program: str, *args: str, check: bool = True, timeout: float = 300, **env):
+        """Run .venv/bin/<program> args in the test folder; returns the CompletedProcess."""
+        result = subprocess.run(
+            [str(BIN / program), *args],
+            cwd=self.root,
+            env=_env(self.uri, **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{program} {' '.join(args)} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def train(self, *args: str, **kwargs):
+        return self.run("linreg-train", *args, **kwargs)
+
+    def runs(self, experiment: str = "linreg", filter_string: str = ""):
+        experiment_ = self.client.get_experiment_by_name(experiment)
+        assert experiment_ is not None, f"no experiment {experiment!r} in {self.uri}"
+        return self.client.search_runs([experiment_.experiment_id], filter_string, max_results=1000)
+
+    def all_runs(self):
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(ids, max_results=10000)
+
+
+@pytest.fixture
+def store(tmp_path, template_store) -> Store:
+    shutil.copy(template_store, tmp_path / "mlflow.db")
+    return Store(tmp_path)
+
+
+@pytest.fixture
+def fresh_store(tmp_path) -> Store:
+    """A store that does not exist yet: the first writer creates it."""
+    return Store(tmp_path)

@@ -1,0 +1,94 @@
+"""Every option of every config group composes, validates and instantiates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from linreg_lab import build
+from linreg_lab.cli import train as train_cli  # registers the schemas and the resolver
+from linreg_lab.config.validate import ConfigError, validate
+from linreg_lab.paths import CONF_DIR, MLRUNS_DIR
+
+GROUPS = ["dataset", "model", "optimizer", "trainer", "tracking", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def make(*overrides: str):
+    assert train_cli.CONF_DIR == CONF_DIR
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=list(overrides))
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), group
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_option_instantiates(group, option, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make(f"{group}={option}")
+    validate(cfg)
+    data = build.dataset(cfg)
+    model = build.model(cfg, data.num_features)
+    optimizer = build.optimizer_factory(cfg)(model.parameters())
+    assert isinstance(model, torch.nn.Linear) and model.in_features == data.num_features
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert build.trainer(cfg).epochs >= 1
+    assert build.tracking(cfg).uri
+
+
+def test_defaults_are_the_tutorial(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make()
+    assert list(cfg.dataset.true_w) == [2.8, -1.7, 3.6] and cfg.dataset.true_b == 3.0
+    assert cfg.dataset.num_samples == 1000 and cfg.dataset.noise_std == 0.01
+    assert cfg.optimizer.lr == 0.03 and cfg.trainer.batch_size == 10 and cfg.trainer.epochs == 3
+    assert cfg.tracking.uri == f"sqlite:///{MLRUNS_DIR}/mlflow.db"
+    model = build.model(cfg, 3)
+    assert float(model.bias.detach()) == 0.0 and model.weight.std() < 0.05
+
+
+def test_tracking_uri_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/elsewhere.db")
+    assert make().tracking.uri == "sqlite:////tmp/elsewhere.db"
+
+
+def test_num_features_draws_a_seeded_random_truth():
+    cfg = make("dataset.num_features=20", "dataset.num_samples=50")
+    first, second = build.dataset(cfg), build.dataset(cfg)
+    assert first.X.shape == (50, 20) and first.true_w.shape == (20,)
+    assert torch.equal(first.true_w, second.true_w) and torch.equal(first.X, second.X)
+    other = build.dataset(make("dataset.num_features=20", "dataset.seed=1"))
+    assert not torch.equal(first.true_w, other.true_w)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=0", "optimizer.lr=0"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("optimizer.lr=inf", "optimizer.lr=inf"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.epochs=0", "trainer.epochs=0"),
+        ("dataset.num_samples=0", "dataset.num_samples=0"),
+        ("dataset.noise_std=-0.1", "dataset.noise_std=-0.1"),
+        ("dataset.true_w=[]", "dataset.true_w=[]"),
+        ("dataset.true_w=[1,nan]", "dataset.true_w"),
+        ("optimizer.momentum=1.5", "optimizer.momentum=1.5"),
+        ("optimizer.nesterov=true", "optimizer.nesterov"),
+        ("model.module._target_=os.system", "only torch.nn"),
+        ("trainer.threads=zero", "trainer.threads=zero"),
+        ("tracking.uri=/not/a/uri", "tracking.uri"),
+    ],
+)
+def test_bad_values_name_the_setting(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(make(override))

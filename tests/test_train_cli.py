@@ -1,0 +1,86 @@
+"""linreg-train as a user runs it, read back through the MLflow client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def metric_values(client, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_default_experiment_end_to_end(store):
+    result = store.train()
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in result.stdout and "recovered" in result.stdout
+    assert "linreg-ui" in result.stdout
+
+    client = store.client
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3]
+    final = run.data.metrics
+    assert abs(final["train/loss"] - 1e-4) < 0.3e-4
+    assert final["error/w_l2"] < 0.01 and final["error/b_abs"] < 0.01
+    assert 0 <= final["error/excess_loss"] < 1e-5
+    for key in ["train/last_batch_loss", "param/w_0", "param/w_2", "param/b", "error/b_abs"]:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 3, key
+
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.03" and params["trainer.batch_size"] == "10"
+    assert params["dataset.num_samples"] == "1000" and params["optimizer._target_"] == "torch.optim.SGD"
+    assert run.info.run_name == "default"
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "overrides.txt", "parameters.json"} <= artifacts
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "parameters.json")).read())
+    assert report["true"]["w"] == pytest.approx([2.8, -1.7, 3.6])
+    assert report["recovered"]["b"] == pytest.approx(final["param/b"])
+
+
+def test_overrides_reach_the_run_and_name_it(store):
+    store.train("optimizer.lr=0.1", "trainer.batch_size=32", "trainer.epochs=5")
+    (run,) = store.runs()
+    assert run.data.params["optimizer.lr"] == "0.1" and run.data.params["trainer.batch_size"] == "32"
+    assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) == 5
+    assert run.info.run_name == "lr=0.1 batch_size=32 epochs=5"
+
+
+def test_adam_and_larger_dataset(store):
+    store.train("optimizer=adam", "dataset.num_samples=5000", "tracking.experiment_name=adam")
+    (run,) = store.runs("adam")
+    assert run.info.status == "FINISHED" and run.data.tags["linreg.engine"] == "autograd"
+    assert run.data.params["optimizer._target_"] == "torch.optim.Adam"
+    assert run.data.metrics["error/w_l2"] < 0.01
+
+
+def test_seeds_decide_the_trajectory(store):
+    store.train("trainer.seed=7", "tracking.run_name=a")
+    store.train("trainer.seed=7", "tracking.run_name=b")
+    store.train("trainer.seed=8", "tracking.run_name=c")
+    runs = {r.info.run_name: r.info.run_id for r in store.runs()}
+    curves = {name: metric_values(store.client, rid, "train/loss") for name, rid in runs.items()}
+    assert curves["a"] == curves["b"]
+    assert curves["a"] != curves["c"]
+
+
+def test_help_lists_groups_and_cfg_prints_the_config(store):
+    help_text = store.train("--help").stdout
+    for line in ["dataset: synthetic", "optimizer: adam, sgd", "trainer: default", "experiment:"]:
+        assert line in help_text
+    assert "schema" not in help_text
+    job = store.train("--cfg", "job").stdout
+    assert "lr: 0.03" in job and "batch_size: 10" in job and "mlflow.db" in job
+    assert store.all_runs() == []
+
+
+def test_large_random_problem(store):
+    store.train("dataset.num_features=50", "dataset.num_samples=20000", "trainer.batch_size=100")
+    (run,) = store.runs()
+    assert "param/w_0" not in run.data.metrics  # only small D logs each weight
+    assert run.data.metrics["error/w_l2"] < 0.01
