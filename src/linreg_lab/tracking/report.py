@@ -13,6 +13,8 @@ from mlflow.entities import Run
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE, RunRecorder
 
 HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
+TAG_SWEEP = "linreg.sweep"
+TAG_SWEEP_Q = "`linreg.sweep`"  # quoted for MLflow's filter syntax (the key has a dot)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ def children(client: MlflowClient, parent: Run) -> list[Run]:
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=50000,
     )
+
+
+def latest_sweep(client: MlflowClient) -> Run | None:
+    """The most recently started sweep parent run in any experiment."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        ids, f"tags.{TAG_SWEEP_Q} = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    return runs[0] if runs else None
 
 
 def rows_of(runs: list[Run]) -> list[Row]:

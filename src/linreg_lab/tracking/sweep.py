@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from linreg_lab.tracking.report import TAG_SWEEP
+
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
-TAG_SWEEP = "linreg.sweep"
 log = logging.getLogger(__name__)
 
 

@@ -1,0 +1,61 @@
+"""linreg-report: the comparison table of a past sweep or experiment, read back from MLflow.
+
+    linreg-report                          # the latest sweep
+    linreg-report --run <parent run id>    # a given sweep
+    linreg-report --experiment linreg      # every run of an experiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from linreg_lab.paths import DEFAULT_TRACKING_URI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="linreg-report", description=__doc__.split("\n")[0])
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--run", help="a sweep's parent run id (default: the latest sweep)")
+    target.add_argument("--experiment", help="show every run of this MLflow experiment")
+    parser.add_argument(
+        "--uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        help="tracking URI (default: $MLFLOW_TRACKING_URI or the project store)",
+    )
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from linreg_lab.cli.errors import exit_on_user_error
+    from linreg_lab.tracking import report
+    from linreg_lab.tracking.store import TrackingError, TrackingSettings, open_client
+
+    with exit_on_user_error("linreg-report"):
+        client = open_client(TrackingSettings(uri=args.uri))
+        if args.experiment:
+            experiment = client.get_experiment_by_name(args.experiment)
+            if experiment is None:
+                names = ", ".join(e.name for e in client.search_experiments())
+                raise TrackingError(f"--experiment={args.experiment}: not found; there are: {names}")
+            runs = client.search_runs([experiment.experiment_id], max_results=50000)
+            runs = [run for run in runs if run.data.tags.get(report.TAG_SWEEP) != "true"]
+            rows, title = report.rows_of(runs), f"experiment {args.experiment}: best first"
+        else:
+            parent = client.get_run(args.run) if args.run else report.latest_sweep(client)
+            if parent is None:
+                raise TrackingError(f"tracking.uri={args.uri}: no sweep found; run linreg-train -m")
+            rows = report.rows_of(report.children(client, parent))
+            title = f"{parent.info.run_name} ({parent.info.run_id}, {parent.info.status}): best first"
+        keys = report.varied_keys(rows)
+        if args.csv:
+            sys.stdout.write(report.to_csv(rows, keys))
+        else:
+            report.print_table(rows, keys, title)
+
+
+if __name__ == "__main__":
+    main()

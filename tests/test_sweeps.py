@@ -1,0 +1,95 @@
+"""Multirun sweeps through Hydra's real launchers, into a temporary store."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+pytestmark = pytest.mark.slow
+GRID = ["optimizer.lr=0.01,0.03,0.1", "trainer.batch_size=10,32", "trainer.epochs=2"]
+
+
+def sweep_runs(store, experiment: str = "linreg"):
+    runs = store.runs(experiment)
+    parents = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1, "every run of the experiment belongs to the sweep"
+    return parent, children
+
+
+def assert_complete_grid(store, parent, children, size: int, epochs: int = 2):
+    assert parent.info.status == "FINISHED"
+    assert len(children) == size and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        history = store.client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+    artifacts = {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.csv", "heatmap.png"} <= artifacts, artifacts
+    table = list(csv.DictReader(io.StringIO(
+        open(store.client.download_artifacts(parent.info.run_id, "comparison.csv")).read()
+    )))  # fmt: skip
+    losses = [float(row["train/loss"]) for row in table]
+    assert losses == sorted(losses) and len(table) == size
+    best = min(children, key=lambda c: c.data.metrics["train/loss"])
+    assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/train_loss"] == pytest.approx(best.data.metrics["train/loss"])
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        [],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    ],
+    ids=["joblib", "basic", "submitit_local"],
+)
+def test_grid_sweep_on_a_fresh_store(fresh_store, launcher):
+    result = fresh_store.train("-m", *GRID, *launcher)
+    parent, children = sweep_runs(fresh_store)
+    assert_complete_grid(fresh_store, parent, children, size=6)
+    assert parent.info.run_id in result.stdout and "best first" in result.stdout
+    assert {c.data.params["optimizer.lr"] for c in children} == {"0.01", "0.03", "0.1"}
+    assert {c.info.experiment_id for c in children} == {parent.info.experiment_id}
+
+
+def test_named_preset_uses_its_grid_and_experiment(store):
+    store.train("-m", "experiment=lr_batch_grid", "trainer.epochs=1", "hydra/launcher=joblib")
+    parent, children = sweep_runs(store, "lr_batch_grid")
+    assert_complete_grid(store, parent, children, size=12, epochs=1)
+    assert "lr_batch_grid" in parent.info.run_name
+
+
+def test_a_diverging_job_fails_alone(store):
+    result = store.train("-m", "optimizer.lr=0.03,50", "trainer.epochs=2")
+    parent, children = sweep_runs(store)
+    by_lr = {c.data.params["optimizer.lr"]: c for c in children}
+    assert by_lr["0.03"].info.status == "FINISHED"
+    failed = by_lr["50.0"] if "50.0" in by_lr else by_lr["50"]
+    assert failed.info.status == "FAILED"
+    assert "diverged" in failed.data.tags["linreg.failure"]
+    assert parent.info.status == "FAILED"
+    assert "1 of 2 runs did not finish" in result.stdout
+    assert "diverged" in result.stdout
+    assert "loss_vs_optimizer_lr.png" in {
+        a.path for a in store.client.list_artifacts(parent.info.run_id)
+    }
+
+
+def test_report_reads_a_past_sweep(store):
+    store.train("-m", "trainer.seed=1,2", "trainer.epochs=1")
+    parent, children = sweep_runs(store)
+    latest = store.run("linreg-report", "--csv").stdout
+    by_id = store.run("linreg-report", "--run", parent.info.run_id, "--csv").stdout
+    assert latest == by_id
+    rows = list(csv.DictReader(io.StringIO(latest)))
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
+    assert {r["trainer.seed"] for r in rows} == {"1", "2"}
+    table = store.run("linreg-report", "--experiment", "linreg").stdout
+    assert all(c.info.run_id in table for c in children)
+    missing = store.run("linreg-report", "--experiment", "nope", check=False)
+    assert missing.returncode == 2 and "--experiment=nope: not found" in missing.stderr
