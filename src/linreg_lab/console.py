@@ -60,7 +60,10 @@ def summary(outcome, data, model, tracking) -> None:
         f"error/excess_loss {metrics.get('error/excess_loss', float('nan')):.2e}"
     )
     console.print(f"MLflow run {outcome.run_id} in {tracking.uri}")
-    console.print("Browse it: make ui   (or .venv/bin/linreg-ui)")
+    console.print(
+        f"Browse it: make ui   (or .venv/bin/linreg-ui --experiment {tracking.experiment_name});"
+        " plots under the run's Artifacts, plots/"
+    )
 
 
 def job_line(job: str, outcome) -> None:

@@ -16,7 +16,10 @@ from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.tracking import sweep
+from linreg_lab.tracking.dataset import log_dataset, log_model
+from linreg_lab.tracking.orphans import fail_orphaned_runs
 from linreg_lab.tracking.params import flatten, run_name_from_overrides
+from linreg_lab.tracking.plots import log_plots
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, RunRecorder
 from linreg_lab.tracking.store import experiment_id, open_client
 from linreg_lab.training.engine import fit
@@ -54,6 +57,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
     client = open_client(tracking)
     parent = sweep.current_parent()
     exp_id = parent.experiment_id if parent else experiment_id(client, tracking)
+    if parent is None:  # a sweep's parent process has done this before its jobs
+        fail_orphaned_runs(client, exp_id)
 
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
@@ -76,6 +81,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
         run.log_params(flatten(config))
         run.log_text(OmegaConf.to_yaml(config), "config.yaml")
         run.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        log_dataset(client, run.run_id, config["dataset"], data)
         run.log_metrics({"optimum/loss": optimum.loss}, step=0)
         with console.epoch_progress(trainer.epochs, quiet) as progress:
 
@@ -87,6 +93,9 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
             outcome.engine = fit(model, optimizer_factory, data, trainer, on_epoch_end)
         run.set_tags({"linreg.engine": outcome.engine})
         run.log_json(_parameters_report(data, optimum, model), "parameters.json")
+        log_plots(client, run.run_id, monitor.history, data, optimum)
+        if tracking.log_model:
+            log_model(tracking.uri, run.run_id, model, data.X)
     result = Outcome(run.run_id, outcome.status, monitor.final, outcome.engine)
     if not quiet:
         console.summary(result, data, model, tracking)

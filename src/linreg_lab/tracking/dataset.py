@@ -1,0 +1,120 @@
+"""A run's inputs and outputs in MLflow's terms: the dataset it trained on, the model it made.
+
+Runs on the same data share a dataset name and digest in the UI. The data is synthetic, so the
+generator's parameters identify it exactly: the digest hashes them, never X (maybe gigabytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from linreg_lab.data import RegressionData
+
+SOURCE_TYPE = "code"  # MLflow's source type for data made by code rather than read from a file
+CONTEXT = "training"
+# Beyond this many weights the UI shows num_features instead of the whole true_w list.
+_LISTED_WEIGHTS = 20
+
+
+def generator_params(spec: Mapping[str, object], data: RegressionData) -> dict[str, object]:
+    """What regenerates the data: the dataset config (its _target_ as 'generator'), canonical.
+
+    true_w is kept when it was used as given; when num_features drew a seeded random true_w
+    instead, num_features is what identifies the data (see linreg_lab.data.resolve_true_w).
+    """
+    params = {k: v for k, v in spec.items() if not str(k).startswith("_") and v is not None}
+    params["generator"] = str(spec.get("_target_", "linreg_lab.data.make_synthetic_regression"))
+    given_w = spec.get("true_w")
+    drawn = given_w is None or len(given_w) != data.num_features
+    if drawn:
+        params.pop("true_w", None)
+        params["num_features"] = data.num_features
+    else:
+        params.pop("num_features", None)
+        params["true_w"] = [float(v) for v in given_w]
+    params.update(
+        true_b=data.true_b, noise_std=data.noise_std, num_samples=data.num_samples, seed=data.seed
+    )
+    return dict(sorted(params.items()))
+
+
+def digest(params: Mapping[str, object]) -> str:
+    """8 hex digits of SHA-256 over the canonical JSON of the generator's parameters."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def dataset_input(spec: Mapping[str, object], data: RegressionData):
+    """An mlflow.entities.DatasetInput for the run: name, digest, source, schema and profile."""
+    import numpy as np
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    params = generator_params(spec, data)
+    n, d = data.num_samples, data.num_features
+    shown = dict(params)
+    if "true_w" in shown and len(shown["true_w"]) > _LISTED_WEIGHTS:
+        shown["true_w"] = f"{len(shown['true_w'])} values (see the run's parameters.json)"
+    dtype = np.dtype(str(data.X.dtype).removeprefix("torch."))
+    features = Schema([TensorSpec(dtype, (-1, d), "X")])
+    targets = Schema([TensorSpec(dtype, (-1, 1), "y")])
+    schema = {"mlflow_tensorspec": {"features": features.to_json(), "targets": targets.to_json()}}
+    profile = {
+        "num_rows": n,
+        "features_shape": [n, d],
+        "targets_shape": [n, 1],
+        "features_nbytes": data.X.element_size() * data.X.nelement(),
+    }
+    dataset = Dataset(
+        name=f"synthetic-D{d}-N{n}",
+        digest=digest(params),
+        source_type=SOURCE_TYPE,
+        source=json.dumps({"tags": shown}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", CONTEXT)])
+
+
+def log_dataset(client, run_id: str, spec: Mapping[str, object], data: RegressionData) -> str:
+    """Record the training data as the run's dataset input; returns its digest."""
+    entry = dataset_input(spec, data)
+    client.log_inputs(run_id, datasets=[entry])
+    return entry.dataset.digest
+
+
+def log_model(tracking_uri: str, run_id: str, model, example: torch.Tensor) -> str:
+    """Log the trained model as the run's output (an MLflow LoggedModel); returns its URI.
+
+    pip_requirements is given, so MLflow does not infer it (3-7 s); pickle rather than the
+    default pt2 format, whose torch.export costs ~3 s more for a layer this small.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    example = example[:5].detach().to("cpu").numpy()
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # Model.log reads the global URI, not a client's
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its pickle warning: we load only models we wrote
+    try:
+        info = mlflow.pytorch.log_model(
+            cpu_model,
+            name="model",
+            input_example=example,  # gives the model a signature: (-1, D) float32 -> (-1, 1)
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            serialization_format="pickle",
+            run_id=run_id,
+        )
+    finally:
+        pytorch_log.setLevel(level)
+        mlflow.set_tracking_uri(previous_uri)
+    return info.model_uri
