@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,8 @@ from linreg_lab.model import init_linear
 from linreg_lab.training import analytic
 from linreg_lab.training.engine import EngineError, choose_engine, fit
 from linreg_lab.training.evaluate import least_squares, mse
-from linreg_lab.training.settings import TrainerSettings
+from linreg_lab.training.settings import TrainerSettings, batch_orders
+from linreg_lab.training.shuffle import permutation
 
 
 def train(data, optimizer=None, **settings):
@@ -54,12 +57,12 @@ def test_engines_agree(sgd, batch_size, monkeypatch):
     data = make_synthetic_regression(num_samples=2000, num_features=5)
     optimizer = functools.partial(torch.optim.SGD, **sgd)
     results = {}
-    for engine, blas_min_work in [("autograd", 0), ("analytic", 1 << 60), ("analytic", 0)]:
-        # blas_min_work picks the analytic engine's compiled loop (huge) or its BLAS path (0).
-        monkeypatch.setattr(analytic, "_BLAS_MIN_WORK", blas_min_work)
+    for engine, blas_on_cpu in [("autograd", False), ("analytic", False), ("analytic", True)]:
+        # blas_on_cpu picks the analytic engine's compiled loop (False) or its BLAS path (True).
+        monkeypatch.setattr(analytic, "_BLAS_ON_CPU", blas_on_cpu)
         model, _, used = train(data, optimizer, engine=engine, batch_size=batch_size, epochs=2)
-        results[(used, blas_min_work)] = params(model)
-    reference = results[("autograd", 0)]
+        results[(used, blas_on_cpu)] = params(model)
+    reference = results[("autograd", False)]
     for key, value in results.items():
         torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-5, msg=str(key))
 
@@ -75,7 +78,8 @@ def test_same_seed_same_trajectory_other_seed_differs():
 
 def test_batch_larger_than_dataset_is_full_batch_gradient_descent():
     data = make_synthetic_regression(num_samples=50)
-    model, history, _ = train(data, batch_size=500, epochs=200, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    model, history, _ = train(data, batch_size=500, epochs=200, optimizer=sgd)
     assert len(history) == 200
     assert torch.linalg.vector_norm(params(model)[:3] - data.true_w) < 0.05
 
@@ -98,3 +102,55 @@ def test_least_squares_is_the_exact_optimum():
     torch.testing.assert_close(optimum.w.double(), exact[:8], rtol=1e-5, atol=1e-6)
     assert optimum.loss == pytest.approx(mse(data.X, data.y, optimum.w, optimum.b), rel=1e-4)
     assert optimum.loss == pytest.approx(0.01, rel=0.1)
+
+
+def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch():
+    # 70 000 samples: batch_orders uses shuffle.permutation, the kernel prefetches rows.
+    data = make_synthetic_regression(num_samples=70_000, num_features=5)
+    sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
+    results = [
+        params(train(data, sgd, engine=engine, batch_size=1000, epochs=2)[0])
+        for engine in ("autograd", "analytic")
+    ]
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_orders_are_permutations_reproducible_from_the_seed():
+    for n in (10, 1 << 16, 300_000):  # torch.randperm below 2^16, shuffle.permutation above
+        first = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
+        again = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
+        assert all(torch.equal(torch.sort(o).values, torch.arange(n)) for o in first)
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+        assert not torch.equal(first[0], first[1])
+
+
+def test_cached_shuffle_is_uniform():
+    counts = Counter(tuple(permutation(4, seed)) for seed in range(24_000))
+    assert len(counts) == 24 and all(800 < c < 1200 for c in counts.values())
+    # Many buckets: where index 0 lands is uniform over the positions.
+    n = 1 << 17
+    positions = [int(np.flatnonzero(permutation(n, seed) == 0)[0]) for seed in range(400)]
+    assert 0.4 * n < np.mean(positions) < 0.6 * n
+
+
+def test_a_failing_callback_still_leaves_the_trained_parameters_in_the_model():
+    data = make_synthetic_regression()
+    model = init_linear(torch.nn.Linear(3, 1))
+
+    def stop(epoch, loss, w, b):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, functools.partial(torch.optim.SGD, lr=0.03), data, TrainerSettings(), stop)
+    assert torch.linalg.vector_norm(params(model)[:3] - data.true_w) < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("engine", ["analytic", "autograd"])
+def test_cuda_matches_cpu(engine):
+    data = make_synthetic_regression(num_samples=5000, num_features=5)
+    sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
+    cpu, _, _ = train(data, sgd, engine=engine, device="cpu", batch_size=100)
+    gpu, _, used = train(data, sgd, engine=engine, device="cuda", batch_size=100)
+    assert used == engine and gpu.weight.device.type == "cuda"
+    torch.testing.assert_close(params(gpu).cpu(), params(cpu), rtol=1e-4, atol=1e-5)

@@ -1,7 +1,7 @@
 """The analytic engine: SGD on a linear model with the MSE gradient in closed form.
 
-Small batches run a compiled per-sample loop (numba), where per-step Python dispatch would
-dominate; large batches and GPUs run two BLAS calls per step into reused buffers.
+On CPU every batch size runs one compiled loop (numba) that reads each sampled row once; on a
+GPU each step is two BLAS calls into reused buffers.
 """
 
 from __future__ import annotations
@@ -12,10 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# At or above this many multiply-adds per step, BLAS beats the per-sample compiled loop.
-_BLAS_MIN_WORK = 1 << 14
-# Samples per compiled call: the loop returns to Python this often, so Ctrl-C acts within ~0.1 s.
-_SAMPLES_PER_CALL = 1 << 19
+# On CPU the compiled loop beat the BLAS path at every shape measured (`make bench`, "paths"
+# rows: batch 10 to 10^5, D 3 to 1000; torch with 1 and 2 threads): it reads each sampled row
+# once, where BLAS reads it three times (gather, X w, X^T r) and pays dispatch per step.
+# Tests set this to run the BLAS path on CPU.
+_BLAS_ON_CPU = False
+# Multiply-adds per compiled call: the loop returns to Python this often (~10-50 ms), so Ctrl-C
+# acts promptly.
+_WORK_PER_CALL = 1 << 24
+# Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
+_PREFETCH_MIN_BYTES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,8 @@ class SGDHyper:
     nesterov: bool = False
 
 
-def uses_blas(batch_size: int, num_features: int, device: torch.device) -> bool:
-    return device.type != "cpu" or batch_size * (num_features + 1) >= _BLAS_MIN_WORK
+def uses_blas(device: torch.device) -> bool:
+    return device.type != "cpu" or _BLAS_ON_CPU
 
 
 def train_analytic(
@@ -40,46 +46,55 @@ def train_analytic(
     y: torch.Tensor,
     orders: Iterable[torch.Tensor],
     batch_size: int,
-    on_epoch_end: Callable[[int, float], None],
+    on_epoch_end: Callable[[int, float, float], None],
 ) -> None:
-    """Train theta = [w, b] (float32, updated in place) for every order in orders."""
-    if uses_blas(batch_size, X.shape[1], X.device):
-        run_epoch = _BlasEpochs(X, y.view(-1), batch_size, hyper)
+    """Train theta = [w, b] (float32, updated in place) for every order in orders.
+
+    on_epoch_end(epoch, last_batch_loss, b) runs after each epoch.
+    """
+    if uses_blas(X.device):
+        run_epoch = _BlasEpochs(theta, X, y.view(-1), batch_size, hyper)
     else:
-        run_epoch = _CompiledEpochs(X, y.view(-1), batch_size, hyper)
+        run_epoch = _CompiledEpochs(theta, X, y.view(-1), batch_size, hyper)
     for epoch, order in enumerate(orders, start=1):
-        last_batch_loss = run_epoch(theta, order)
-        on_epoch_end(epoch, last_batch_loss)
+        last_batch_loss, b = run_epoch(order)
+        on_epoch_end(epoch, last_batch_loss, b)
 
 
 class _CompiledEpochs:
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, hyper: SGDHyper):
+    def __init__(
+        self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, batch_size: int, h: SGDHyper
+    ):
         from linreg_lab.training.sgd_kernels import sgd_steps  # compiles/loads only when used
 
         self._steps = sgd_steps
-        self._X, self._y = X.numpy(), y.numpy()
-        self._batch_size, self._hyper = batch_size, hyper
+        self._theta, self._X, self._y = theta.numpy(), X.numpy(), y.numpy()
+        self._batch_size = batch_size
+        self._hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
         self._buf = np.zeros(X.shape[1] + 1, np.float32)
         self._has_buf = False
+        self._prefetch = X.numel() * X.element_size() >= _PREFETCH_MIN_BYTES
         # Whole batches per call, so batch boundaries do not depend on the call size.
-        self._span = max(1, _SAMPLES_PER_CALL // batch_size) * batch_size
+        samples = max(1, _WORK_PER_CALL // (X.shape[1] + 1))
+        self._span = max(1, samples // batch_size) * batch_size
 
-    def __call__(self, theta: torch.Tensor, order: torch.Tensor) -> float:
-        h, theta_np, order_np = self._hyper, theta.numpy(), order.numpy()
+    def __call__(self, order: torch.Tensor) -> tuple[float, float]:
+        order_np = order.numpy()
         n = order_np.shape[0]
-        loss = float("nan")
+        loss = np.nan
         for begin in range(0, n, self._span):
             loss, self._has_buf = self._steps(
                 self._X, self._y, order_np, begin, min(begin + self._span, n), self._batch_size,
-                theta_np, self._buf, self._has_buf,
-                h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov,
+                self._theta, self._buf, self._has_buf, *self._hyper, self._prefetch,
             )  # fmt: skip
-        return float(loss)
+        return float(loss), float(self._theta[-1])
 
 
 class _BlasEpochs:
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, hyper: SGDHyper):
-        self._X, self._y, self._batch_size, self._hyper = X, y, batch_size, hyper
+    def __init__(
+        self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, batch_size: int, h: SGDHyper
+    ):
+        self._theta, self._X, self._y, self._batch_size, self._hyper = theta, X, y, batch_size, h
         d = X.shape[1]
         rows = min(batch_size, X.shape[0])
         # Reused buffers: fresh allocations are the slow part of a large gather on this VM.
@@ -89,8 +104,8 @@ class _BlasEpochs:
         self._buf: torch.Tensor | None = None
 
     @torch.no_grad()
-    def __call__(self, theta: torch.Tensor, order: torch.Tensor) -> float:
-        h, X, y, grad = self._hyper, self._X, self._y, self._grad
+    def __call__(self, order: torch.Tensor) -> tuple[float, float]:
+        h, X, y, grad, theta = self._hyper, self._X, self._y, self._grad, self._theta
         d, n = X.shape[1], X.shape[0]
         order = order.to(X.device)
         w, b, grad_w, grad_b = theta[:d], theta[d:], grad[:d], grad[d:]
@@ -105,7 +120,7 @@ class _BlasEpochs:
             torch.sum(residual, dim=0, keepdim=True, out=grad_b)
             grad.mul_(2.0 / count)
             self._step(theta, grad, h)
-        return float(residual.square().mean())
+        return float(residual.square().mean()), float(theta[-1])
 
     def _step(self, theta: torch.Tensor, grad: torch.Tensor, h: SGDHyper) -> None:
         if h.weight_decay:

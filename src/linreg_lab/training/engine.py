@@ -34,11 +34,7 @@ def sgd_hyper(optimizer_factory: Callable) -> SGDHyper | None:
 
 
 def choose_engine(requested: str, model: nn.Module, optimizer_factory: Callable) -> str:
-    eligible = (
-        linear_parameters(model) is not None
-        and model.bias is not None
-        and sgd_hyper(optimizer_factory) is not None
-    )
+    eligible = _is_linear_with_bias(model) and sgd_hyper(optimizer_factory) is not None
     if requested == "auto":
         return "analytic" if eligible else "autograd"
     if requested == "analytic" and not eligible:
@@ -47,6 +43,10 @@ def choose_engine(requested: str, model: nn.Module, optimizer_factory: Callable)
             "use trainer.engine=auto or autograd"
         )
     return requested
+
+
+def _is_linear_with_bias(model: nn.Module) -> bool:
+    return isinstance(model, nn.Linear) and model.out_features == 1 and model.bias is not None
 
 
 def fit(
@@ -60,7 +60,6 @@ def fit(
     engine = choose_engine(settings.engine, model, optimizer_factory)
     device = settings.torch_device()
     data = data.to(device)
-    model.to(device)
     orders = batch_orders(
         data.num_samples,
         settings.epochs,
@@ -68,20 +67,7 @@ def fit(
         torch.Generator().manual_seed(settings.seed),
     )
     if engine == "analytic":
-        w, b = linear_parameters(model)
-        theta = torch.cat([w, torch.tensor([b], device=w.device)]).contiguous()
-
-        def report(epoch: int, last_batch_loss: float) -> None:
-            with torch.no_grad():
-                model.weight.view(-1).copy_(theta[:-1])
-                if model.bias is not None:
-                    model.bias.fill_(float(theta[-1]))
-            on_epoch_end(epoch, last_batch_loss, theta[:-1], float(theta[-1]))
-
-        train_analytic(
-            theta, sgd_hyper(optimizer_factory), data.X, data.y, orders,
-            settings.batch_size, report,
-        )  # fmt: skip
+        _fit_analytic(model, sgd_hyper(optimizer_factory), data, orders, settings, on_epoch_end)
     else:
         from linreg_lab.training.autograd_loop import train_autograd
 
@@ -90,6 +76,25 @@ def fit(
             w, b = params if params is not None else (torch.empty(0), float("nan"))
             on_epoch_end(epoch, last_batch_loss, w, b)
 
+        model.to(device)
         optimizer = optimizer_factory(model.parameters())
         train_autograd(model, optimizer, data.X, data.y, orders, settings.batch_size, report)
     return engine
+
+
+def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallback) -> None:
+    """theta = [w, b] trains outside the model (no autograd); the model gets it at the end."""
+    if model.weight.device != data.X.device:
+        model.to(data.X.device)
+    theta = torch.cat([model.weight.detach().view(-1), model.bias.detach().view(-1)])
+    w = theta[:-1]
+
+    def report(epoch: int, last_batch_loss: float, b: float) -> None:
+        on_epoch_end(epoch, last_batch_loss, w, b)
+
+    try:
+        train_analytic(theta, hyper, data.X, data.y, orders, settings.batch_size, report)
+    finally:  # also when a callback stops training (divergence, Ctrl-C)
+        with torch.no_grad():
+            model.weight.view(-1).copy_(w)
+            model.bias.copy_(theta[-1:])

@@ -3,43 +3,94 @@
 The update follows torch.optim.SGD to the letter: g = grad + weight_decay * p; with momentum,
 buf = g on the first step, then buf = momentum * buf + (1 - dampening) * g; the step uses
 g + momentum * buf (nesterov) or buf; p -= lr * step. theta packs [w_0 .. w_{D-1}, b].
+Arithmetic is float32, as torch's; sums may be reordered (SIMD), which changes only rounding.
 """
 
 import numba
 import numpy as np
 
+from linreg_lab.training.prefetch import prefetch_row
 
-@numba.njit(cache=True, nogil=True, fastmath=False)
+# Reordered sums vectorise the dot products; no "fast" flags that assume finite values, so a
+# diverging run still produces the inf/NaN that stops it.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# How many samples ahead to prefetch: enough loads in flight to cover a memory latency.
+_AHEAD = 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def sgd_steps(
     X, y, order, begin, end, batch_size, theta, buf, has_buf,
-    lr, momentum, dampening, weight_decay, nesterov,
+    lr, momentum, dampening, weight_decay, nesterov, prefetch,
 ):  # fmt: skip
-    """Run the batches of order[begin:end]; returns (last batch loss, has_buf)."""
+    """Run the batches of order[begin:end]; returns (last batch loss, has_buf).
+
+    prefetch: ask for rows _AHEAD samples early (worth it once X outgrows the caches).
+    """
+    lr, momentum = np.float32(lr), np.float32(momentum)
+    keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
+    if batch_size == 1 and momentum == 0 and weight_decay == 0:
+        return _plain_per_sample(X, y, order, begin, end, theta, lr, prefetch), has_buf
     d = X.shape[1]
     grad = np.empty(d + 1, np.float32)
-    last_loss = np.nan
+    last_loss = np.float32(np.nan)
     for start in range(begin, end, batch_size):
         stop = min(start + batch_size, end)
-        grad[:] = 0.0
-        squares = 0.0
-        bias = theta[d]
-        for k in range(start, stop):
-            row = order[k]
-            residual = bias - y[row]
-            for j in range(d):
-                residual += X[row, j] * theta[j]
-            squares += residual * residual
-            for j in range(d):
-                grad[j] += residual * X[row, j]
-            grad[d] += residual
-        count = stop - start
-        last_loss = squares / count
-        scale = np.float32(2.0 / count)
+        last_loss = _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch)
         for j in range(d + 1):
-            g = grad[j] * scale + weight_decay * theta[j]
-            if momentum != 0.0:
-                buf[j] = momentum * buf[j] + (1.0 - dampening) * g if has_buf else g
+            g = grad[j] + weight_decay * theta[j]
+            if momentum != 0:
+                buf[j] = momentum * buf[j] + keep * g if has_buf else g
                 g = g + momentum * buf[j] if nesterov else buf[j]
             theta[j] -= lr * g
         has_buf = True
     return last_loss, has_buf
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch):
+    """grad = d MSE / d theta over rows order[start:stop]; returns the batch's MSE."""
+    d = X.shape[1]
+    grad[:] = 0
+    squares = np.float32(0)
+    bias = theta[d]
+    for k in range(start, stop):
+        if prefetch and k + _AHEAD < end:
+            prefetch_row(X, order[k + _AHEAD])
+            prefetch_row(y, order[k + _AHEAD])
+        row = order[k]
+        x = X[row]
+        residual = bias - y[row]
+        for j in range(d):
+            residual += x[j] * theta[j]
+        squares += residual * residual
+        for j in range(d):
+            grad[j] += residual * x[j]
+        grad[d] += residual
+    count = stop - start
+    scale = np.float32(2.0 / count)
+    for j in range(d + 1):
+        grad[j] *= scale
+    return squares / count
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _plain_per_sample(X, y, order, begin, end, theta, lr, prefetch):
+    """Batch 1 without momentum or decay: theta -= lr * 2 r [x, 1], no gradient buffer."""
+    d = X.shape[1]
+    squares = np.float32(np.nan)
+    for k in range(begin, end):
+        if prefetch and k + _AHEAD < end:
+            prefetch_row(X, order[k + _AHEAD])
+            prefetch_row(y, order[k + _AHEAD])
+        row = order[k]
+        x = X[row]
+        residual = theta[d] - y[row]
+        for j in range(d):
+            residual += x[j] * theta[j]
+        squares = residual * residual
+        step = lr * np.float32(2) * residual
+        for j in range(d):
+            theta[j] -= step * x[j]
+        theta[d] -= step
+    return squares

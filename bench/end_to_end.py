@@ -1,0 +1,110 @@
+"""Items 3 and 4: whole programs as a user runs them, each in a fresh subprocess.
+
+linreg-train writes into a temporary sqlite store copied from one created beforehand, so the
+one-time schema creation (~8 s) is not timed; the reference is the tutorial as a script.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+REFERENCE_SCRIPT = ROOT / "bench" / "reference_script.py"
+
+
+class Stores:
+    """Fresh copies of one initialised sqlite store."""
+
+    def __init__(self, workdir: Path):
+        self._workdir = workdir
+        self._template = workdir / "template.db"
+        code = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
+        subprocess.run(
+            [sys.executable, "-c", code, f"sqlite:///{self._template}"],
+            check=True, capture_output=True, env=_env(),
+        )  # fmt: skip
+        self._count = 0
+
+    def fresh(self) -> Path:
+        self._count += 1
+        folder = self._workdir / f"store{self._count}"
+        folder.mkdir()
+        shutil.copy(self._template, folder / "mlflow.db")
+        return folder
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    for name in ("LINREG_PARENT_RUN_ID", "LINREG_EXPERIMENT_ID"):
+        env.pop(name, None)
+    return env
+
+
+def timed(command: list[str], cwd: Path, **env: str) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=_env(**env), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        failed = f"{' '.join(command)} exited {result.returncode}"
+        raise RuntimeError(f"{failed}:\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def train(stores: Stores, *overrides: str) -> float:
+    folder = stores.fresh()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return timed([str(BIN / "linreg-train"), *overrides], folder, MLFLOW_TRACKING_URI=uri)
+
+
+def reference(workdir: Path, lr: float | None = None) -> float:
+    args = [] if lr is None else [str(lr)]
+    return timed([sys.executable, str(REFERENCE_SCRIPT), *args], workdir)
+
+
+def default_experiment(repeats: int) -> dict:
+    """Item 3: median wall time of `linreg-train` (MLflow included) and of the reference script."""
+    with tempfile.TemporaryDirectory(prefix="linreg-bench-") as tmp:
+        workdir = Path(tmp)
+        stores = Stores(workdir)
+        ours, ref = [], []
+        for _ in range(repeats):  # alternated, so load on the machine hits both alike
+            ours.append(train(stores))
+            ref.append(reference(workdir))
+    ours_s, ref_s = statistics.median(ours), statistics.median(ref)
+    return {
+        "repeats": repeats, "ours_s": ours_s, "reference_s": ref_s,
+        "ours_all_s": ours, "reference_all_s": ref, "ours_over_reference": ours_s / ref_s,
+    }  # fmt: skip
+
+
+def learning_rates(count: int) -> list[float]:
+    """count values spaced evenly in log scale from 0.001 to 0.1, 3 significant digits."""
+    if count == 1:
+        return [0.03]
+    return [float(f"{0.001 * 100 ** (i / (count - 1)):.3g}") for i in range(count)]
+
+
+def sweep(count: int) -> dict:
+    """Item 4: `linreg-train -m optimizer.lr=...` (auto and autograd) against count script runs."""
+    lrs = learning_rates(count)
+    values = "optimizer.lr=" + ",".join(str(lr) for lr in lrs)
+    with tempfile.TemporaryDirectory(prefix="linreg-bench-") as tmp:
+        workdir = Path(tmp)
+        stores = Stores(workdir)
+        ours = train(stores, "-m", values, f"hydra.sweep.dir={workdir / 'multirun'}")
+        autograd = train(
+            stores, "-m", values, "trainer.engine=autograd", f"hydra.sweep.dir={workdir / 'ag'}"
+        )
+        ref = sum(reference(workdir, lr) for lr in lrs)
+    return {
+        "runs": count, "ours_s": ours, "autograd_sweep_s": autograd, "reference_runs_s": ref,
+        "x_reference": ref / ours, "x_autograd": autograd / ours,
+    }  # fmt: skip

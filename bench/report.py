@@ -1,0 +1,133 @@
+"""The benchmark's tables and the issue's goals, read from the measured figures."""
+
+from __future__ import annotations
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _x(value: float) -> str:
+    return f"{value:,.0f}x" if value >= 100 else f"{value:.2g}x"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    for line in [headers, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)))
+
+
+def print_section(name: str, data) -> None:
+    print()
+    _PRINTERS[name](data)
+
+
+def _throughput(rows: list[dict]) -> None:
+    print("1. samples/s of a 3-epoch fit (setup included, best of repeats, 1 thread)")
+    print("   reference = the tutorial's DataLoader loop, extrapolated from the steps shown;")
+    print("   scikit-learn SGDRegressor has batch 1 only: each batch is compared with it")
+    _table(
+        ["N", "D", "batch", "ours", "reference", "ref steps", "sklearn", "vs ref", "vs sklearn",
+         "MSE ours", "MSE sklearn"],
+        [[r["N"], r["D"], r["batch"], _si(r["ours_samples_per_s"]),
+          _si(r["reference_samples_per_s"]), f'{r["reference_steps_run"]}/{r["reference_steps"]}',
+          _si(r["sklearn_samples_per_s"]), _x(r["x_reference"]), _x(r["x_sklearn"]),
+          f'{r["ours_final_mse"]:.2e}', f'{r["sklearn_final_mse"]:.2e}'] for r in rows],
+    )  # fmt: skip
+
+
+def _paths(rows: list[dict]) -> None:
+    print("   analytic engine on CPU, one epoch: compiled loop vs the BLAS path (torch threads)")
+    _table(
+        ["N", "D", "batch", "compiled", "BLAS 1 thr", "BLAS 2 thr", "BLAS/compiled"],
+        [[r["N"], r["D"], r["batch"], f'{r["compiled_s"] * 1e3:.1f} ms',
+          f'{r["blas_1_thread_s"] * 1e3:.1f} ms', f'{r["blas_2_threads_s"] * 1e3:.1f} ms',
+          _x(r["x_best_blas"])] for r in rows],
+    )  # fmt: skip
+
+
+def _large(rows: list[dict]) -> None:
+    print("2. one epoch, D 100, batch 1000 (reference extrapolated from its first steps)")
+    _table(
+        ["N", "ours", "samples/s", "X read/s", "bandwidth", "% of bw", "reference", "ref steps",
+         "vs ref", "peak/data", "(above baseline)"],
+        [[r["N"], f'{r["ours_epoch_s"]:.3g} s', _si(r["ours_samples_per_s"]),
+          _si(r["x_bytes_read_per_s"], "B/s"), _si(r["read_bandwidth_bytes_per_s"], "B/s"),
+          f'{100 * r["fraction_of_bandwidth"]:.0f}%', f'{r["reference_epoch_s"]:.3g} s',
+          r["reference_extrapolated_from_steps"], _x(r["x_reference"]),
+          f'{r["peak_over_data"]:.2f}', f'{r["peak_above_baseline_over_data"]:.2f}'] for r in rows],
+    )  # fmt: skip
+
+
+def _default_experiment(r: dict) -> None:
+    print(f"3. default experiment end to end, median of {r['repeats']} (fresh processes)")
+    _table(
+        ["linreg-train (MLflow)", "reference script", "ours/reference"],
+        [[f"{r['ours_s']:.2f} s", f"{r['reference_s']:.2f} s", f"{r['ours_over_reference']:.2f}"]],
+    )
+
+
+def _sweep(r: dict) -> None:
+    print(f"4. {r['runs']}-run learning-rate sweep (linreg-train -m, basic launcher, MLflow)")
+    _table(
+        ["sweep (auto)", "sweep (autograd)", f"{r['runs']} reference runs", "vs ref",
+         "vs autograd"],
+        [[f'{r["ours_s"]:.1f} s', f'{r["autograd_sweep_s"]:.1f} s',
+          f'{r["reference_runs_s"]:.1f} s', _x(r["x_reference"]), _x(r["x_autograd"])]],
+    )  # fmt: skip
+
+
+_PRINTERS = {
+    "throughput": _throughput, "paths": _paths, "large": _large,
+    "default_experiment": _default_experiment, "sweep": _sweep,
+}  # fmt: skip
+
+
+def goals(results: dict) -> list[dict]:
+    """Each goal of the issue with its measured value: met, not met, or n/a (not measured)."""
+    out: list[dict] = []
+
+    def goal(name: str, value: float | None, ok) -> None:
+        out.append({"goal": name, "value": value, "met": None if value is None else ok(value)})
+
+    rows = results["throughput"]
+    for n, d in sorted({(r["N"], r["D"]) for r in rows}):
+        for batch in (1, 10):
+            row = _find(rows, N=n, D=d, batch=batch)
+            goal(f"faster than SGDRegressor, N {n} D {d} batch {batch}",
+                 row and row["x_sklearn"], lambda v: v > 1)  # fmt: skip
+    row = _find(rows, N=1000, D=3, batch=10)
+    goal("N 1000 D 3 batch 10: >= 1000x reference", row and row["x_reference"], lambda v: v >= 1000)
+    row = _find(rows, N=1000, D=3, batch=1000)
+    goal("N 1000 D 3 batch 1000: >= 100x reference", row and row["x_reference"], lambda v: v >= 100)
+    big = _find(results["large"], N=10_000_000) or {}
+    goal("N 10^7 epoch: >= 50x reference", big.get("x_reference"), lambda v: v >= 50)
+    goal("N 10^7 epoch: >= 25% of read bandwidth", big.get("fraction_of_bandwidth"),
+         lambda v: v >= 0.25)  # fmt: skip
+    goal("N 10^7: peak memory <= 1.3x data", big.get("peak_over_data"), lambda v: v <= 1.3)
+    goal("default experiment <= 1.5x reference script",
+         results["default_experiment"]["ours_over_reference"], lambda v: v <= 1.5)  # fmt: skip
+    sweep = results["sweep"]
+    full = sweep["runs"] == 16
+    goal("16-run sweep >= 5x 16 reference runs", sweep["x_reference"] if full else None,
+         lambda v: v >= 5)  # fmt: skip
+    goal("16-run sweep faster than engine=autograd", sweep["x_autograd"] if full else None,
+         lambda v: v > 1)  # fmt: skip
+    return out
+
+
+def _find(rows: list[dict], **match) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def print_goals(rows: list[dict]) -> None:
+    print("\nGoals")
+    for r in rows:
+        mark = {True: "met", False: "NOT MET", None: "n/a"}[r["met"]]
+        value = "-" if r["value"] is None else f"{r['value']:.3g}"
+        print(f"  {mark:>7}  {r['goal']}  ({value})")

@@ -1,0 +1,102 @@
+"""`make bench`: linreg_lab against the reference tutorial loop and scikit-learn, in one run.
+
+    .venv/bin/python bench/run.py            # everything, ~5-10 minutes
+    .venv/bin/python bench/run.py --quick    # small sizes, no 10^7, a 2-run sweep (a smoke test)
+
+Prints one table per item and writes every figure to bench/results/latest.json. Compare ratios
+taken in one run: absolute times drift with the load on this machine's shared cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
+
+from bench import end_to_end, paths, report, throughput  # noqa: E402
+
+FULL = {
+    "throughput_shapes": [(1000, 3), (100_000, 3), (100_000, 100)],
+    "reference_max_steps": 1500,
+    "min_seconds": 0.3,
+    "paths": [(100_000, 100, 100), (100_000, 100, 1000), (100_000, 100, 10_000),
+              (20_000, 1000, 10_000)],
+    "large": [1_000_000, 10_000_000],
+    "repeats": 3,
+    "sweep_runs": 16,
+}  # fmt: skip
+QUICK = {
+    "throughput_shapes": [(1000, 3), (2000, 100)],
+    "reference_max_steps": 100,
+    "min_seconds": 0.02,
+    "paths": [(20_000, 100, 1000)],
+    "large": [100_000],
+    "repeats": 1,
+    "sweep_runs": 2,
+}
+
+
+def large(sizes: list[int]) -> list[dict]:
+    """Item 2, one subprocess per size, so each peak memory is that size's own."""
+    rows = []
+    for num_samples in sizes:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.large", str(num_samples), "100", "1000"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    results: dict = {"quick": args.quick, "machine": _machine()}
+
+    def section(name: str, measure) -> None:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = measure()
+        report.print_section(name, results[name])
+
+    section("throughput", lambda: throughput.measure(
+        plan["throughput_shapes"], [1, 10, 100, 1000], plan["min_seconds"],
+        plan["reference_max_steps"],
+    ))  # fmt: skip
+    section("paths", lambda: paths.measure(plan["paths"]))
+    section("large", lambda: large(plan["large"]))
+    section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
+    section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
+    results["goals"] = report.goals(results)
+    results["seconds"] = time.perf_counter() - started
+    report.print_goals(results["goals"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{results['seconds']:.0f} s; JSON in {args.out}")
+    return results
+
+
+def _machine() -> dict:
+    import numba
+    import sklearn
+    import torch
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "numba": numba.__version__, "sklearn": sklearn.__version__,
+        "cpus": len(__import__("os").sched_getaffinity(0)), "processor": platform.processor(),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""`bench/run.py --quick` runs end to end and writes every row (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_writes_every_section(tmp_path):
+    out = tmp_path / "latest.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads(out.read_text())
+
+    throughput = results["throughput"]
+    assert {(r["N"], r["D"], r["batch"]) for r in throughput} >= {
+        (1000, 3, b) for b in (1, 10, 100, 1000)
+    }
+    for row in throughput:
+        for key in ("ours_samples_per_s", "reference_samples_per_s", "sklearn_samples_per_s"):
+            assert row[key] > 0, (key, row)
+        assert row["ours_final_mse"] < 1e3  # trained, did not diverge
+    (large,) = results["large"]
+    assert large["ours_epoch_s"] > 0 and large["read_bandwidth_bytes_per_s"] > 0
+    assert large["peak_rss_bytes"] >= large["data_bytes"]
+    assert results["paths"][0]["compiled_s"] > 0
+    assert results["default_experiment"]["ours_s"] > 0
+    assert results["default_experiment"]["reference_s"] > 0
+    sweep = results["sweep"]
+    assert sweep["runs"] == 2 and sweep["ours_s"] > 0 and sweep["autograd_sweep_s"] > 0
+    assert {g["goal"] for g in results["goals"]} and "Goals" in result.stdout
