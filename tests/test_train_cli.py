@@ -32,7 +32,10 @@ def test_default_experiment_end_to_end(store):
 
     params = run.data.params
     assert params["optimizer.lr"] == "0.03" and params["trainer.batch_size"] == "10"
-    assert params["dataset.num_samples"] == "1000" and params["optimizer._target_"] == "torch.optim.SGD"
+    assert (
+        params["dataset.num_samples"] == "1000"
+        and params["optimizer._target_"] == "torch.optim.SGD"
+    )
     assert run.info.run_name == "default"
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
 
@@ -46,7 +49,9 @@ def test_default_experiment_end_to_end(store):
 def test_overrides_reach_the_run_and_name_it(store):
     store.train("optimizer.lr=0.1", "trainer.batch_size=32", "trainer.epochs=5")
     (run,) = store.runs()
-    assert run.data.params["optimizer.lr"] == "0.1" and run.data.params["trainer.batch_size"] == "32"
+    assert (
+        run.data.params["optimizer.lr"] == "0.1" and run.data.params["trainer.batch_size"] == "32"
+    )
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) == 5
     assert run.info.run_name == "lr=0.1 batch_size=32 epochs=5"
 

@@ -1,8 +1,8 @@
 """linreg-report: the comparison table of a past sweep or experiment, read back from MLflow.
 
-    linreg-report                          # the latest sweep
-    linreg-report --run <parent run id>    # a given sweep
-    linreg-report --experiment linreg      # every run of an experiment
+linreg-report                          # the latest sweep
+linreg-report --run <parent run id>    # a given sweep
+linreg-report --experiment linreg      # every run of an experiment
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
             experiment = client.get_experiment_by_name(args.experiment)
             if experiment is None:
                 names = ", ".join(e.name for e in client.search_experiments())
-                raise TrackingError(f"--experiment={args.experiment}: not found; there are: {names}")
+                raise TrackingError(
+                    f"--experiment={args.experiment}: not found; there are: {names}"
+                )
             runs = client.search_runs([experiment.experiment_id], max_results=50000)
             runs = [run for run in runs if run.data.tags.get(report.TAG_SWEEP) != "true"]
             rows, title = report.rows_of(runs), f"experiment {args.experiment}: best first"
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
             if parent is None:
                 raise TrackingError(f"tracking.uri={args.uri}: no sweep found; run linreg-train -m")
             rows = report.rows_of(report.children(client, parent))
-            title = f"{parent.info.run_name} ({parent.info.run_id}, {parent.info.status}): best first"
+            title = (
+                f"{parent.info.run_name} ({parent.info.run_id}, {parent.info.status}): best first"
+            )
         keys = report.varied_keys(rows)
         if args.csv:
             sys.stdout.write(report.to_csv(rows, keys))

@@ -1,9 +1,9 @@
 """linreg-train: compose the config with Hydra, train, record in MLflow.
 
-    linreg-train                                   # the default experiment
-    linreg-train optimizer.lr=0.1 trainer.batch_size=32
-    linreg-train -m optimizer.lr=0.003,0.01,0.03,0.1 trainer.batch_size=10,32,100
-    linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib
+linreg-train                                   # the default experiment
+linreg-train optimizer.lr=0.1 trainer.batch_size=32
+linreg-train -m optimizer.lr=0.003,0.01,0.03,0.1 trainer.batch_size=10,32,100
+linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ register_schemas()
 def train(cfg: DictConfig) -> float:
     from linreg_lab import console
     from linreg_lab.cli.errors import exit_on_user_error
-    from linreg_lab.experiment import Interrupted, exit_code_for, run_experiment
+    from linreg_lab.experiment import run_experiment
+    from linreg_lab.interrupts import Interrupted, exit_code_for
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN

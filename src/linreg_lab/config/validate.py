@@ -47,7 +47,9 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
     for key, node in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
         full_key = f"{path}.{key}" if path else str(key)
         if key == "_target_" and not str(node).startswith(ALLOWED_TARGET_PREFIXES):
-            _fail(full_key, node, "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated")
+            _fail(
+                full_key, node, "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated"
+            )
         elif isinstance(node, DictConfig):
             check_targets(node, full_key)
 
@@ -72,7 +74,9 @@ def _check_dataset(cfg: DictConfig) -> None:
     true_w = cfg.dataset.true_w
     if num_features is None:
         if true_w is None or len(true_w) == 0:
-            _fail("dataset.true_w", true_w, "a non-empty list of numbers, or set dataset.num_features")
+            _fail(
+                "dataset.true_w", true_w, "a non-empty list of numbers, or set dataset.num_features"
+            )
     if true_w is not None and not all(math.isfinite(v) for v in true_w):
         _fail("dataset.true_w", true_w, "every weight must be a finite number")
     size = cfg.dataset.num_samples * (num_features or len(true_w))
@@ -119,7 +123,9 @@ def _check_trainer(cfg: DictConfig) -> None:
 
 def _check_tracking(cfg: DictConfig) -> None:
     uri = cfg.tracking.uri
-    if not uri or not any(uri.startswith(s) for s in ("sqlite:///", "http://", "https://", "postgresql", "mysql")):
+    if not uri or not any(
+        uri.startswith(s) for s in ("sqlite:///", "http://", "https://", "postgresql", "mysql")
+    ):
         _fail("tracking.uri", uri, "sqlite:///<path>, http(s)://<server> or a database URL")
     if not cfg.tracking.experiment_name:
         _fail("tracking.experiment_name", cfg.tracking.experiment_name, "a non-empty name")

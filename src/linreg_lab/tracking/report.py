@@ -178,7 +178,11 @@ def finish_sweep(
     client: MlflowClient, parent_run_id: str, failure: str | None, interrupted: str | None
 ) -> str:
     """Log the comparison on the parent, then end it with the status its children earned."""
+    from linreg_lab.tracking.orphans import close_dead_runs
+
     parent = client.get_run(parent_run_id)
+    closed_as = KILLED if interrupted else FAILED
+    close_dead_runs(client, children(client, parent), closed_as, "its sweep was stopped")
     rows = compare(client, parent, log=True)
     statuses = {row.status for row in rows}
     if interrupted or KILLED in statuses:

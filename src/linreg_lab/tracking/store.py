@@ -58,9 +58,24 @@ def open_client(settings: TrackingSettings):
     elif settings.is_server:
         _check_server(settings.uri)
     try:
-        return MlflowClient(tracking_uri=settings.uri)
+        client = MlflowClient(tracking_uri=settings.uri)
+        client.search_experiments(max_results=1)  # the client is lazy: open the store now
     except Exception as error:  # MLflow raises several kinds for a bad or foreign store
-        raise TrackingError(f"tracking.uri={settings.uri}: {_first_line(error)}") from None
+        message = _first_line(error)
+        if "schema" in message or "revision" in message.lower():
+            message += (
+                f" (this store was written by another MLflow version than {mlflow_version()}: "
+                "upgrade an older store with `mlflow db upgrade <uri>`, or use the MLflow "
+                "that wrote it)"
+            )
+        raise TrackingError(f"tracking.uri={settings.uri}: {message}") from None
+    return client
+
+
+def mlflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("mlflow")
 
 
 def experiment_id(client, settings: TrackingSettings) -> str:

@@ -11,11 +11,13 @@ import atexit
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from linreg_lab.interrupts import Interrupted
 from linreg_lab.tracking.report import TAG_SWEEP
 
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
@@ -54,15 +56,17 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from linreg_lab import build
         from linreg_lab.cli.errors import exit_on_user_error
-        from linreg_lab.config.validate import validate
+        from linreg_lab.config.sweep_check import check_sweep
+        from linreg_lab.tracking.orphans import fail_orphaned_runs
         from linreg_lab.tracking.run import TAG_HOST, TAG_PID, RunRecorder
         from linreg_lab.tracking.store import experiment_id, open_client
 
         with exit_on_user_error():
-            validate(config)
+            check_sweep(config)
             tracking = build.tracking(config)
             self._client = open_client(tracking)
             exp_id = experiment_id(self._client, tracking)
+            fail_orphaned_runs(self._client, exp_id)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         import socket
@@ -95,9 +99,10 @@ class MlflowSweepCallback(Callback):
         self._finish(None)
 
     def _on_signal(self, signum, frame) -> None:
-        self._interrupted = signal.Signals(signum).name
-        from linreg_lab.experiment import Interrupted
-
+        """Stop the sweep: workers end their runs KILLED, then this process unwinds."""
+        if self._interrupted is None:
+            self._interrupted = signal.Signals(signum).name
+            stop_workers()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signum)
@@ -111,6 +116,8 @@ class MlflowSweepCallback(Callback):
             os.environ.pop(name, None)
         from linreg_lab.tracking.report import finish_sweep
 
+        if failure:  # not a normal end: let workers end their runs, then close what they left
+            stop_workers()
         try:
             finish_sweep(self._client, parent.run_id, failure, self._interrupted)
         except Exception as error:  # the parent must still be ended
@@ -118,3 +125,37 @@ class MlflowSweepCallback(Callback):
             from linreg_lab.tracking.run import FAILED
 
             self._client.set_terminated(parent.run_id, status=FAILED)
+        if self._interrupted:
+            # Launchers turn an interrupt into their own errors and exit 1; keep the
+            # conventional 128 + signal, after flushing what was printed.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signal.Signals[self._interrupted].value)
+
+
+def stop_workers(timeout: float = 15.0) -> None:
+    """SIGTERM this process's worker processes (joblib, submitit) and wait for them.
+
+    Workers of some launchers ignore SIGINT; SIGTERM makes a job end its run KILLED.
+    """
+    import psutil
+
+    workers = psutil.Process().children(recursive=True)
+    for worker in workers:
+        try:
+            worker.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    # loky's resource tracker ignores SIGTERM by design and exits with its parent.
+    jobs = [w for w in workers if "resource_tracker" not in " ".join(_cmdline(w))]
+    psutil.wait_procs(jobs, timeout=timeout)
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
