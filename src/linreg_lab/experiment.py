@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, console
 from linreg_lab.config.validate import validate
+from linreg_lab.interrupts import Interrupted, raise_interrupted
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.tracking import sweep
 from linreg_lab.tracking.dataset import log_dataset, log_model
@@ -25,14 +26,6 @@ from linreg_lab.tracking.store import experiment_id, open_client
 from linreg_lab.training.engine import fit
 from linreg_lab.training.evaluate import least_squares
 from linreg_lab.training.monitor import Diverged, EpochMonitor
-
-
-class Interrupted(BaseException):
-    """SIGTERM (or SIGINT) arrived: stop now, end the run KILLED, exit 128 + signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class _Status:
 def _ended(run: RunRecorder, monitor: EpochMonitor):
     """End the run FINISHED, FAILED (error as a tag) or KILLED; re-raise all but divergence."""
     outcome = _Status()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         yield outcome
     except Diverged as error:
@@ -143,10 +136,6 @@ def _end_quietly(run: RunRecorder, status: str, failure: str | None = None) -> N
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
-
-
 def _parameters_report(data, optimum, model) -> dict:
     w = model.weight.detach().reshape(-1).cpu()
     b = float(model.bias.detach()) if model.bias is not None else 0.0
@@ -174,13 +163,3 @@ def _git_tags() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"mlflow.source.git.commit": commit, "linreg.git_dirty": str(bool(dirty)).lower()}
-
-
-def exit_code_for(error: BaseException) -> int:
-    if isinstance(error, Interrupted):
-        return error.exit_code
-    if isinstance(error, KeyboardInterrupt):
-        return 128 + signal.SIGINT
-    return 1
-
-
