@@ -13,7 +13,7 @@ from linreg_lab.training.settings import batch_orders
 
 def epoch_seconds(data, batch_size: int, blas: bool, threads: int) -> float:
     torch.set_num_threads(threads)
-    previous, analytic._BLAS_ON_CPU = analytic._BLAS_ON_CPU, blas
+    previous, analytic._FORCE_PATH = analytic._FORCE_PATH, "blas" if blas else "compiled"
     try:
         hyper = analytic.SGDHyper(lr=0.001)
         theta = torch.zeros(data.num_features + 1)
@@ -22,12 +22,12 @@ def epoch_seconds(data, batch_size: int, blas: bool, threads: int) -> float:
         for _ in range(3):
             start = time.perf_counter()
             analytic.train_analytic(
-                theta, hyper, data.X, data.y, [order], batch_size, lambda *_: None
+                theta, hyper, data.X, data.y, [order], batch_size, lambda *_: None, 1
             )
             best = min(best, time.perf_counter() - start)
         return best
     finally:
-        analytic._BLAS_ON_CPU = previous
+        analytic._FORCE_PATH = previous
         torch.set_num_threads(1)
 
 

@@ -1,8 +1,9 @@
 """Item 1: samples per second of a 3-epoch fit (the tutorial's job) at each batch size.
 
 Every contender gets the same in-memory data and is timed from data to trained parameters, best
-of a few repeats; one-time process costs (imports, JIT compile, the first torch.optim.SGD's
-torch._dynamo import) are paid before timing, by a warm-up.
+of a few repeats; one-time process costs (imports, loading the compiled kernel, the first
+torch.optim.SGD's torch._dynamo import) are paid before timing. A process whose runs are all
+short never loads the kernel (see analytic._KERNEL_LOAD_IN_STEPS): items 3 and 4 time that.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def measure(
     shapes: list[tuple[int, int]], batches: list[int], min_seconds: float, reference_steps: int
 ) -> list[dict]:
     """One row per (N, D, batch); the reference runs at most reference_steps, extrapolated."""
+    import linreg_lab.training.sgd_kernels  # noqa: F401  (one-time load, as after any long run)
+
     torch.set_num_threads(1)  # what TrainerSettings.num_threads picks at these sizes
     rows = []
     for num_samples, num_features in shapes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 
 import numpy as np
@@ -57,12 +58,11 @@ def test_engines_agree(sgd, batch_size, monkeypatch):
     data = make_synthetic_regression(num_samples=2000, num_features=5)
     optimizer = functools.partial(torch.optim.SGD, **sgd)
     results = {}
-    for engine, blas_on_cpu in [("autograd", False), ("analytic", False), ("analytic", True)]:
-        # blas_on_cpu picks the analytic engine's compiled loop (False) or its BLAS path (True).
-        monkeypatch.setattr(analytic, "_BLAS_ON_CPU", blas_on_cpu)
+    for engine, path in [("autograd", None), ("analytic", "compiled"), ("analytic", "blas")]:
+        monkeypatch.setattr(analytic, "_FORCE_PATH", path)  # the analytic engine's two paths
         model, _, used = train(data, optimizer, engine=engine, batch_size=batch_size, epochs=2)
-        results[(used, blas_on_cpu)] = params(model)
-    reference = results[("autograd", False)]
+        results[(used, path)] = params(model)
+    reference = results[("autograd", None)]
     for key, value in results.items():
         torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-5, msg=str(key))
 
@@ -104,8 +104,9 @@ def test_least_squares_is_the_exact_optimum():
     assert optimum.loss == pytest.approx(0.01, rel=0.1)
 
 
-def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch():
+def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypatch):
     # 70 000 samples: batch_orders uses shuffle.permutation, the kernel prefetches rows.
+    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
     data = make_synthetic_regression(num_samples=70_000, num_features=5)
     sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
     results = [
@@ -154,3 +155,12 @@ def test_cuda_matches_cpu(engine):
     gpu, _, used = train(data, sgd, engine=engine, device="cuda", batch_size=100)
     assert used == engine and gpu.weight.device.type == "cuda"
     torch.testing.assert_close(params(gpu).cpu(), params(cpu), rtol=1e-4, atol=1e-5)
+
+
+def test_short_runs_skip_loading_the_compiled_kernel():
+    cpu = torch.device("cpu")
+    assert analytic.uses_blas(torch.device("cuda"), 10**9, 10**12)
+    assert not analytic.uses_blas(cpu, analytic._KERNEL_LOAD_IN_STEPS, 1000)
+    assert not analytic.uses_blas(cpu, 10_000, 10**7 * 101)  # one epoch at N 10^7, D 100
+    loaded = analytic._KERNEL_MODULE in sys.modules  # once loaded, every run uses it
+    assert analytic.uses_blas(cpu, 300, 12_000) is not loaded  # the default experiment

@@ -6,6 +6,7 @@ GPU each step is two BLAS calls into reused buffers.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -13,10 +14,17 @@ import numpy as np
 import torch
 
 # On CPU the compiled loop beat the BLAS path at every shape measured (`make bench`, "paths"
-# rows: batch 10 to 10^5, D 3 to 1000; torch with 1 and 2 threads): it reads each sampled row
+# rows: batch 100 to 10^4, D 100 to 1000; torch with 1 and 2 threads): it reads each sampled row
 # once, where BLAS reads it three times (gather, X w, X^T r) and pays dispatch per step.
-# Tests set this to run the BLAS path on CPU.
-_BLAS_ON_CPU = False
+# But loading it costs 0.5-1 s once per process (import numba, numba's CPU target, the cached
+# machine code), and the BLAS path ~20 us a step plus ~1 ns a multiply-add: a run below both
+# limits finishes sooner without it, unless this process has loaded it already. The default
+# experiment has 300 steps and 12 000 multiply-adds.
+_KERNEL_LOAD_IN_STEPS = 20_000
+_KERNEL_LOAD_IN_WORK = 1 << 26
+_KERNEL_MODULE = "linreg_lab.training.sgd_kernels"
+# Tests pin a path: "compiled" or "blas".
+_FORCE_PATH: str | None = None
 # Multiply-adds per compiled call: the loop returns to Python this often (~10-50 ms), so Ctrl-C
 # acts promptly.
 _WORK_PER_CALL = 1 << 24
@@ -35,8 +43,17 @@ class SGDHyper:
     nesterov: bool = False
 
 
-def uses_blas(device: torch.device) -> bool:
-    return device.type != "cpu" or _BLAS_ON_CPU
+def uses_blas(device: torch.device, total_steps: int, total_work: int) -> bool:
+    """Whether the BLAS path runs: on GPUs, and for CPU runs too short to repay loading numba.
+
+    total_work: multiply-adds of the whole run, epochs * N * (D + 1).
+    """
+    if _FORCE_PATH is not None:
+        return _FORCE_PATH == "blas"
+    if device.type != "cpu":
+        return True
+    short = total_steps < _KERNEL_LOAD_IN_STEPS and total_work < _KERNEL_LOAD_IN_WORK
+    return short and _KERNEL_MODULE not in sys.modules
 
 
 def train_analytic(
@@ -47,12 +64,14 @@ def train_analytic(
     orders: Iterable[torch.Tensor],
     batch_size: int,
     on_epoch_end: Callable[[int, float, float], None],
+    epochs: int,
 ) -> None:
     """Train theta = [w, b] (float32, updated in place) for every order in orders.
 
     on_epoch_end(epoch, last_batch_loss, b) runs after each epoch.
     """
-    if uses_blas(X.device):
+    n, d = X.shape
+    if uses_blas(X.device, epochs * -(-n // batch_size), epochs * n * (d + 1)):
         run_epoch = _BlasEpochs(theta, X, y.view(-1), batch_size, hyper)
     else:
         run_epoch = _CompiledEpochs(theta, X, y.view(-1), batch_size, hyper)

@@ -93,7 +93,9 @@ def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallb
         on_epoch_end(epoch, last_batch_loss, w, b)
 
     try:
-        train_analytic(theta, hyper, data.X, data.y, orders, settings.batch_size, report)
+        train_analytic(
+            theta, hyper, data.X, data.y, orders, settings.batch_size, report, settings.epochs
+        )
     finally:  # also when a callback stops training (divergence, Ctrl-C)
         with torch.no_grad():
             model.weight.view(-1).copy_(w)
