@@ -29,3 +29,6 @@ bench: $(INSTALLED)  ## speed against the reference loop and scikit-learn
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+server: $(INSTALLED)  ## an MLflow tracking server on 127.0.0.1:5000 over the project store
+	$(BIN)/linreg-ui --port 5000

@@ -23,7 +23,7 @@ from linreg_lab.tracking.params import flatten, run_name_from_overrides
 from linreg_lab.tracking.plots import log_plots
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, RunRecorder
 from linreg_lab.tracking.store import experiment_id, open_client
-from linreg_lab.training.engine import fit
+from linreg_lab.training.engine import choose_engine, fit
 from linreg_lab.training.evaluate import least_squares
 from linreg_lab.training.monitor import Diverged, EpochMonitor
 
@@ -58,6 +58,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
     torch.manual_seed(trainer.seed)
     model = build.model(cfg, data.num_features)
     optimizer_factory = build.optimizer_factory(cfg)
+    choose_engine(trainer.engine, model, optimizer_factory)  # refuse before a run exists
     optimum = least_squares(data.X, data.y)
     monitor = EpochMonitor(data, optimum, tracking.log_weights_up_to)
 

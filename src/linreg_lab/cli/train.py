@@ -8,6 +8,7 @@ linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab.config.schema import register_schemas
 from linreg_lab.paths import CONF_DIR, PROJECT_ROOT
+from linreg_lab.tracking import sweep
 
 OmegaConf.register_new_resolver("linreg.root", lambda: str(PROJECT_ROOT), replace=True)
 register_schemas()
@@ -31,6 +33,12 @@ def train(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep and sweep.in_worker_process():
+        # Ctrl-C reaches the whole process group; the sweep's process decides and stops us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if in_sweep and sweep.stop_requested():
+        print(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted", flush=True)
+        sys.exit(130)
     overrides = list(hydra_cfg.overrides.task)
     try:
         with exit_on_user_error():

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,8 @@ from linreg_lab.tracking.report import TAG_SWEEP
 
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
+ENV_SWEEP_PID = "LINREG_SWEEP_PID"
+ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +39,18 @@ def current_parent() -> Parent | None:
     run_id = os.environ.get(ENV_PARENT_RUN_ID)
     experiment_id = os.environ.get(ENV_EXPERIMENT_ID)
     return Parent(run_id, experiment_id) if run_id and experiment_id else None
+
+
+def stop_requested() -> bool:
+    """True in a job of a sweep that was interrupted: the job must not start."""
+    stop_file = os.environ.get(ENV_STOP_FILE)
+    return bool(stop_file) and os.path.exists(stop_file)
+
+
+def in_worker_process() -> bool:
+    """True in a job that a launcher runs outside the sweep's own process."""
+    pid = os.environ.get(ENV_SWEEP_PID)
+    return bool(pid) and int(pid) != os.getpid()
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -90,6 +105,8 @@ class MlflowSweepCallback(Callback):
         self._parent = Parent(run.info.run_id, exp_id)
         os.environ[ENV_PARENT_RUN_ID] = self._parent.run_id
         os.environ[ENV_EXPERIMENT_ID] = exp_id
+        os.environ[ENV_SWEEP_PID] = str(os.getpid())
+        os.environ[ENV_STOP_FILE] = str(Path(config.hydra.sweep.dir).absolute() / ".linreg-stop")
         atexit.register(self._finish, "the sweep stopped before its end")
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
@@ -102,6 +119,11 @@ class MlflowSweepCallback(Callback):
         """Stop the sweep: workers end their runs KILLED, then this process unwinds."""
         if self._interrupted is None:
             self._interrupted = signal.Signals(signum).name
+            # First forbid new jobs (any launcher, any host sharing the folder), then stop
+            # the running ones.
+            stop_file = Path(os.environ[ENV_STOP_FILE])
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.touch()
             stop_workers()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -112,7 +134,7 @@ class MlflowSweepCallback(Callback):
         if self._parent is None:
             return
         parent, self._parent = self._parent, None
-        for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID):
+        for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE):
             os.environ.pop(name, None)
         from linreg_lab.tracking.report import finish_sweep
 

@@ -1,0 +1,140 @@
+"""Bad input, interruptions and killed processes: one clear line, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import BIN, _env
+
+pytestmark = pytest.mark.slow
+
+BAD_INPUT = [
+    (["optimizer.lr=abc"], "optimizer.lr"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0"),
+    (["trainer.epochs=1.5"], "trainer.epochs"),
+    (["dataset.num_samples=-5"], "dataset.num_samples=-5"),
+    (["dataset.noise_std=-1"], "dataset.noise_std=-1"),
+    (["dataset.true_w=[]"], "dataset.true_w"),
+    (["dataset.true_w=[1,inf]"], "dataset.true_w"),
+    (["trainer.device=gpu"], "trainer.device"),
+    (["trainer.engine=fast"], "trainer.engine"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr"),
+    (["optimizer=adamw"], "optimizer/adamw"),
+    (["model.module._target_=os.system"], "only torch.nn"),
+    (["optimizer=adam", "trainer.engine=analytic"], "trainer.engine=analytic"),
+    (["tracking.uri=sqlite:////proc/forbidden/mlflow.db"], "tracking.uri=sqlite:////proc"),
+    (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr=-1"),
+    (["-m", "optimizer.lr=0.1,abc"], "optimizer.lr=abc"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_and_creates_nothing(store, args, named):
+    result = store.train(*args, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    message = [line for line in result.stderr.splitlines() if line.strip()]
+    assert any(named in line for line in message), result.stderr
+    assert store.all_runs() == []
+
+
+def test_store_from_another_mlflow_version(store):
+    with sqlite3.connect(store.root / "mlflow.db") as db:
+        db.execute("update alembic_version set version_num = 'ffffffffffff'")
+    result = store.train(check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "another MLflow version" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_dead_server_fails_fast_naming_the_uri(store):
+    started = time.monotonic()
+    result = store.train("tracking=server", "tracking.uri=http://127.0.0.1:9", check=False)
+    assert time.monotonic() - started < 30  # MLflow's own retries would take minutes
+    assert result.returncode == 2 and "tracking.uri=http://127.0.0.1:9" in result.stderr
+
+
+def start_in_group(store, *args: str) -> subprocess.Popen:
+    """Start linreg-train in its own process group, as a terminal's foreground job."""
+    return subprocess.Popen(
+        [str(BIN / "linreg-train"), *args],
+        cwd=store.root,
+        env=_env(store.uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_metric(store, experiment: str, count: int = 1, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment_ = store.client.get_experiment_by_name(experiment)
+        if experiment_:
+            runs = store.client.search_runs([experiment_.experiment_id], "metrics.`train/loss` > 0")
+            if len(runs) >= count:
+                return
+        time.sleep(0.5)
+    raise AssertionError("no run logged an epoch in time")
+
+
+LONG_RUN = ["dataset.num_samples=20000", "trainer.epochs=100000", "trainer.engine=autograd"]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_ends_the_run_killed_keeping_its_metrics(store, signum, code):
+    process = start_in_group(store, *LONG_RUN)
+    try:
+        wait_for_metric(store, "linreg")
+        os.killpg(process.pid, signum)
+        assert process.wait(timeout=30) == code
+    finally:
+        process.kill()
+    (run,) = store.runs()
+    assert run.info.status == "KILLED"
+    assert signal.Signals(signum).name in run.data.tags["linreg.failure"]
+    assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+    store.train("trainer.epochs=1")  # the store still works
+    assert {r.info.status for r in store.runs()} == {"KILLED", "FINISHED"}
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_interrupted_sweep_stops_and_ends_killed(store, launcher):
+    process = start_in_group(store, "-m", *LONG_RUN, "trainer.seed=1,2,3,4,5,6", *launcher)
+    try:
+        wait_for_metric(store, "linreg")
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+    runs = store.runs()
+    parent = next(r for r in runs if r.data.tags.get("linreg.sweep") == "true")
+    children = [r for r in runs if r is not parent]
+    assert parent.info.status == "KILLED"
+    assert 1 <= len(children) <= 2  # no job started after the interrupt
+    assert {c.info.status for c in children} == {"KILLED"}
+
+
+def test_sigkill_leaves_a_run_the_next_start_marks_failed(store):
+    process = start_in_group(store, *LONG_RUN)
+    try:
+        wait_for_metric(store, "linreg")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    (orphan,) = store.runs()
+    assert orphan.info.status == "RUNNING"
+    store.train("trainer.epochs=1")
+    statuses = {r.info.run_id: r for r in store.runs()}
+    marked = statuses[orphan.info.run_id]
+    assert marked.info.status == "FAILED"
+    assert f"process {process.pid}" in marked.data.tags["linreg.failure"]
+    assert sum(r.info.status == "FINISHED" for r in statuses.values()) == 1
