@@ -132,7 +132,9 @@ def plot(rows: list[Row], keys: list[str]):
         for i in range(len(batches)):
             for j in range(len(lrs)):
                 text = f"{grid[i, j]:.1e}" if np.isfinite(grid[i, j]) else "failed"
-                ax.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
+                light = np.isfinite(grid[i, j]) and image.norm(np.log10(grid[i, j])) < 0.5
+                color = "black" if light else "white"  # readable on viridis_r's yellow end
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(image, ax=ax, label="log10 final train/loss")
         ax.set_title("final train/loss")
         return fig, "heatmap.png"

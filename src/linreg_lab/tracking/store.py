@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from linreg_lab.paths import DEFAULT_TRACKING_URI, MLRUNS_DIR
+from linreg_lab.paths import DEFAULT_TRACKING_URI
 
 # Set before mlflow is imported: no telemetry, and a dead server fails in seconds, not minutes.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -23,7 +23,7 @@ class TrackingError(RuntimeError):
 @dataclass(frozen=True)
 class TrackingSettings:
     uri: str = DEFAULT_TRACKING_URI
-    artifact_location: str | None = str(MLRUNS_DIR / "artifacts")
+    artifact_location: str | None = None
     experiment_name: str = "linreg"
     run_name: str | None = None
     log_weights_up_to: int = 10
@@ -89,8 +89,11 @@ def experiment_id(client, settings: TrackingSettings) -> str:
             )
         return experiment.experiment_id
     artifact_location = None
+    db = sqlite_path(settings.uri)
     if settings.artifact_location and not settings.is_server:
         artifact_location = Path(settings.artifact_location).resolve().as_uri()
+    elif db is not None:  # keep a store's files together: mlruns/mlflow.db, mlruns/artifacts
+        artifact_location = (db.parent / "artifacts").resolve().as_uri()
     try:
         return client.create_experiment(settings.experiment_name, artifact_location)
     except Exception:
