@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, console
 from linreg_lab.config.validate import validate
+from linreg_lab.data import RegressionData
 from linreg_lab.interrupts import Interrupted, raise_interrupted
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.tracking import sweep
@@ -22,10 +23,11 @@ from linreg_lab.tracking.orphans import fail_orphaned_runs
 from linreg_lab.tracking.params import flatten, run_name_from_overrides
 from linreg_lab.tracking.plots import log_plots
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, RunRecorder
-from linreg_lab.tracking.store import experiment_id, open_client
+from linreg_lab.tracking.store import TrackingSettings, experiment_id, open_client
 from linreg_lab.training.engine import choose_engine, fit
-from linreg_lab.training.evaluate import least_squares
+from linreg_lab.training.evaluate import LeastSquares, least_squares
 from linreg_lab.training.monitor import Diverged, EpochMonitor
+from linreg_lab.training.settings import TrainerSettings
 
 
 @dataclass(frozen=True)
@@ -42,57 +44,99 @@ class Outcome:
         return loss if self.status == FINISHED and math.isfinite(loss) else math.inf
 
 
-def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool = False) -> Outcome:
-    """Validate, build, train and record one run; never leaves the run RUNNING."""
+@dataclass
+class Setup:
+    """What a run needs besides its model: settings, the store, the data and its optimum."""
+
+    cfg: DictConfig
+    trainer: TrainerSettings
+    tracking: TrackingSettings
+    client: object
+    experiment_id: str
+    parent_run_id: str | None
+    data: RegressionData
+    optimum: LeastSquares
+
+
+def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
+    """Validate cfg, open the store, build the data; reuse shared's store and data if given."""
     validate(cfg)
-    trainer = build.trainer(cfg)
-    tracking = build.tracking(cfg)
+    trainer, tracking = build.trainer(cfg), build.tracking(cfg)
+    if shared is not None:
+        return Setup(cfg, trainer, tracking, shared.client, shared.experiment_id,
+                     shared.parent_run_id, shared.data, shared.optimum)  # fmt: skip
     client = open_client(tracking)
     parent = sweep.current_parent()
     exp_id = parent.experiment_id if parent else experiment_id(client, tracking)
     if parent is None:  # a sweep's parent process has done this before its jobs
         fail_orphaned_runs(client, exp_id)
-
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
-    torch.manual_seed(trainer.seed)
-    model = build.model(cfg, data.num_features)
-    optimizer_factory = build.optimizer_factory(cfg)
-    choose_engine(trainer.engine, model, optimizer_factory)  # refuse before a run exists
     optimum = least_squares(data.X, data.y)
-    monitor = EpochMonitor(data, optimum, tracking.log_weights_up_to)
+    return Setup(cfg, trainer, tracking, client, exp_id, parent and parent.run_id, data, optimum)
 
+
+def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
+    """The seeded model and its optimizer factory; refuses an impossible engine choice now."""
+    torch.manual_seed(setup.trainer.seed)
+    model = build.model(setup.cfg, setup.data.num_features)
+    optimizer_factory = build.optimizer_factory(setup.cfg)
+    choose_engine(setup.trainer.engine, model, optimizer_factory)
+    return model, optimizer_factory
+
+
+def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0) -> RunRecorder:
+    """Create the run: its name, tags, parent; nothing logged yet."""
+    tracking = setup.tracking
     run = RunRecorder.start(
-        client,
-        exp_id,
+        setup.client,
+        setup.experiment_id,
         tracking.run_name or run_name_from_overrides(overrides),
         tags={**_git_tags(), "linreg.overrides": " ".join(overrides) or "(none)"},
-        parent_run_id=parent.run_id if parent else None,
+        parent_run_id=setup.parent_run_id,
+        flush_seconds=flush_seconds,
     )
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return run
+
+
+def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> None:
+    config = OmegaConf.to_container(setup.cfg, resolve=True, enum_to_str=True)
     config.pop("hydra", None)
-    with _ended(run, monitor) as outcome:
-        run.log_params(flatten(config))
-        run.log_text(OmegaConf.to_yaml(config), "config.yaml")
-        run.log_text("\n".join(overrides) + "\n", "overrides.txt")
-        log_dataset(client, run.run_id, config["dataset"], data)
-        run.log_metrics({"optimum/loss": optimum.loss}, step=0)
-        with console.epoch_progress(trainer.epochs, quiet) as progress:
+    run.log_params(flatten(config))
+    run.log_text(OmegaConf.to_yaml(config), "config.yaml")
+    run.log_text("\n".join(overrides) + "\n", "overrides.txt")
+    log_dataset(setup.client, run.run_id, config["dataset"], setup.data)
+    run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
+
+
+def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, engine: str) -> None:
+    run.set_tags({"linreg.engine": engine})
+    run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
+    log_plots(setup.client, run.run_id, monitor.history, setup.data, setup.optimum)
+    if setup.tracking.log_model:
+        log_model(setup.tracking.uri, run.run_id, model, setup.data.X)
+
+
+def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool = False) -> Outcome:
+    """Validate, build, train and record one run; never leaves the run RUNNING."""
+    setup = set_up(cfg)
+    model, optimizer_factory = build_model(setup)
+    monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
+    run = open_run(setup, overrides)
+    with ended(run) as outcome:
+        record_start(run, setup, overrides)
+        with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
 
             def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float) -> None:
                 metrics = monitor.measure(epoch, last_batch_loss, w, b)
                 run.log_metrics(metrics, step=epoch)
                 progress(epoch, metrics["train/loss"])
 
-            outcome.engine = fit(model, optimizer_factory, data, trainer, on_epoch_end)
-        run.set_tags({"linreg.engine": outcome.engine})
-        run.log_json(_parameters_report(data, optimum, model), "parameters.json")
-        log_plots(client, run.run_id, monitor.history, data, optimum)
-        if tracking.log_model:
-            log_model(tracking.uri, run.run_id, model, data.X)
+            outcome.engine = fit(model, optimizer_factory, setup.data, setup.trainer, on_epoch_end)
+        record_end(run, setup, model, monitor, outcome.engine)
     result = Outcome(run.run_id, outcome.status, monitor.final, outcome.engine)
     if not quiet:
-        console.summary(result, data, model, tracking)
+        console.summary(result, setup.data, model, setup.tracking)
     return result
 
 
@@ -103,7 +147,7 @@ class _Status:
 
 
 @contextmanager
-def _ended(run: RunRecorder, monitor: EpochMonitor):
+def ended(run: RunRecorder):
     """End the run FINISHED, FAILED (error as a tag) or KILLED; re-raise all but divergence."""
     outcome = _Status()
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
@@ -111,23 +155,24 @@ def _ended(run: RunRecorder, monitor: EpochMonitor):
         yield outcome
     except Diverged as error:
         outcome.status = FAILED
-        _end_quietly(run, FAILED, str(error))
+        end_quietly(run, FAILED, str(error))
         return
     except KeyboardInterrupt:
-        _end_quietly(run, KILLED, "interrupted by SIGINT")
+        end_quietly(run, KILLED, "interrupted by SIGINT")
         raise
     except Interrupted as error:
-        _end_quietly(run, KILLED, f"interrupted by {error}")
+        end_quietly(run, KILLED, f"interrupted by {error}")
         raise
     except BaseException as error:
-        _end_quietly(run, FAILED, f"{type(error).__name__}: {error}")
+        end_quietly(run, FAILED, f"{type(error).__name__}: {error}")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _end_quietly(run, FINISHED)
+    if outcome.status == FINISHED:
+        end_quietly(run, FINISHED)
 
 
-def _end_quietly(run: RunRecorder, status: str, failure: str | None = None) -> None:
+def end_quietly(run: RunRecorder, status: str, failure: str | None = None) -> None:
     """End the run with signals held back, so a second Ctrl-C cannot leave it RUNNING."""
     held = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, held)

@@ -35,12 +35,13 @@ class RunRecorder:
         run_name: str,
         tags: Mapping[str, str],
         parent_run_id: str | None = None,
+        flush_seconds: float = 1.0,
     ) -> RunRecorder:
         tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, flush_seconds)
 
     def log_params(self, params: Mapping[str, object]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

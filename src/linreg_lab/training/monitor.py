@@ -24,9 +24,12 @@ class EpochMonitor:
     log_weights_up_to: int = 10
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def measure(self, epoch: int, last_batch_loss: float, w: torch.Tensor, b: float) -> dict:
+    def measure(
+        self, epoch: int, last_batch_loss: float, w: torch.Tensor, b: float, loss: float | None = None
+    ) -> dict:
+        """The epoch's metrics; loss is the full-data MSE when the caller computed it already."""
         data = self.data
-        loss = mse(data.X, data.y, w, b)
+        loss = mse(data.X, data.y, w, b) if loss is None else loss
         metrics = {"train/loss": loss, "train/last_batch_loss": last_batch_loss}
         if w.numel() == data.num_features:
             w_cpu = w.detach().float().cpu()

@@ -1,0 +1,108 @@
+"""hydra/launcher=vectorized: a sweep's jobs that share data and batches train in one pass.
+
+Jobs that differ only in per-model settings (learning rate, momentum, weight decay, ...,
+initialisation) are grouped and trained as one vectorized model; each still gets its own MLflow
+run, Hydra output folder with .hydra/ files, and return value. Other jobs run one by one, as
+the basic launcher runs them.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizedLauncherConf:
+    _target_: str = (
+        "hydra_plugins.linreg_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
+    )
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf)
+
+
+class VectorizedLauncher(Launcher):
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from linreg_lab.launcher.grouping import group_jobs
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for offset, overrides in enumerate(job_overrides):
+            number = initial_job_idx + offset
+            log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(config):
+                config.hydra.job.id = number
+                config.hydra.job.num = number
+            configs.append(config)
+
+        groups = group_jobs(configs)
+        log.info(
+            f"Launching {len(configs)} jobs as {len(groups)} passes: "
+            + ", ".join(str(len(group)) for group in groups)
+        )
+        returns: dict[int, JobReturn] = {}
+        for group in groups:
+            task = self.task_function
+            if len(group) > 1:
+                task = self._replay(group, configs, job_overrides)
+            for index in group:
+                returns[index] = run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=task,
+                    config=configs[index],
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [returns[index] for index in range(len(configs))]
+
+    @staticmethod
+    def _replay(group, configs, job_overrides) -> TaskFunction:
+        """Train the group now; each job's task then reports its own share of the result."""
+        from linreg_lab import console
+        from linreg_lab.launcher.group_run import train_group
+
+        members = [configs[index] for index in group]
+        overrides = [list(job_overrides[index]) for index in group]
+        outcomes = {
+            id(cfg): outcome for cfg, outcome in zip(members, train_group(members, overrides))
+        }
+        by_number = {cfg.hydra.job.num: outcomes[id(cfg)] for cfg in members}
+
+        def report(cfg: DictConfig) -> float:
+            from hydra.core.hydra_config import HydraConfig
+
+            job = HydraConfig.get().job
+            outcome = by_number[job.num]
+            console.job_line(
+                f"job {job.num}: {' '.join(HydraConfig.get().overrides.task)}", outcome
+            )
+            return outcome.objective
+
+        return report

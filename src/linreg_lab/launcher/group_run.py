@@ -1,0 +1,89 @@
+"""Train a group of sweep jobs in one pass, recording each as its own MLflow run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import torch
+from omegaconf import DictConfig
+
+from linreg_lab.experiment import (
+    Outcome, build_model, end_quietly, ended, open_run, record_end, record_start, set_up,
+)  # fmt: skip
+from linreg_lab.tracking.run import FAILED, FINISHED
+from linreg_lab.training.engine import sgd_hyper
+from linreg_lab.training.monitor import Diverged, EpochMonitor
+from linreg_lab.training.settings import batch_orders
+from linreg_lab.training.vectorized import train_vectorized
+
+ENGINE = "vectorized"
+
+
+def column_losses(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> list[float]:
+    """Full-data MSE of every model column, in one pass over X (float64 sums)."""
+    d = X.shape[1]
+    totals = torch.zeros(theta.shape[1], dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], 1 << 16):
+        rows = slice(start, start + (1 << 16))
+        residual = torch.addmm(theta[d:], X[rows], theta[:d]).sub_(y[rows].view(-1, 1))
+        totals += residual.double().square().sum(dim=0)
+    return (totals / X.shape[0]).tolist()
+
+
+def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]]) -> list[Outcome]:
+    """One pass over the shared data for every config; each gets its own run and outcome."""
+    shared = set_up(configs[0])
+    setups = [shared] + [set_up(cfg, shared) for cfg in configs[1:]]
+    built = [build_model(setup) for setup in setups]
+    models = [model for model, _ in built]
+    hypers = [sgd_hyper(factory) for _, factory in built]
+    data, trainer = shared.data.to(shared.trainer.torch_device()), shared.trainer
+    monitors = [
+        EpochMonitor(shared.data, shared.optimum, s.tracking.log_weights_up_to) for s in setups
+    ]
+    # Metrics wait for the end of the group (or its failure): one log_batch per run.
+    runs = [open_run(s, o, flush_seconds=math.inf) for s, o in zip(setups, overrides)]
+    with ExitStack() as stack:
+        statuses = [stack.enter_context(ended(run)) for run in runs]
+        for run, setup, job_overrides in zip(runs, setups, overrides):
+            record_start(run, setup, job_overrides)
+        theta = torch.stack(
+            [torch.cat([m.weight.detach().view(-1), m.bias.detach().view(-1)]) for m in models],
+            dim=1,
+        ).to(data.X.device)
+        d = data.num_features
+
+        def on_epoch_end(epoch: int, last_losses: torch.Tensor, theta: torch.Tensor) -> None:
+            losses = column_losses(data.X, data.y, theta)
+            for k, (run, monitor, status) in enumerate(zip(runs, monitors, statuses)):
+                if status.status != FINISHED:
+                    continue
+                w, b = theta[:d, k], float(theta[d, k])
+                try:
+                    metrics = monitor.measure(epoch, float(last_losses[k]), w, b, losses[k])
+                except Diverged as error:
+                    status.status = FAILED  # as a single run: the diverged epoch is not logged
+                    end_quietly(run, FAILED, str(error))
+                    continue
+                run.log_metrics(metrics, step=epoch)
+
+        orders = batch_orders(
+            data.num_samples, trainer.epochs, trainer.shuffle,
+            torch.Generator().manual_seed(trainer.seed),
+        )  # fmt: skip
+        train_vectorized(theta, hypers, data.X, data.y, orders, trainer.batch_size, on_epoch_end)
+        for k, (model, run, setup, monitor, status) in enumerate(
+            zip(models, runs, setups, monitors, statuses)
+        ):
+            with torch.no_grad():
+                model.weight.view(-1).copy_(theta[:d, k])
+                model.bias.copy_(theta[d:, k])
+            status.engine = ENGINE
+            if status.status == FINISHED:
+                record_end(run, setup, model, monitor, ENGINE)
+    return [
+        Outcome(run.run_id, status.status, monitor.final, ENGINE)
+        for run, status, monitor in zip(runs, statuses, monitors)
+    ]

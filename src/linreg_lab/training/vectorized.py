@@ -1,0 +1,79 @@
+"""K linear models trained in one pass: same data, same batches, each its own SGD settings.
+
+Column k of theta (D + 1, K) is model k's [w, b]. Each step reads a batch once and updates all
+K models with two matrix products, following torch.optim.SGD per column (momentum,
+dampening, nesterov, weight decay). A column that diverges turns NaN on its own: columns
+never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from linreg_lab.training.analytic import SGDHyper
+
+# on_epoch_end(epoch, last_batch_losses (K,), theta (D + 1, K))
+GroupCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def train_vectorized(
+    theta: torch.Tensor,
+    hypers: Sequence[SGDHyper],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    orders: Iterable[torch.Tensor],
+    batch_size: int,
+    on_epoch_end: GroupCallback,
+) -> None:
+    """Train every column of theta (updated in place) over the batches of each order."""
+    n, d = X.shape
+    k = theta.shape[1]
+
+    def column(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=theta.dtype, device=theta.device).view(1, k)
+
+    lr = column([h.lr for h in hypers])
+    momentum = column([h.momentum for h in hypers])
+    keep = column([1.0 - h.dampening for h in hypers])
+    weight_decay = column([h.weight_decay for h in hypers])
+    nesterov = column([float(h.nesterov) for h in hypers]).bool()
+    has_momentum = momentum != 0
+    uses_decay = bool((weight_decay != 0).any())
+    uses_momentum = bool(has_momentum.any())
+
+    rows = min(batch_size, n)
+    # Reused buffers: fresh allocations are the slow part of a large gather on this VM.
+    X_batch = torch.empty(rows, d, dtype=X.dtype, device=X.device)
+    y_batch = torch.empty(rows, 1, dtype=X.dtype, device=X.device)
+    residual = torch.empty(rows, k, dtype=X.dtype, device=X.device)
+    grad = torch.empty_like(theta)
+    buf: torch.Tensor | None = None
+    y = y.view(-1, 1)
+    for epoch, order in enumerate(orders, start=1):
+        order = order.to(X.device)
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            count = batch.shape[0]
+            xb = torch.index_select(X, 0, batch, out=X_batch[:count])
+            yb = torch.index_select(y, 0, batch, out=y_batch[:count])
+            r = residual[:count]
+            # r = X_b W + b - y_b, for all K models at once
+            torch.addmm(theta[d:], xb, theta[:d], out=r).sub_(yb)
+            torch.mm(xb.T, r, out=grad[:d])
+            torch.sum(r, dim=0, keepdim=True, out=grad[d:])
+            grad.mul_(2.0 / count)
+            if uses_decay:
+                grad.addcmul_(weight_decay, theta)
+            step = grad
+            if uses_momentum:
+                if buf is None:
+                    buf = grad.clone()
+                else:
+                    buf.mul_(momentum).add_(keep * grad)
+                with_momentum = torch.where(nesterov, grad + momentum * buf, buf)
+                step = torch.where(has_momentum, with_momentum, grad)
+            theta.sub_(lr * step)
+        on_epoch_end(epoch, r.square().mean(dim=0), theta)
