@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from tests.conftest import BIN, _env
 
 pytestmark = pytest.mark.slow
@@ -35,7 +34,9 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("args,named", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args,named", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_bad_input_is_one_line_and_creates_nothing(store, args, named):
     result = store.train(*args, check=False)
     assert result.returncode != 0
@@ -105,7 +106,9 @@ def test_signal_ends_the_run_killed_keeping_its_metrics(store, signum, code):
     assert {r.info.status for r in store.runs()} == {"KILLED", "FINISHED"}
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
+)
 def test_interrupted_sweep_stops_and_ends_killed(store, launcher):
     process = start_in_group(store, "-m", *LONG_RUN, "trainer.seed=1,2,3,4,5,6", *launcher)
     try:

@@ -10,7 +10,14 @@ import torch
 from omegaconf import DictConfig
 
 from linreg_lab.experiment import (
-    Outcome, build_model, end_quietly, ended, open_run, record_end, record_start, set_up,
+    Outcome,
+    build_model,
+    end_quietly,
+    ended,
+    open_run,
+    record_end,
+    record_start,
+    set_up,
 )  # fmt: skip
 from linreg_lab.tracking.run import FAILED, FINISHED
 from linreg_lab.training.engine import sgd_hyper

@@ -27,9 +27,8 @@ def shares_a_pass(cfg: DictConfig) -> bool:
     """True when cfg trains a linear model with SGD: the analytic engine's domain."""
     try:
         model = build.model(cfg, in_features=1)
-        return choose_engine(str(cfg.trainer.engine), model, build.optimizer_factory(cfg)) == (
-            "analytic"
-        )
+        engine = choose_engine(build.trainer(cfg).engine, model, build.optimizer_factory(cfg))
+        return engine == "analytic"
     except Exception:  # an invalid job runs alone and reports its own error
         return False
 

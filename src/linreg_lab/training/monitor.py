@@ -25,7 +25,12 @@ class EpochMonitor:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def measure(
-        self, epoch: int, last_batch_loss: float, w: torch.Tensor, b: float, loss: float | None = None
+        self,
+        epoch: int,
+        last_batch_loss: float,
+        w: torch.Tensor,
+        b: float,
+        loss: float | None = None,
     ) -> dict:
         """The epoch's metrics; loss is the full-data MSE when the caller computed it already."""
         data = self.data
