@@ -18,8 +18,8 @@ import time
 import numba
 import numpy as np
 import torch
-from bench.reference import tutorial_fit
 
+from bench.reference import tutorial_fit
 from linreg_lab.data import make_synthetic_regression
 from linreg_lab.model import init_linear
 from linreg_lab.training.engine import fit
