@@ -5,12 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from linreg_lab.data import RegressionData
 from linreg_lab.tracking.store import TrackingSettings
 from linreg_lab.training.settings import TrainerSettings
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The resolved config without Hydra's own node (which resolves only inside a job)."""
+    task_keys = [key for key in cfg if key != "hydra"]
+    return OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, task_keys), resolve=True, enum_to_str=True
+    )
 
 
 def trainer(cfg: DictConfig) -> TrainerSettings:

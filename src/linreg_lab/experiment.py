@@ -100,8 +100,7 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
 
 
 def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> None:
-    config = OmegaConf.to_container(setup.cfg, resolve=True, enum_to_str=True)
-    config.pop("hydra", None)
+    config = build.plain_config(setup.cfg)
     run.log_params(flatten(config))
     run.log_text(OmegaConf.to_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")

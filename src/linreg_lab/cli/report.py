@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from linreg_lab.cli.errors import exit_on_user_error
     from linreg_lab.tracking import report
+    from linreg_lab.tracking.run import TAG_SWEEP
     from linreg_lab.tracking.store import TrackingError, TrackingSettings, open_client
 
     with exit_on_user_error("linreg-report"):
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"--experiment={args.experiment}: not found; there are: {names}"
                 )
             runs = client.search_runs([experiment.experiment_id], max_results=50000)
-            runs = [run for run in runs if run.data.tags.get(report.TAG_SWEEP) != "true"]
+            runs = [run for run in runs if run.data.tags.get(TAG_SWEEP) != "true"]
             rows, title = report.rows_of(runs), f"experiment {args.experiment}: best first"
         else:
             parent = client.get_run(args.run) if args.run else report.latest_sweep(client)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from linreg_lab import build
 from linreg_lab.training.analytic import SGDHyper
@@ -37,8 +37,7 @@ def pass_key(cfg: DictConfig) -> str | None:
     """Equal keys train together; None: the job runs alone."""
     if not shares_a_pass(cfg):
         return None
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    config.pop("hydra", None)
+    config = build.plain_config(cfg)
     for group, keys in PER_MODEL_KEYS.items():
         for key in keys:
             config.get(group, {}).pop(key, None)

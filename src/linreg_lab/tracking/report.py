@@ -13,7 +13,6 @@ from mlflow.entities import Run
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE, RunRecorder
 
 HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
-TAG_SWEEP = "linreg.sweep"
 TAG_SWEEP_Q = "`linreg.sweep`"  # quoted for MLflow's filter syntax (the key has a dot)
 
 

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-# Tags that identify who owns a RUNNING run, so runs orphaned by SIGKILL can be found later.
-TAG_PID, TAG_HOST = "linreg.pid", "linreg.host"
-TAG_FAILURE = "linreg.failure"
+from linreg_lab.tracking.tags import TAG_FAILURE, TAG_HOST, TAG_PID, TAG_SWEEP  # noqa: F401
+
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 

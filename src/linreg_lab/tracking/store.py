@@ -42,7 +42,19 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def open_client(settings: TrackingSettings):
-    """An MlflowClient on settings.uri; creates a sqlite store's folder, checks a server answers."""
+    """An MlflowClient on settings.uri; creates a sqlite store's folder, checks a server answers.
+
+    One client per URI and process: the jobs of a sweep in one process share it.
+    """
+    if settings.uri not in _clients:
+        _clients[settings.uri] = _open_client(settings)
+    return _clients[settings.uri]
+
+
+_clients: dict[str, object] = {}
+
+
+def _open_client(settings: TrackingSettings):
     from mlflow import MlflowClient
 
     db = sqlite_path(settings.uri)

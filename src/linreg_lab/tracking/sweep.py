@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab.interrupts import Interrupted
-from linreg_lab.tracking.report import TAG_SWEEP
+from linreg_lab.tracking.tags import TAG_SWEEP
 
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"

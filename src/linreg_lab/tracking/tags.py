@@ -1,0 +1,6 @@
+"""Tag keys of this project's runs (importing this costs nothing: no mlflow)."""
+
+# Who owns a RUNNING run, so runs orphaned by SIGKILL can be found later.
+TAG_PID, TAG_HOST = "linreg.pid", "linreg.host"
+TAG_FAILURE = "linreg.failure"  # why a run ended FAILED or KILLED
+TAG_SWEEP = "linreg.sweep"  # "true" on a sweep's parent run
