@@ -111,7 +111,8 @@ def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> No
 def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, engine: str) -> None:
     run.set_tags({"linreg.engine": engine})
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
-    log_plots(setup.client, run.run_id, monitor.history, setup.data, setup.optimum)
+    if setup.tracking.log_plots:
+        log_plots(setup.client, run.run_id, monitor.history, setup.data, setup.optimum)
     if setup.tracking.log_model:
         log_model(setup.tracking.uri, run.run_id, model, setup.data.X)
 

@@ -94,6 +94,7 @@ class TrackingSchema:
     run_name: Optional[str] = None
     log_weights_up_to: int = 10
     log_model: bool = False
+    log_plots: bool = True
 
 
 SCHEMAS = {

@@ -6,6 +6,8 @@ grows with the number of values, not with the size of the grid.
 
 from __future__ import annotations
 
+import copy
+
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -32,16 +34,36 @@ def swept_overrides(config: DictConfig) -> tuple[list[str], list[str]]:
 
 
 def check_sweep(config: DictConfig) -> None:
-    """Raise ConfigError for the first swept value that cannot run."""
+    """Raise ConfigError for the first swept value that cannot run.
+
+    Hydra composes once; a swept key then only updates a copy (its schema still checks the
+    type), except a config group, which needs a new composition.
+    """
     fixed, swept = swept_overrides(config)
     config_name = OmegaConf.select(config, "hydra.job.config_name", default="config")
-    for override in swept or [None]:
-        overrides = fixed + ([override] if override else [])
-        try:
-            job = compose(config_name, overrides=overrides)
-        except Exception as error:  # Hydra's composition errors: wrong type, unknown key
-            raise ConfigError(one_line(error)) from None
+    groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
+    base = _compose(config_name, fixed)
+    validate(base)
+    parser = OverridesParser.create()
+    for override in swept:
+        parsed = parser.parse_override(override)
+        key = parsed.get_key_element()
+        if key in groups or parsed.is_add() or parsed.is_delete() or key.startswith("hydra"):
+            job = _compose(config_name, [*fixed, override])
+        else:
+            job = copy.deepcopy(base)
+            try:
+                OmegaConf.update(job, key, parsed.value(), merge=True)
+            except Exception as error:  # the schema refuses the value's type
+                raise ConfigError(f"{override}: {one_line(error)}") from None
         validate(job)
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    try:
+        return compose(config_name, overrides=overrides)
+    except Exception as error:  # Hydra's composition errors: wrong type, unknown key
+        raise ConfigError(one_line(error)) from None
 
 
 def one_line(error: BaseException) -> str:

@@ -28,6 +28,7 @@ class TrackingSettings:
     run_name: str | None = None
     log_weights_up_to: int = 10
     log_model: bool = False
+    log_plots: bool = True
 
     @property
     def is_server(self) -> bool:
