@@ -1,4 +1,4 @@
-"""Items 3 and 4: whole programs as a user runs them, each in a fresh subprocess.
+"""Items 3, 4 and 5: whole programs as a user runs them, each in a fresh subprocess.
 
 linreg-train writes into a temporary sqlite store copied from one created beforehand, so the
 one-time schema creation (~8 s) is not timed; the reference is the tutorial as a script.
@@ -7,6 +7,7 @@ one-time schema creation (~8 s) is not timed; the reference is the tutorial as a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -48,20 +49,29 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def timed(command: list[str], cwd: Path, **env: str) -> float:
+def timed_output(command: list[str], cwd: Path, **env: str) -> tuple[float, str]:
+    """Wall seconds of command and its stdout + stderr; raises when it fails."""
     start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, env=_env(**env), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         failed = f"{' '.join(command)} exited {result.returncode}"
         raise RuntimeError(f"{failed}:\n{result.stderr[-3000:]}")
-    return seconds
+    return seconds, result.stdout + result.stderr
+
+
+def timed(command: list[str], cwd: Path, **env: str) -> float:
+    return timed_output(command, cwd, **env)[0]
+
+
+def train_output(stores: Stores, *overrides: str) -> tuple[float, str]:
+    folder = stores.fresh()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return timed_output([str(BIN / "linreg-train"), *overrides], folder, MLFLOW_TRACKING_URI=uri)
 
 
 def train(stores: Stores, *overrides: str) -> float:
-    folder = stores.fresh()
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return timed([str(BIN / "linreg-train"), *overrides], folder, MLFLOW_TRACKING_URI=uri)
+    return train_output(stores, *overrides)[0]
 
 
 def reference(workdir: Path, lr: float | None = None) -> float:
@@ -108,3 +118,51 @@ def sweep(count: int) -> dict:
         "runs": count, "ours_s": ours, "autograd_sweep_s": autograd, "reference_runs_s": ref,
         "x_reference": ref / ours, "x_autograd": autograd / ours,
     }  # fmt: skip
+
+
+TRACKING_CONF = ROOT / "conf" / "tracking" / "local.yaml"
+
+
+def has_plot_switch() -> bool:
+    """True when conf/tracking/local.yaml has a log_plots key: runs can skip their plots."""
+    return re.search(r"^log_plots\s*:", TRACKING_CONF.read_text(), re.MULTILINE) is not None
+
+
+def vectorized(cases: list[dict]) -> list[dict]:
+    """Item 5: each sweep with hydra/launcher=vectorized against the basic launcher (MLflow).
+
+    A case is {"case", "N", "D" (None: the default 3 features), "lrs", "batches"}; both
+    launchers use trainer.engine=auto. Each case also runs with tracking.log_plots=false where
+    that key exists (per-run matplotlib plots otherwise dominate).
+    """
+    plot_settings = [True, False] if has_plot_switch() else [True]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="linreg-bench-") as tmp:
+        workdir = Path(tmp)
+        stores = Stores(workdir)
+        for case in cases:
+            lrs = learning_rates(case["lrs"])
+            overrides = [
+                "-m", "optimizer.lr=" + ",".join(str(lr) for lr in lrs),
+                "trainer.batch_size=" + ",".join(str(b) for b in case["batches"]),
+                f"dataset.num_samples={case['N']}",
+            ]  # fmt: skip
+            if case["D"] is not None:
+                overrides.append(f"dataset.num_features={case['D']}")
+            for log_plots in plot_settings:
+                extra = [] if log_plots else ["tracking.log_plots=false"]
+                folder = workdir / f"sweep{len(rows)}"
+                basic = train(stores, *overrides, *extra, f"hydra.sweep.dir={folder / 'basic'}")
+                ours, output = train_output(
+                    stores, *overrides, *extra, "hydra/launcher=vectorized",
+                    f"hydra.sweep.dir={folder / 'vectorized'}",
+                )  # fmt: skip
+                launched = re.search(r"Launching (\d+) jobs as (\d+) passes", output)
+                rows.append({
+                    "case": case["case"], "N": case["N"], "D": case["D"] or 3,
+                    "lrs": len(lrs), "batches": list(case["batches"]),
+                    "runs": len(lrs) * len(case["batches"]), "log_plots": log_plots,
+                    "passes": int(launched.group(2)) if launched else None,
+                    "basic_s": basic, "vectorized_s": ours, "x_basic": basic / ours,
+                })  # fmt: skip
+    return rows

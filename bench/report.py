@@ -82,10 +82,27 @@ def _sweep(r: dict) -> None:
     )  # fmt: skip
 
 
+def _vectorized(rows: list[dict]) -> None:
+    print("5. vectorized sweeps: hydra/launcher=vectorized vs basic (engine=auto, MLflow)")
+    print("   one pass per batch size; plots = per-run matplotlib plots (tracking.log_plots)")
+    _table(
+        ["sweep", "runs", "N", "D", "batch", "plots", "passes", "basic", "vectorized", "vs basic"],
+        [[f'{r["lrs"]} lrs' + (f' x {len(r["batches"])} batches' if len(r["batches"]) > 1 else ""),
+          r["runs"], r["N"], r["D"], ",".join(str(b) for b in r["batches"]),
+          "on" if r["log_plots"] else "off", "-" if r["passes"] is None else r["passes"],
+          f'{r["basic_s"]:.1f} s', f'{r["vectorized_s"]:.1f} s', _x(r["x_basic"])] for r in rows],
+    )  # fmt: skip
+
+
 _PRINTERS = {
     "throughput": _throughput, "paths": _paths, "large": _large,
-    "default_experiment": _default_experiment, "sweep": _sweep,
+    "default_experiment": _default_experiment, "sweep": _sweep, "vectorized": _vectorized,
 }  # fmt: skip
+
+VECTORIZED_GOALS = [  # (case, full-size N, minimum speed-up over the basic launcher, label)
+    ("lr", 1_000_000, 5, "16 lrs N 10^6 D 100 batch 100"),
+    ("grid", 100_000, 2, "4 lrs x 4 batches N 10^5 D 3"),
+]
 
 
 def goals(results: dict) -> list[dict]:
@@ -95,7 +112,34 @@ def goals(results: dict) -> list[dict]:
     def goal(name: str, value: float | None, ok) -> None:
         out.append({"goal": name, "value": value, "met": None if value is None else ok(value)})
 
-    rows = results["throughput"]
+    if "throughput" in results:
+        _throughput_goals(results["throughput"], goal)
+    if "large" in results:
+        big = _find(results["large"], N=10_000_000) or {}
+        goal("N 10^7 epoch: >= 50x reference", big.get("x_reference"), lambda v: v >= 50)
+        goal("N 10^7 epoch: >= 25% of read bandwidth", big.get("fraction_of_bandwidth"),
+             lambda v: v >= 0.25)  # fmt: skip
+        goal("N 10^7: peak memory <= 1.3x data", big.get("peak_over_data"), lambda v: v <= 1.3)
+    if "default_experiment" in results:
+        goal("default experiment <= 1.5x reference script",
+             results["default_experiment"]["ours_over_reference"], lambda v: v <= 1.5)  # fmt: skip
+    if "sweep" in results:
+        sweep = results["sweep"]
+        full = sweep["runs"] == 16
+        goal("16-run sweep >= 5x 16 reference runs", sweep["x_reference"] if full else None,
+             lambda v: v >= 5)  # fmt: skip
+        goal("16-run sweep faster than engine=autograd", sweep["x_autograd"] if full else None,
+             lambda v: v > 1)  # fmt: skip
+    for case, full_n, factor, label in VECTORIZED_GOALS:
+        for row in [r for r in results.get("vectorized", []) if r["case"] == case]:
+            plots = "plots on" if row["log_plots"] else "plots off"
+            goal(f"{label} ({plots}): vectorized >= {factor}x basic launcher",
+                 row["x_basic"] if row["N"] == full_n else None,
+                 lambda v, factor=factor: v >= factor)  # fmt: skip
+    return out
+
+
+def _throughput_goals(rows: list[dict], goal) -> None:
     for n, d in sorted({(r["N"], r["D"]) for r in rows}):
         for batch in (1, 10):
             row = _find(rows, N=n, D=d, batch=batch)
@@ -105,20 +149,6 @@ def goals(results: dict) -> list[dict]:
     goal("N 1000 D 3 batch 10: >= 1000x reference", row and row["x_reference"], lambda v: v >= 1000)
     row = _find(rows, N=1000, D=3, batch=1000)
     goal("N 1000 D 3 batch 1000: >= 100x reference", row and row["x_reference"], lambda v: v >= 100)
-    big = _find(results["large"], N=10_000_000) or {}
-    goal("N 10^7 epoch: >= 50x reference", big.get("x_reference"), lambda v: v >= 50)
-    goal("N 10^7 epoch: >= 25% of read bandwidth", big.get("fraction_of_bandwidth"),
-         lambda v: v >= 0.25)  # fmt: skip
-    goal("N 10^7: peak memory <= 1.3x data", big.get("peak_over_data"), lambda v: v <= 1.3)
-    goal("default experiment <= 1.5x reference script",
-         results["default_experiment"]["ours_over_reference"], lambda v: v <= 1.5)  # fmt: skip
-    sweep = results["sweep"]
-    full = sweep["runs"] == 16
-    goal("16-run sweep >= 5x 16 reference runs", sweep["x_reference"] if full else None,
-         lambda v: v >= 5)  # fmt: skip
-    goal("16-run sweep faster than engine=autograd", sweep["x_autograd"] if full else None,
-         lambda v: v > 1)  # fmt: skip
-    return out
 
 
 def _find(rows: list[dict], **match) -> dict | None:

@@ -1,7 +1,8 @@
 """`make bench`: linreg_lab against the reference tutorial loop and scikit-learn, in one run.
 
-    .venv/bin/python bench/run.py            # everything, ~5-10 minutes
+    .venv/bin/python bench/run.py            # everything, ~10-15 minutes
     .venv/bin/python bench/run.py --quick    # small sizes, no 10^7, a 2-run sweep (a smoke test)
+    .venv/bin/python bench/run.py --only vectorized   # one item (JSON: bench/results/only.json)
 
 Prints one table per item and writes every figure to bench/results/latest.json. Compare ratios
 taken in one run: absolute times drift with the load on this machine's shared cores.
@@ -31,7 +32,12 @@ FULL = {
     "large": [1_000_000, 10_000_000],
     "repeats": 3,
     "sweep_runs": 16,
+    "vectorized": [
+        {"case": "lr", "N": 1_000_000, "D": 100, "lrs": 16, "batches": [100]},
+        {"case": "grid", "N": 100_000, "D": None, "lrs": 4, "batches": [10, 32, 100, 1000]},
+    ],
 }  # fmt: skip
+SECTIONS = ["throughput", "paths", "large", "default_experiment", "sweep", "vectorized"]
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -40,7 +46,11 @@ QUICK = {
     "large": [100_000],
     "repeats": 1,
     "sweep_runs": 2,
-}
+    "vectorized": [
+        {"case": "lr", "N": 2000, "D": 100, "lrs": 4, "batches": [100]},
+        {"case": "grid", "N": 2000, "D": None, "lrs": 2, "batches": [10, 100]},
+    ],
+}  # fmt: skip
 
 
 def large(sizes: list[int]) -> list[dict]:
@@ -58,13 +68,28 @@ def large(sizes: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="ITEM",
+        help=f"run only this item (repeatable): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON file; default bench/results/latest.json (with --only: bench/results/only.json)",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("only.json" if args.only else "latest.json")
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     results: dict = {"quick": args.quick, "machine": _machine()}
 
     def section(name: str, measure) -> None:
+        if args.only and name not in args.only:
+            return
         print(f"... {name}", file=sys.stderr, flush=True)
         results[name] = measure()
         report.print_section(name, results[name])
@@ -77,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("large", lambda: large(plan["large"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
+    section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
     results["goals"] = report.goals(results)
     results["seconds"] = time.perf_counter() - started
     report.print_goals(results["goals"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,4 +39,19 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["default_experiment"]["reference_s"] > 0
     sweep = results["sweep"]
     assert sweep["runs"] == 2 and sweep["ours_s"] > 0 and sweep["autograd_sweep_s"] > 0
-    assert {g["goal"] for g in results["goals"]} and "Goals" in result.stdout
+    vectorized = results["vectorized"]
+    tracking = (ROOT / "conf" / "tracking" / "local.yaml").read_text()
+    has_switch = re.search(r"^log_plots\s*:", tracking, re.MULTILINE) is not None
+    plot_settings = {True, False} if has_switch else {True}  # tracking.log_plots=false too
+    assert {(r["case"], r["log_plots"]) for r in vectorized} == {
+        (case, plots) for case in ("lr", "grid") for plots in plot_settings
+    }
+    for row in vectorized:
+        assert row["basic_s"] > 0 and row["vectorized_s"] > 0 and row["x_basic"] > 0, row
+        assert row["passes"] == len(row["batches"]), row  # one pass per batch size
+    (lr,) = [r for r in vectorized if r["case"] == "lr" and r["log_plots"]]
+    assert (lr["N"], lr["D"], lr["runs"], lr["batches"]) == (2000, 100, 4, [100])
+    (grid,) = [r for r in vectorized if r["case"] == "grid" and r["log_plots"]]
+    assert (grid["N"], grid["D"], grid["runs"], grid["batches"]) == (2000, 3, 4, [10, 100])
+    goals = {g["goal"] for g in results["goals"]}
+    assert any("vectorized" in g for g in goals) and "Goals" in result.stdout
