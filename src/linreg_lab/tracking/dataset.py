@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 
 import torch
@@ -85,7 +86,16 @@ def dataset_input(spec: Mapping[str, object], data: RegressionData):
 def log_dataset(client, run_id: str, spec: Mapping[str, object], data: RegressionData) -> str:
     """Record the training data as the run's dataset input; returns its digest."""
     entry = dataset_input(spec, data)
-    client.log_inputs(run_id, datasets=[entry])
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=[entry])
+            break
+        except Exception as error:
+            # Parallel jobs on one sqlite store race to insert the same dataset row; the
+            # loser's retry finds the row and links to it.
+            if attempt == 2 or "UNIQUE constraint failed" not in str(error):
+                raise
+            time.sleep(0.05 * (attempt + 1))
     return entry.dataset.digest
 
 
