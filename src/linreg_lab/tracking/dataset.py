@@ -93,7 +93,8 @@ def log_dataset(client, run_id: str, spec: Mapping[str, object], data: Regressio
         except Exception as error:
             # Parallel jobs on one sqlite store race to insert the same dataset row; the
             # loser's retry finds the row and links to it.
-            if attempt == 2 or "UNIQUE constraint failed" not in str(error):
+            duplicate = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+            if attempt == 2 or not any(text in str(error) for text in duplicate):
                 raise
             time.sleep(0.05 * (attempt + 1))
     return entry.dataset.digest
