@@ -93,3 +93,13 @@ def test_report_reads_a_past_sweep(store):
     assert all(c.info.run_id in table for c in children)
     missing = store.run("linreg-report", "--experiment", "nope", check=False)
     assert missing.returncode == 2 and "--experiment=nope: not found" in missing.stderr
+
+
+def test_optuna_preset_searches_and_reports(store):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[optuna]")
+    result = store.train("-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=3")
+    parent, children = sweep_runs(store, "lr_batch_optuna")
+    assert len(children) == 3 and parent.info.status == "FINISHED"
+    assert "Best value" in result.stdout + result.stderr
+    best = min(children, key=lambda c: c.data.metrics["train/loss"])
+    assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
