@@ -73,7 +73,7 @@ class MlflowSweepCallback(Callback):
         from linreg_lab.cli.errors import exit_on_user_error
         from linreg_lab.config.sweep_check import check_sweep
         from linreg_lab.tracking.orphans import fail_orphaned_runs
-        from linreg_lab.tracking.run import TAG_HOST, TAG_PID, RunRecorder
+        from linreg_lab.tracking.run import RunRecorder
         from linreg_lab.tracking.store import experiment_id, open_client
 
         with exit_on_user_error():
@@ -84,25 +84,21 @@ class MlflowSweepCallback(Callback):
             fail_orphaned_runs(self._client, exp_id)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-        import socket
-
-        run = self._client.create_run(
+        recorder = RunRecorder.start(
+            self._client,
             exp_id,
-            run_name=sweep_name(config),
+            sweep_name(config),
             tags={
                 TAG_SWEEP: "true",
-                TAG_PID: str(os.getpid()),
-                TAG_HOST: socket.gethostname(),
                 "linreg.sweep_dir": str(config.hydra.sweep.dir),
                 "linreg.launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
             },
         )
-        recorder = RunRecorder(self._client, run.info.run_id)
         params = {f"sweep.override.{i}": o for i, o in enumerate(overrides)}
         if sweep_params:
             params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
         recorder.log_params(params)
-        self._parent = Parent(run.info.run_id, exp_id)
+        self._parent = Parent(recorder.run_id, exp_id)
         os.environ[ENV_PARENT_RUN_ID] = self._parent.run_id
         os.environ[ENV_EXPERIMENT_ID] = exp_id
         os.environ[ENV_SWEEP_PID] = str(os.getpid())
