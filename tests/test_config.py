@@ -92,3 +92,18 @@ def test_num_features_draws_a_seeded_random_truth():
 def test_bad_values_name_the_setting(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(make(override))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "slurm", "vectorized"])
+def test_every_launcher_option_instantiates(launcher):
+    from hydra.plugins.launcher import Launcher
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    if launcher == "basic":  # Hydra's own class: not instantiable from a config (by design)
+        assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
+    else:
+        assert isinstance(instantiate(cfg.hydra.launcher), Launcher)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.timeout_min == 30 and cfg.hydra.launcher.partition is None
