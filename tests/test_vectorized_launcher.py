@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from tests.test_config import make
 
 from linreg_lab.launcher.grouping import group_jobs
+from tests.test_config import make
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +72,48 @@ def test_grouping_follows_from_the_configs():
     ]
     assert sorted(map(sorted, group_jobs(configs))) == [[0, 1, 4], [2], [3], [5]]
     assert OmegaConf.select(configs[0], "optimizer.lr") == 0.1
+
+
+@pytest.mark.parametrize("path", ["compiled", "blas"])
+def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
+    import functools
+
+    import torch
+
+    from linreg_lab.data import make_synthetic_regression
+    from linreg_lab.model import init_linear
+    from linreg_lab.training import analytic
+    from linreg_lab.training.engine import fit, sgd_hyper
+    from linreg_lab.training.settings import TrainerSettings, batch_orders
+    from linreg_lab.training.vectorized import train_vectorized
+
+    monkeypatch.setattr(analytic, "_FORCE_PATH", path)
+    data = make_synthetic_regression(num_samples=3000, num_features=4)
+    settings = TrainerSettings(epochs=2, batch_size=7, seed=3)
+    optimizers = [
+        functools.partial(torch.optim.SGD, lr=0.01),
+        functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.01),
+        functools.partial(torch.optim.SGD, lr=0.02, momentum=0.5, dampening=0.3),
+        functools.partial(torch.optim.SGD, lr=0.02, momentum=0.8, nesterov=True),
+        functools.partial(torch.optim.SGD, lr=50.0),  # diverges, alone
+    ]
+    separate = []
+    for optimizer in optimizers:
+        torch.manual_seed(settings.seed)
+        model = init_linear(torch.nn.Linear(4, 1))
+        fit(model, optimizer, data, settings, lambda *args: None)
+        separate.append(torch.cat([model.weight.detach().view(-1), model.bias.detach()]))
+    torch.manual_seed(settings.seed)
+    start = init_linear(torch.nn.Linear(4, 1))
+    theta = torch.cat([start.weight.detach().view(-1), start.bias.detach()])
+    theta = theta.unsqueeze(1).repeat(1, len(optimizers)).contiguous()
+    epochs_seen = []
+    train_vectorized(
+        theta, [sgd_hyper(o) for o in optimizers], data.X, data.y,
+        batch_orders(3000, 2, True, torch.Generator().manual_seed(settings.seed)),
+        settings.batch_size, lambda epoch, losses, th: epochs_seen.append(epoch), settings.epochs,
+    )  # fmt: skip
+    assert epochs_seen == [1, 2]
+    for k, expected in enumerate(separate[:-1]):
+        torch.testing.assert_close(theta[:, k], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.isfinite(theta[:, -1]).all() and not torch.isfinite(separate[-1]).all()

@@ -80,7 +80,9 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
             data.num_samples, trainer.epochs, trainer.shuffle,
             torch.Generator().manual_seed(trainer.seed),
         )  # fmt: skip
-        train_vectorized(theta, hypers, data.X, data.y, orders, trainer.batch_size, on_epoch_end)
+        train_vectorized(
+            theta, hypers, data.X, data.y, orders, trainer.batch_size, on_epoch_end, trainer.epochs
+        )
         for k, (model, run, setup, monitor, status) in enumerate(
             zip(models, runs, setups, monitors, statuses)
         ):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
-from linreg_lab.training.analytic import SGDHyper
+from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, uses_blas
 
 # on_epoch_end(epoch, last_batch_losses (K,), theta (D + 1, K))
 GroupCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-@torch.no_grad()
 def train_vectorized(
     theta: torch.Tensor,
     hypers: Sequence[SGDHyper],
@@ -27,8 +27,63 @@ def train_vectorized(
     orders: Iterable[torch.Tensor],
     batch_size: int,
     on_epoch_end: GroupCallback,
+    epochs: int,
 ) -> None:
-    """Train every column of theta (updated in place) over the batches of each order."""
+    """Train every column of theta (updated in place) over the batches of each order.
+
+    On CPU a compiled loop (the per-step cost of torch calls would dominate small batches);
+    on a GPU, or for runs too short to repay loading the compiler, two matrix products a step.
+    """
+    n, d = X.shape
+    work = epochs * n * (d + 1) * theta.shape[1]
+    if uses_blas(X.device, epochs * -(-n // batch_size), work):
+        _train_blas(theta, hypers, X, y, orders, batch_size, on_epoch_end)
+    else:
+        _train_compiled(theta, hypers, X, y, orders, batch_size, on_epoch_end)
+
+
+def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) -> None:
+    from linreg_lab.training.vectorized_kernels import sgd_steps_many
+
+    n, d = X.shape
+    k = theta.shape[1]
+    theta_np = np.ascontiguousarray(theta.numpy())
+    X_np, y_np = X.numpy(), y.reshape(-1).numpy()
+
+    def column(values, dtype=np.float32) -> np.ndarray:
+        return np.asarray(values, dtype=dtype)
+
+    lr = column([h.lr for h in hypers])
+    momentum = column([h.momentum for h in hypers])
+    keep = column([1.0 - h.dampening for h in hypers])
+    weight_decay = column([h.weight_decay for h in hypers])
+    nesterov = column([h.nesterov for h in hypers], np.bool_)
+    buf = np.zeros_like(theta_np)
+    last_loss = np.full(k, np.nan, np.float32)
+    has_buf = False
+    # Whole batches per call, returning to Python often enough for Ctrl-C to act promptly.
+    span = max(1, _WORK_PER_CALL // ((d + 1) * k * batch_size)) * batch_size
+    for epoch, order in enumerate(orders, start=1):
+        order_np = order.numpy()
+        for begin in range(0, n, span):
+            has_buf = sgd_steps_many(
+                X_np, y_np, order_np, begin, min(begin + span, n), batch_size,
+                theta_np, buf, has_buf, lr, momentum, keep, weight_decay, nesterov, last_loss,
+            )  # fmt: skip
+        theta.copy_(torch.from_numpy(theta_np))
+        on_epoch_end(epoch, torch.from_numpy(last_loss.copy()), theta)
+
+
+@torch.no_grad()
+def _train_blas(
+    theta: torch.Tensor,
+    hypers: Sequence[SGDHyper],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    orders: Iterable[torch.Tensor],
+    batch_size: int,
+    on_epoch_end: GroupCallback,
+) -> None:
     n, d = X.shape
     k = theta.shape[1]
 
