@@ -15,7 +15,7 @@ from linreg_lab.model import init_linear
 from linreg_lab.training import analytic
 from linreg_lab.training.engine import EngineError, choose_engine, fit
 from linreg_lab.training.evaluate import least_squares, mse
-from linreg_lab.training.settings import TrainerSettings, batch_orders
+from linreg_lab.training.settings import TrainerSettings, batch_orders, seeded_orders
 from linreg_lab.training.shuffle import permutation
 
 
@@ -123,6 +123,17 @@ def test_batch_orders_are_permutations_reproducible_from_the_seed():
         assert all(torch.equal(torch.sort(o).values, torch.arange(n)) for o in first)
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
         assert not torch.equal(first[0], first[1])
+
+
+def test_seeded_orders_are_batch_orders_of_a_fresh_generator():
+    # fit() takes its orders here: kept for small runs, drawn afresh for large ones.
+    for n, shuffle in [(1000, True), (1000, False), (70_000, True)]:
+        expected = list(batch_orders(n, 3, shuffle, torch.Generator().manual_seed(7)))
+        for _ in range(2):  # the second call of a small run is served from the cache
+            got = list(seeded_orders(n, 3, shuffle, 7))
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert seeded_orders(1000, 3, True, 7) is seeded_orders(1000, 3, True, 7)
+    assert not torch.equal(seeded_orders(1000, 3, True, 8)[0], seeded_orders(1000, 3, True, 7)[0])
 
 
 def test_cached_shuffle_is_uniform():

@@ -71,42 +71,47 @@ def train_analytic(
     on_epoch_end(epoch, last_batch_loss, b) runs after each epoch.
     """
     n, d = X.shape
-    if uses_blas(X.device, epochs * -(-n // batch_size), epochs * n * (d + 1)):
-        run_epoch = _BlasEpochs(theta, X, y.view(-1), batch_size, hyper)
-    else:
-        run_epoch = _CompiledEpochs(theta, X, y.view(-1), batch_size, hyper)
+    y = y.view(-1)
+    if not uses_blas(X.device, epochs * -(-n // batch_size), epochs * n * (d + 1)):
+        _train_compiled(theta, hyper, X, y, orders, batch_size, on_epoch_end)
+        return
+    run_epoch = _BlasEpochs(theta, X, y, batch_size, hyper)
     for epoch, order in enumerate(orders, start=1):
         last_batch_loss, b = run_epoch(order)
         on_epoch_end(epoch, last_batch_loss, b)
 
 
-class _CompiledEpochs:
-    def __init__(
-        self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, batch_size: int, h: SGDHyper
-    ):
-        from linreg_lab.training.sgd_kernels import sgd_steps  # compiles/loads only when used
+def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_end) -> None:
+    """train_analytic's CPU path: one compiled call per epoch (per _WORK_PER_CALL on long ones).
 
-        self._steps = sgd_steps
-        self._theta, self._X, self._y = theta.numpy(), X.numpy(), y.numpy()
-        self._batch_size = batch_size
-        self._hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
-        self._buf = np.zeros(X.shape[1] + 1, np.float32)
-        self._has_buf = False
-        self._prefetch = X.numel() * X.element_size() >= _PREFETCH_MIN_BYTES
-        # Whole batches per call, so batch boundaries do not depend on the call size.
-        samples = max(1, _WORK_PER_CALL // (X.shape[1] + 1))
-        self._span = max(1, samples // batch_size) * batch_size
+    Each step is in the kernel; this loop is the whole per-fit overhead, so it stays lean.
+    """
+    from linreg_lab.training.sgd_kernels import sgd_steps  # compiles/loads only when used
 
-    def __call__(self, order: torch.Tensor) -> tuple[float, float]:
+    n, d = X.shape
+    theta_np, X_np, y_np = theta.numpy(), X.numpy(), y.numpy()
+    buf = np.zeros(d + 1, theta_np.dtype)
+    has_buf = False
+    hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
+    prefetch = X_np.nbytes >= _PREFETCH_MIN_BYTES
+    # Whole batches per call, so batch boundaries do not depend on the call size.
+    span = max(1, max(1, _WORK_PER_CALL // (d + 1)) // batch_size) * batch_size
+    for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
-        n = order_np.shape[0]
+        count = order_np.shape[0]
         loss = np.nan
-        for begin in range(0, n, self._span):
-            loss, self._has_buf = self._steps(
-                self._X, self._y, order_np, begin, min(begin + self._span, n), self._batch_size,
-                self._theta, self._buf, self._has_buf, *self._hyper, self._prefetch,
+        if count <= span:  # the usual case: the whole epoch in one call
+            loss, has_buf = sgd_steps(
+                X_np, y_np, order_np, 0, count, batch_size, theta_np, buf, has_buf, *hyper,
+                prefetch,
             )  # fmt: skip
-        return float(loss), float(self._theta[-1])
+        else:
+            for begin in range(0, count, span):
+                loss, has_buf = sgd_steps(
+                    X_np, y_np, order_np, begin, min(begin + span, count), batch_size,
+                    theta_np, buf, has_buf, *hyper, prefetch,
+                )  # fmt: skip
+        on_epoch_end(epoch, float(loss), float(theta_np[d]))
 
 
 class _BlasEpochs:

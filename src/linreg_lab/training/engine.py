@@ -11,7 +11,7 @@ from torch import nn
 from linreg_lab.data import RegressionData
 from linreg_lab.model import linear_parameters
 from linreg_lab.training.analytic import SGDHyper, train_analytic
-from linreg_lab.training.settings import TrainerSettings, batch_orders
+from linreg_lab.training.settings import TrainerSettings, seeded_orders
 
 # on_epoch_end(epoch, last_batch_loss, w, b): w and b are the model's values after the epoch.
 EpochCallback = Callable[[int, float, torch.Tensor, float], None]
@@ -27,14 +27,21 @@ def sgd_hyper(optimizer_factory: Callable) -> SGDHyper | None:
         return None
     if optimizer_factory.func is not torch.optim.SGD or optimizer_factory.args:
         return None
-    kwargs = dict(optimizer_factory.keywords)
-    if set(kwargs) - {"lr", "momentum", "dampening", "weight_decay", "nesterov"}:
+    kwargs = optimizer_factory.keywords
+    if not _SGD_KEYWORDS.issuperset(kwargs):
         return None
     return SGDHyper(**{k: (bool(v) if k == "nesterov" else float(v)) for k, v in kwargs.items()})
 
 
+_SGD_KEYWORDS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov"})
+
+
 def choose_engine(requested: str, model: nn.Module, optimizer_factory: Callable) -> str:
-    eligible = _is_linear_with_bias(model) and sgd_hyper(optimizer_factory) is not None
+    return _choose(requested, model, sgd_hyper(optimizer_factory))
+
+
+def _choose(requested: str, model: nn.Module, hyper: SGDHyper | None) -> str:
+    eligible = hyper is not None and _is_linear_with_bias(model)
     if requested == "auto":
         return "analytic" if eligible else "autograd"
     if requested == "analytic" and not eligible:
@@ -57,17 +64,14 @@ def fit(
     on_epoch_end: EpochCallback,
 ) -> str:
     """Train model in place on data; returns the engine that ran."""
-    engine = choose_engine(settings.engine, model, optimizer_factory)
+    hyper = sgd_hyper(optimizer_factory)
+    engine = _choose(settings.engine, model, hyper)
     device = settings.torch_device()
     data = data.to(device)
-    orders = batch_orders(
-        data.num_samples,
-        settings.epochs,
-        settings.shuffle,
-        torch.Generator().manual_seed(settings.seed),
-    )
+    # The same seed gives every engine the same orders (cached for small runs: never written to).
+    orders = seeded_orders(data.num_samples, settings.epochs, settings.shuffle, settings.seed)
     if engine == "analytic":
-        _fit_analytic(model, sgd_hyper(optimizer_factory), data, orders, settings, on_epoch_end)
+        _fit_analytic(model, hyper, data, orders, settings, on_epoch_end)
     else:
         from linreg_lab.training.autograd_loop import train_autograd
 
@@ -84,19 +88,22 @@ def fit(
 
 def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallback) -> None:
     """theta = [w, b] trains outside the model (no autograd); the model gets it at the end."""
-    if model.weight.device != data.X.device:
-        model.to(data.X.device)
-    theta = torch.cat([model.weight.detach().view(-1), model.bias.detach().view(-1)])
-    w = theta[:-1]
+    X = data.X
+    weight, bias = model.weight, model.bias
+    if weight.device != X.device:
+        model.to(X.device)
+        weight, bias = model.weight, model.bias
+    # Detached views share the parameters' storage and version counter: no autograd, no no_grad.
+    weight, bias = weight.detach().view(-1), bias.detach()
+    theta = torch.cat((weight, bias))
+    w, b_slot = theta[:-1], theta[-1:]
 
     def report(epoch: int, last_batch_loss: float, b: float) -> None:
         on_epoch_end(epoch, last_batch_loss, w, b)
 
     try:
-        train_analytic(
-            theta, hyper, data.X, data.y, orders, settings.batch_size, report, settings.epochs
-        )
+        epochs = settings.epochs
+        train_analytic(theta, hyper, X, data.y, orders, settings.batch_size, report, epochs)
     finally:  # also when a callback stops training (divergence, Ctrl-C)
-        with torch.no_grad():
-            model.weight.view(-1).copy_(w)
-            model.bias.copy_(theta[-1:])
+        weight.copy_(w)
+        bias.copy_(b_slot)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +13,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # From here torch.randperm misses the cache on every swap (0.6 s at 10^7, as long as an epoch);
 # shuffle.permutation stays in cache (~0.1 s). Below, randperm is as fast and needs no numba.
 _CACHED_SHUFFLE_MIN_SAMPLES = 1 << 16
+# seeded_orders keeps the orders of small runs (at most this many int64 entries each, 1 MB) for
+# a few seeds: repeated fits with one seed (an lr sweep, a benchmark) draw them once.
+_KEPT_ORDERS_MAX_ENTRIES = 1 << 17
+_KEPT_ORDERS_RUNS = 16
 
 
 @dataclass(frozen=True)
@@ -56,3 +62,21 @@ def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.
 
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             yield torch.from_numpy(permutation(num_samples, seed))
+
+
+def seeded_orders(
+    num_samples: int, epochs: int, shuffle: bool, seed: int
+) -> Iterable[torch.Tensor]:
+    """batch_orders with a generator freshly seeded from seed: the same orders, every time.
+
+    Small runs get a cached tuple, shared between calls: callers must not write to the orders.
+    """
+    if num_samples * epochs <= _KEPT_ORDERS_MAX_ENTRIES:
+        return _kept_orders(num_samples, epochs, shuffle, seed)
+    return batch_orders(num_samples, epochs, shuffle, torch.Generator().manual_seed(seed))
+
+
+@functools.lru_cache(maxsize=_KEPT_ORDERS_RUNS)
+def _kept_orders(num_samples: int, epochs: int, shuffle: bool, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(batch_orders(num_samples, epochs, shuffle, generator))
