@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+
 from tests.conftest import BIN, _env
 
 pytestmark = pytest.mark.slow
