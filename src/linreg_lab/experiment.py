@@ -87,19 +87,18 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
 
 def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0) -> RunRecorder:
     """Create the run: its name, tags, parent; nothing logged yet."""
-    tracking = setup.tracking
-    run = RunRecorder.start(
+    return RunRecorder.start(
         setup.client,
         setup.experiment_id,
-        tracking.run_name or run_name_from_overrides(overrides),
+        setup.tracking.run_name or run_name_from_overrides(overrides),
         tags={**_git_tags(), "linreg.overrides": " ".join(overrides) or "(none)"},
         parent_run_id=setup.parent_run_id,
         flush_seconds=flush_seconds,
     )
-    return run
 
 
 def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> None:
+    """Log what is known before training: params, config, overrides, dataset, optimum."""
     config = build.plain_config(setup.cfg)
     run.log_params(flatten(config))
     run.log_text(OmegaConf.to_yaml(config), "config.yaml")
@@ -109,6 +108,7 @@ def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> No
 
 
 def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, engine: str) -> None:
+    """Log what training produced: engine, parameters, plots, and the model if asked."""
     run.set_tags({"linreg.engine": engine})
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots:
