@@ -39,8 +39,10 @@ def summary(outcome, data, model, tracking) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     metrics = outcome.metrics
-    w = model.weight.detach().reshape(-1).cpu().tolist()
-    b = float(model.bias.detach()) if model.bias is not None else 0.0
+    from linreg_lab.model import linear_parameters
+
+    w, b = linear_parameters(model)
+    w = w.cpu().tolist()
     shown = min(len(w), 10)
     table = Table(title=f"{outcome.status} ({outcome.engine} engine)")
     table.add_column("parameter")

@@ -16,6 +16,7 @@ from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.data import RegressionData
 from linreg_lab.interrupts import Interrupted, raise_interrupted
+from linreg_lab.model import linear_parameters
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.tracking import sweep
 from linreg_lab.tracking.dataset import log_dataset, log_model
@@ -183,8 +184,8 @@ def end_quietly(run: RunRecorder, status: str, failure: str | None = None) -> No
 
 
 def _parameters_report(data, optimum, model) -> dict:
-    w = model.weight.detach().reshape(-1).cpu()
-    b = float(model.bias.detach()) if model.bias is not None else 0.0
+    w, b = linear_parameters(model)
+    w = w.cpu()
     return {
         "true": {"w": data.true_w.tolist(), "b": data.true_b},
         "recovered": {"w": w.tolist(), "b": b},
