@@ -86,6 +86,7 @@ def test_num_features_draws_a_seeded_random_truth():
         ("optimizer.nesterov=true", "optimizer.nesterov"),
         ("model.module._target_=os.system", "only torch.nn"),
         ("trainer.threads=zero", "trainer.threads=zero"),
+        ("model.module.out_features=2", "model.module.out_features=2"),
         ("tracking.uri=/not/a/uri", "tracking.uri"),
     ],
 )

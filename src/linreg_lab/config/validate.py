@@ -85,6 +85,9 @@ def _check_dataset(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
+    out_features = OmegaConf.select(cfg, "model.module.out_features", default=1)
+    if out_features != 1:
+        _fail("model.module.out_features", out_features, "1: the dataset has one target")
     if "weight_std" in cfg.model:
         _number(cfg, "model.weight_std", 0, strict=False)
         _number(cfg, "model.bias_init", -math.inf, strict=True)
