@@ -60,17 +60,28 @@ def rows_of(runs: list[Run]) -> list[Row]:
             run.data.metrics.get("train/loss", math.nan),
             run.data.metrics.get("error/w_l2", math.nan),
             run.data.tags.get(TAG_FAILURE, ""),
-            run.data.params,
+            {**run.data.params, **_overrides(run.data.tags.get("linreg.overrides", ""))},
         )
         for run in runs
     ]
     return sorted(rows, key=lambda row: row.sort_key)
 
 
+def _overrides(tag: str) -> dict[str, str]:
+    """'optimizer.lr=0.1 optimizer=adam' -> {'optimizer.lr': '0.1', 'optimizer': 'adam'}."""
+    pairs = (item.lstrip("+~").partition("=") for item in tag.split() if "=" in item)
+    return {key: value for key, _, value in pairs}
+
+
 def varied_keys(rows: list[Row]) -> list[str]:
-    """The params whose values differ between runs: what the sweep swept."""
-    keys = sorted({k for row in rows for k in row.params})
-    return [k for k in keys if len({row.params.get(k) for row in rows}) > 1]
+    """What the sweep swept: the command-line overrides whose values differ between runs
+    (a config group such as `optimizer` included), else the params that differ."""
+
+    def differing(keys) -> list[str]:
+        return [k for k in sorted(keys) if len({row.params.get(k) for row in rows}) > 1]
+
+    swept = differing({k for row in rows for k in _overrides(row.overrides)})
+    return swept or differing({k for row in rows for k in row.params})
 
 
 def to_csv(rows: list[Row], keys: list[str]) -> str:
