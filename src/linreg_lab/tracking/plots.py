@@ -25,9 +25,16 @@ History = Sequence[dict[str, float]]  # per-epoch metrics, index 0 = epoch 1
 
 
 def _figure(width: float, height: float):
+    """A figure with fixed margins: matplotlib's layout engines double the time to save."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100)
+    # Margins in inches, so small and tall figures both keep room for titles and labels.
+    fig.subplots_adjust(
+        left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.6 / height,
+        wspace=0.35, hspace=0.75,
+    )  # fmt: skip
+    return fig
 
 
 def _series(history: History, key: str) -> tuple[list[int], list[float]]:
