@@ -9,6 +9,8 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,optuna]"
+	# Bytecode for the editable sources too: shells with PYTHONDONTWRITEBYTECODE=1 never cache it.
+	$(BIN)/python -m compileall -q src
 	touch $@
 
 run: $(INSTALLED)  ## train the default experiment into ./mlruns
