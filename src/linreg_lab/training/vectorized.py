@@ -42,6 +42,17 @@ def train_vectorized(
         _train_compiled(theta, hypers, X, y, orders, batch_size, on_epoch_end)
 
 
+def per_model_settings(hypers: Sequence[SGDHyper]) -> tuple[np.ndarray, ...]:
+    """(lr, momentum, 1 - dampening, weight_decay) as float32 arrays, nesterov as bools."""
+
+    def values(name: str) -> np.ndarray:
+        return np.array([getattr(h, name) for h in hypers], np.float32)
+
+    keep = np.array([1.0 - h.dampening for h in hypers], np.float32)
+    nesterov = np.array([h.nesterov for h in hypers], np.bool_)
+    return values("lr"), values("momentum"), keep, values("weight_decay"), nesterov
+
+
 def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) -> None:
     from linreg_lab.training.vectorized_kernels import sgd_steps_many
 
@@ -50,14 +61,7 @@ def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) 
     theta_np = np.ascontiguousarray(theta.numpy())
     X_np, y_np = X.numpy(), y.reshape(-1).numpy()
 
-    def column(values, dtype=np.float32) -> np.ndarray:
-        return np.asarray(values, dtype=dtype)
-
-    lr = column([h.lr for h in hypers])
-    momentum = column([h.momentum for h in hypers])
-    keep = column([1.0 - h.dampening for h in hypers])
-    weight_decay = column([h.weight_decay for h in hypers])
-    nesterov = column([h.nesterov for h in hypers], np.bool_)
+    lr, momentum, keep, weight_decay, nesterov = per_model_settings(hypers)
     buf = np.zeros_like(theta_np)
     last_loss = np.full(k, np.nan, np.float32)
     has_buf = False
@@ -87,14 +91,11 @@ def _train_blas(
     n, d = X.shape
     k = theta.shape[1]
 
-    def column(values) -> torch.Tensor:
-        return torch.tensor(values, dtype=theta.dtype, device=theta.device).view(1, k)
-
-    lr = column([h.lr for h in hypers])
-    momentum = column([h.momentum for h in hypers])
-    keep = column([1.0 - h.dampening for h in hypers])
-    weight_decay = column([h.weight_decay for h in hypers])
-    nesterov = column([float(h.nesterov) for h in hypers]).bool()
+    # Row vectors (1, K): each broadcasts over the D + 1 rows of its model's column.
+    lr, momentum, keep, weight_decay, nesterov = (
+        torch.from_numpy(values).to(theta.device).view(1, k)
+        for values in per_model_settings(hypers)
+    )
     has_momentum = momentum != 0
     uses_decay = bool((weight_decay != 0).any())
     uses_momentum = bool(has_momentum.any())
