@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -142,3 +143,38 @@ def test_sigkill_leaves_a_run_the_next_start_marks_failed(store):
     assert marked.info.status == "FAILED"
     assert f"process {process.pid}" in marked.data.tags["linreg.failure"]
     assert sum(r.info.status == "FINISHED" for r in statuses.values()) == 1
+
+
+def test_sigkill_of_the_training_process_alone_the_helper_ends_its_run(store):
+    process = start_in_group(store, *LONG_RUN)
+    try:
+        wait_for_metric(store, "linreg")
+        os.kill(process.pid, signal.SIGKILL)  # not the group: its MLflow helper lives on
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 60
+    while (run := store.runs()[0]).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.info.status == "FAILED"
+    assert f"process {process.pid} ended without closing" in run.data.tags["linreg.failure"]
+    assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+
+
+def test_the_training_process_never_imports_mlflow(store):
+    """MLflow (~4 s to import and open) lives in the helper; the run is whole at exit."""
+    code = (
+        "import atexit, sys; sys.argv = ['linreg-train']; "
+        "atexit.register(lambda: print('mlflow imported:', 'mlflow' in sys.modules)); "
+        "from linreg_lab.cli.train import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=store.root, env=_env(store.uri),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mlflow imported: False" in result.stdout
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and run.data.metrics["train/loss"] < 2e-4
+    artifacts = {a.path for a in store.client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/loss.png", "plots/parameters.png"}

@@ -12,9 +12,11 @@ from linreg_lab.tracking.dataset import digest, generator_params, log_dataset
 from linreg_lab.tracking.plots import (
     LOSS_PLOT,
     PARAMETERS_PLOT,
+    PlotInputs,
     log_plots,
     loss_figure,
     parameters_figure,
+    png_images,
 )
 from linreg_lab.training.evaluate import least_squares
 
@@ -72,12 +74,16 @@ def test_log_plots_writes_pngs_to_the_run(store):
     exp = client.create_experiment("plots", (store.root / "artifacts").as_uri())
     run = client.create_run(exp)
     data = make_synthetic_regression(num_samples=200)
-    paths = log_plots(client, run.info.run_id, history_for(3), data, least_squares(data.X, data.y))
+    inputs = PlotInputs.of(history_for(3), data, least_squares(data.X, data.y))
+    paths = log_plots(client, run.info.run_id, inputs)
     assert paths == [LOSS_PLOT, PARAMETERS_PLOT]
     for path in paths:
         local = client.download_artifacts(run.info.run_id, path, str(store.root))
         with open(local, "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Drawn in the training process instead (the helper was busy): the same pictures.
+    drawn = png_images(inputs)
+    assert list(drawn) == paths and all(png.startswith(b"\x89PNG") for png in drawn.values())
 
 
 def make(spec: dict):

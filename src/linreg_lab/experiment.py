@@ -18,13 +18,13 @@ from linreg_lab.data import RegressionData
 from linreg_lab.interrupts import Interrupted, raise_interrupted
 from linreg_lab.model import linear_parameters
 from linreg_lab.paths import PROJECT_ROOT
-from linreg_lab.tracking import sweep
-from linreg_lab.tracking.dataset import log_dataset, log_model
+from linreg_lab.tracking import plots, sweep, writes
+from linreg_lab.tracking.dataset import DataFacts, log_dataset, log_model
 from linreg_lab.tracking.orphans import fail_orphaned_runs
 from linreg_lab.tracking.params import flatten, run_name_from_overrides
-from linreg_lab.tracking.plots import log_plots
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, RunRecorder
-from linreg_lab.tracking.store import TrackingSettings, experiment_id, open_client
+from linreg_lab.tracking.service import Store
+from linreg_lab.tracking.store import TrackingSettings, bind_experiment
 from linreg_lab.training.engine import choose_engine, fit
 from linreg_lab.training.evaluate import LeastSquares, least_squares
 from linreg_lab.training.monitor import Diverged, EpochMonitor
@@ -47,12 +47,15 @@ class Outcome:
 
 @dataclass
 class Setup:
-    """What a run needs besides its model: settings, the store, the data and its optimum."""
+    """What a run needs besides its model: settings, the store, the data and its optimum.
+
+    experiment_id may be a reference the MLflow helper resolves (see tracking.service).
+    """
 
     cfg: DictConfig
     trainer: TrainerSettings
     tracking: TrackingSettings
-    client: object
+    store: Store
     experiment_id: str
     parent_run_id: str | None
     data: RegressionData
@@ -60,21 +63,28 @@ class Setup:
 
 
 def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
-    """Validate cfg, open the store, build the data; reuse shared's store and data if given."""
+    """Validate cfg, open the store, build the data; reuse shared's store and data if given.
+
+    The store opens in the MLflow helper while the data is built; its failure (a TrackingError)
+    surfaces at the next Store.check(), at the latest when the run ends.
+    """
     validate(cfg)
     trainer, tracking = build.trainer(cfg), build.tracking(cfg)
     if shared is not None:
-        return Setup(cfg, trainer, tracking, shared.client, shared.experiment_id,
+        return Setup(cfg, trainer, tracking, shared.store, shared.experiment_id,
                      shared.parent_run_id, shared.data, shared.optimum)  # fmt: skip
-    client = open_client(tracking)
+    store = Store.of(tracking)
     parent = sweep.current_parent()
-    exp_id = parent.experiment_id if parent else experiment_id(client, tracking)
-    if parent is None:  # a sweep's parent process has done this before its jobs
-        fail_orphaned_runs(client, exp_id)
+    if parent is not None:  # the sweep's process has opened the store and its experiment
+        exp_id = parent.experiment_id
+    else:
+        exp_id = store.new_ref()
+        store.post(bind_experiment, exp_id, tracking)
+        store.post(fail_orphaned_runs, exp_id)
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     optimum = least_squares(data.X, data.y)
-    return Setup(cfg, trainer, tracking, client, exp_id, parent and parent.run_id, data, optimum)
+    return Setup(cfg, trainer, tracking, store, exp_id, parent and parent.run_id, data, optimum)
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
@@ -89,7 +99,7 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
 def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0) -> RunRecorder:
     """Create the run: its name, tags, parent; nothing logged yet."""
     return RunRecorder.start(
-        setup.client,
+        setup.store,
         setup.experiment_id,
         setup.tracking.run_name or run_name_from_overrides(overrides),
         tags={**_git_tags(), "linreg.overrides": " ".join(overrides) or "(none)"},
@@ -104,7 +114,7 @@ def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> No
     run.log_params(flatten(config))
     run.log_text(OmegaConf.to_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
-    log_dataset(setup.client, run.run_id, config["dataset"], setup.data)
+    setup.store.post(log_dataset, run.run_ref, config["dataset"], DataFacts.of(setup.data))
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
 
 
@@ -112,8 +122,13 @@ def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, eng
     """Log what training produced: engine, parameters, plots, and the model if asked."""
     run.set_tags({"linreg.engine": engine})
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
-    if setup.tracking.log_plots:
-        log_plots(setup.client, run.run_id, monitor.history, setup.data, setup.optimum)
+    if setup.tracking.log_plots and monitor.history:
+        inputs = plots.PlotInputs.of(monitor.history, setup.data, setup.optimum)
+        if setup.store.idle:  # the helper draws them while this process goes on
+            setup.store.post(plots.log_plots, run.run_ref, inputs)
+        else:
+            for path, png in _drawn_here(inputs).items():
+                setup.store.post(writes.log_image_bytes, run.run_ref, png, path)
     if setup.tracking.log_model:
         log_model(setup.tracking.uri, run.run_id, model, setup.data.X)
 
@@ -132,9 +147,14 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
                 metrics = monitor.measure(epoch, last_batch_loss, w, b)
                 run.log_metrics(metrics, step=epoch)
                 progress(epoch, metrics["train/loss"])
+                setup.store.check()  # a store that failed to open stops training here
 
             outcome.engine = fit(model, optimizer_factory, setup.data, setup.trainer, on_epoch_end)
         record_end(run, setup, model, monitor, outcome.engine)
+    if sweep.current_parent() is not None and not sweep.in_worker_process():
+        setup.store.check()  # the sweep's end waits for the helper; this job need not
+    else:
+        setup.store.sync()  # the run is in the store when this returns
     result = Outcome(run.run_id, outcome.status, monitor.final, outcome.engine)
     if not quiet:
         console.summary(result, setup.data, model, setup.tracking)
@@ -181,6 +201,15 @@ def end_quietly(run: RunRecorder, status: str, failure: str | None = None) -> No
         run.end(status, failure)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _drawn_here(inputs: plots.PlotInputs) -> dict[str, bytes]:
+    """The plots as PNGs drawn in this process; none (and a warning) if matplotlib fails."""
+    try:
+        return plots.png_images(inputs)
+    except Exception as error:  # the trained run is worth keeping without pictures
+        plots.log.warning("could not draw the plots: %s", error)
+        return {}
 
 
 def _parameters_report(data, optimum, model) -> dict:

@@ -50,7 +50,16 @@ def train(cfg: DictConfig) -> float:
     return outcome.objective
 
 
+# Arguments after which linreg-train trains nothing: no MLflow helper for them.
+_NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
+                 "--shell-completion", "-sc"}  # fmt: skip
+
+
 def main() -> None:
+    if _NO_RUN_FLAGS.isdisjoint(sys.argv[1:]):
+        from linreg_lab.tracking import service
+
+        service.start()  # MLflow's imports run beside Hydra's and torch's
     train()
 
 

@@ -75,6 +75,7 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
                     end_quietly(run, FAILED, str(error))
                     continue
                 run.log_metrics(metrics, step=epoch)
+            shared.store.check()
 
         orders = batch_orders(
             data.num_samples, trainer.epochs, trainer.shuffle,
@@ -92,6 +93,7 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
             status.engine = ENGINE
             if status.status == FINISHED:
                 record_end(run, setup, model, monitor, ENGINE)
+    shared.store.check()
     return [
         Outcome(run.run_id, status.status, monitor.final, ENGINE)
         for run, status, monitor in zip(runs, statuses, monitors)

@@ -12,10 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-
-import torch
-
-from linreg_lab.data import RegressionData
+from dataclasses import dataclass
 
 SOURCE_TYPE = "code"  # MLflow's source type for data made by code rather than read from a file
 CONTEXT = "training"
@@ -23,7 +20,29 @@ CONTEXT = "training"
 _LISTED_WEIGHTS = 20
 
 
-def generator_params(spec: Mapping[str, object], data: RegressionData) -> dict[str, object]:
+@dataclass(frozen=True)
+class DataFacts:
+    """What the dataset entry says about the data, without the data (for the MLflow helper)."""
+
+    num_samples: int
+    num_features: int
+    true_b: float
+    noise_std: float
+    seed: int
+    dtype: str  # numpy's name: "float32"
+    features_nbytes: int
+
+    @classmethod
+    def of(cls, data) -> DataFacts:
+        """From a RegressionData."""
+        X = data.X
+        return cls(
+            data.num_samples, data.num_features, data.true_b, data.noise_std, data.seed,
+            str(X.dtype).removeprefix("torch."), X.element_size() * X.nelement(),
+        )  # fmt: skip
+
+
+def generator_params(spec: Mapping[str, object], data) -> dict[str, object]:
     """What regenerates the data: the dataset config (its _target_ as 'generator'), canonical.
 
     true_w is kept when it was used as given; when num_features drew a seeded random true_w
@@ -51,18 +70,20 @@ def digest(params: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
-def dataset_input(spec: Mapping[str, object], data: RegressionData):
+def dataset_input(spec: Mapping[str, object], data: DataFacts):
     """An mlflow.entities.DatasetInput for the run: name, digest, source, schema and profile."""
     import numpy as np
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.types import Schema, TensorSpec
 
+    if not isinstance(data, DataFacts):
+        data = DataFacts.of(data)
     params = generator_params(spec, data)
     n, d = data.num_samples, data.num_features
     shown = dict(params)
     if "true_w" in shown and len(shown["true_w"]) > _LISTED_WEIGHTS:
         shown["true_w"] = f"{len(shown['true_w'])} values (see the run's parameters.json)"
-    dtype = np.dtype(str(data.X.dtype).removeprefix("torch."))
+    dtype = np.dtype(data.dtype)
     features = Schema([TensorSpec(dtype, (-1, d), "X")])
     targets = Schema([TensorSpec(dtype, (-1, 1), "y")])
     schema = {"mlflow_tensorspec": {"features": features.to_json(), "targets": targets.to_json()}}
@@ -70,7 +91,7 @@ def dataset_input(spec: Mapping[str, object], data: RegressionData):
         "num_rows": n,
         "features_shape": [n, d],
         "targets_shape": [n, 1],
-        "features_nbytes": data.X.element_size() * data.X.nelement(),
+        "features_nbytes": data.features_nbytes,
     }
     dataset = Dataset(
         name=f"synthetic-D{d}-N{n}",
@@ -83,7 +104,7 @@ def dataset_input(spec: Mapping[str, object], data: RegressionData):
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", CONTEXT)])
 
 
-def log_dataset(client, run_id: str, spec: Mapping[str, object], data: RegressionData) -> str:
+def log_dataset(client, run_id: str, spec: Mapping[str, object], data: DataFacts) -> str:
     """Record the training data as the run's dataset input; returns its digest."""
     entry = dataset_input(spec, data)
     for attempt in range(3):
@@ -100,7 +121,7 @@ def log_dataset(client, run_id: str, spec: Mapping[str, object], data: Regressio
     return entry.dataset.digest
 
 
-def log_model(tracking_uri: str, run_id: str, model, example: torch.Tensor) -> str:
+def log_model(tracking_uri: str, run_id: str, model, example) -> str:
     """Log the trained model as the run's output (an MLflow LoggedModel); returns its URI.
 
     pip_requirements is given, so MLflow does not infer it (3-7 s); pickle rather than the
@@ -108,6 +129,7 @@ def log_model(tracking_uri: str, run_id: str, model, example: torch.Tensor) -> s
     """
     import mlflow
     import mlflow.pytorch
+    import torch
 
     cpu_model = copy.deepcopy(model).to("cpu").eval()
     example = example[:5].detach().to("cpu").numpy()

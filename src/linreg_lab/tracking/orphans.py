@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import psutil
-from mlflow import MlflowClient
-from mlflow.entities import Run
 
-from linreg_lab.tracking.run import FAILED, TAG_FAILURE, TAG_HOST, TAG_PID
+from linreg_lab.tracking import writes
+from linreg_lab.tracking.run import FAILED, TAG_HOST, TAG_PID
+
+if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 
 def owner_alive(pid: int, run_start_ms: int) -> bool:
@@ -37,8 +41,7 @@ def close_dead_runs(client: MlflowClient, runs: list[Run], status: str, why: str
         if not pid.isdigit() or owner_alive(int(pid), run.info.start_time):
             continue
         reason = f"process {pid} on {host} ended without closing this run ({why})"
-        client.set_tag(run.info.run_id, TAG_FAILURE, reason)
-        client.set_terminated(run.info.run_id, status=status)
+        writes.end_run(client, run.info.run_id, status, reason)
         closed.append(run.info.run_id)
     return closed
 

@@ -3,18 +3,18 @@
 matplotlib is imported only here, when plotting (it costs ~0.5 s). Figures are built with
 matplotlib.figure.Figure rather than pyplot: they render through Agg without switching the
 caller's backend (a notebook keeps its own) and need no closing.
+
+The plots are drawn from PlotInputs, plain numbers: by the MLflow helper process when it is idle
+(the training process goes on to the next job), else by the training process itself.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Sequence
-
-import torch
-
-from linreg_lab.data import RegressionData
-from linreg_lab.training.evaluate import LeastSquares
+from dataclasses import dataclass
 
 LOSS_PLOT = "plots/loss.png"
 PARAMETERS_PLOT = "plots/parameters.png"
@@ -73,14 +73,19 @@ def loss_figure(history: History, optimum_loss: float, noise_floor: float):
 
 
 def parameters_figure(
-    history: History, true_w: Sequence[float], true_b: float, optimum: LeastSquares | None = None
+    history: History,
+    true_w: Sequence[float],
+    true_b: float,
+    fitted: Sequence[float] | None = None,
 ):
-    """Each w_i and b per epoch against its true value (D <= 10); the errors for larger D."""
+    """Each w_i and b per epoch against its true value (D <= 10); the errors for larger D.
+
+    fitted: the least-squares [w..., b], drawn as a third line when given.
+    """
     d = len(true_w)
     if d + 1 > MAX_PANELS or not all(f"param/w_{i}" in history[-1] for i in range(d)):
         return _errors_figure(history)
     keys = [(f"param/w_{i}", float(true_w[i])) for i in range(d)] + [("param/b", float(true_b))]
-    fitted = list(optimum.w.tolist()) + [optimum.b] if optimum is not None else None
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = _figure(3.0 * cols, 2.3 * rows + 0.4)
@@ -121,29 +126,60 @@ def _errors_figure(history: History):
     return fig
 
 
-def log_plots(
-    client, run_id: str, history: History, data: RegressionData, optimum: LeastSquares
-) -> list[str]:
+@dataclass(frozen=True)
+class PlotInputs:
+    """What the plots show, as plain numbers (cheap to send to the MLflow helper)."""
+
+    history: list[dict[str, float]]
+    true_w: list[float]
+    true_b: float
+    noise_floor: float
+    optimum_loss: float
+    fitted: list[float]  # least-squares w..., b
+
+    @classmethod
+    def of(cls, history: History, data, optimum) -> PlotInputs:
+        """From a run's EpochMonitor history, its RegressionData and LeastSquares."""
+        true_w = [float(v) for v in data.true_w.tolist()]
+        fitted = [float(v) for v in optimum.w.cpu().tolist()] + [optimum.b]
+        return cls(
+            [dict(m) for m in history], true_w, data.true_b, data.noise_std**2,
+            optimum.loss, fitted,
+        )  # fmt: skip
+
+
+def figures(inputs: PlotInputs) -> dict[str, object]:
+    """The run's figures by artifact path."""
+    return {
+        LOSS_PLOT: loss_figure(inputs.history, inputs.optimum_loss, inputs.noise_floor),
+        PARAMETERS_PLOT: parameters_figure(
+            inputs.history, inputs.true_w, inputs.true_b, inputs.fitted or None
+        ),
+    }
+
+
+def png_images(inputs: PlotInputs) -> dict[str, bytes]:
+    """The figures rendered as PNG bytes, by artifact path."""
+    images = {}
+    for path, fig in figures(inputs).items():
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        images[path] = buffer.getvalue()
+    return images
+
+
+def log_plots(client, run_id: str, inputs: PlotInputs) -> list[str]:
     """Log the loss and parameter plots as run artifacts; returns the artifact paths logged.
 
     A plotting failure is logged and skipped: the trained run is worth keeping without pictures.
     """
-    if not history:
+    if not inputs.history:
         return []
     try:
-        figures = {
-            LOSS_PLOT: loss_figure(history, optimum.loss, data.noise_std**2),
-            PARAMETERS_PLOT: parameters_figure(
-                history, data.true_w.tolist(), data.true_b, _cpu(optimum)
-            ),
-        }
-        for path, fig in figures.items():
+        drawn = figures(inputs)
+        for path, fig in drawn.items():
             client.log_figure(run_id, fig, path)
     except Exception as error:  # matplotlib or the artifact store; neither should fail the run
         log.warning("could not log the plots of run %s: %s", run_id, error)
         return []
-    return list(figures)
-
-
-def _cpu(optimum: LeastSquares) -> LeastSquares:
-    return LeastSquares(optimum.w.detach().to(torch.device("cpu")), optimum.b, optimum.loss)
+    return list(drawn)

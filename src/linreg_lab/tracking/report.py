@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-from mlflow.entities import Run
+from linreg_lab.tracking import writes
+from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE
 
-from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE, RunRecorder
+if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
 TAG_SWEEP_Q = "`linreg.sweep`"  # quoted for MLflow's filter syntax (the key has a dot)
@@ -170,8 +174,8 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
         print_table(rows, keys, f"{parent.info.run_name} ({parent.info.run_id}): best first")
     if not log or not rows:
         return rows
-    recorder = RunRecorder(client, parent.info.run_id)
-    recorder.log_text(to_csv(rows, keys), "comparison.csv")
+    run_id = parent.info.run_id
+    writes.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
     fig, name = plot(rows, keys)
     if fig is not None:
         client.log_figure(parent.info.run_id, fig, name)
@@ -180,9 +184,13 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
         plt.close(fig)
     best = rows[0]
     if best.status == FINISHED:
-        recorder.log_metrics({"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}, step=0)
-        recorder.set_tags({"linreg.best_run_id": best.run_id, "linreg.best_run": best.name})
-    recorder.flush()
+        now = int(time.time() * 1000)
+        best_metrics = {"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}
+        writes.log_batch(
+            client, run_id,
+            metrics=[(key, value, now, 0) for key, value in best_metrics.items()],
+            tags=[("linreg.best_run_id", best.run_id), ("linreg.best_run", best.name)],
+        )  # fmt: skip
     return rows
 
 
@@ -207,6 +215,6 @@ def finish_sweep(
     failed = [row for row in rows if row.status != FINISHED]
     if failed and not reason:
         reason = f"{len(failed)} of {len(rows)} runs did not finish"
-    RunRecorder(client, parent_run_id).end(status, reason)
+    writes.end_run(client, parent_run_id, status, reason)
     print(f"MLflow parent run {parent_run_id} ended {status}" + (f": {reason}" if reason else ""))
     return status

@@ -1,4 +1,4 @@
-"""One MLflow run: created, filled in batches, and always ended with a status."""
+"""One MLflow run as the training process writes it: posted to the helper, always ended."""
 
 from __future__ import annotations
 
@@ -8,77 +8,79 @@ import socket
 import time
 from collections.abc import Mapping
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-
+from linreg_lab.tracking import writes
+from linreg_lab.tracking.service import Store
 from linreg_lab.tracking.tags import TAG_FAILURE, TAG_HOST, TAG_PID, TAG_SWEEP  # noqa: F401
 
-_MAX_PARAMS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
+# MLflow's RunStatus names, without importing mlflow here.
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 
 
 class RunRecorder:
-    """Writes one run; metrics are buffered and flushed at most every flush_seconds."""
+    """Writes one run; metrics are buffered and posted at most every flush_seconds."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 1.0):
-        self.client, self.run_id = client, run_id
-        self._pending: list[Metric] = []
+    def __init__(self, store: Store, run_ref: str, flush_seconds: float = 1.0):
+        self.store, self.run_ref = store, run_ref
+        self._run_id: str | None = None
+        self._pending: list[tuple[str, float, int, int]] = []
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
 
     @classmethod
     def start(
         cls,
-        client: MlflowClient,
+        store: Store,
         experiment_id: str,
         run_name: str,
         tags: Mapping[str, str],
         parent_run_id: str | None = None,
         flush_seconds: float = 1.0,
     ) -> RunRecorder:
+        """Post the run's creation; experiment_id and parent_run_id may be references."""
         tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, tags=tags, run_name=run_name)
-        return cls(client, run.info.run_id, flush_seconds)
+        ref = store.new_ref()
+        started = int(time.time() * 1000)
+        store.post(writes.create_run, ref, experiment_id, run_name, tags, started)
+        return cls(store, ref, flush_seconds)
+
+    @property
+    def run_id(self) -> str:
+        """The run's MLflow id (waits until the helper has created the run)."""
+        if self._run_id is None:
+            self._run_id = self.store.resolve(self.run_ref)
+        return self._run_id
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        items = [(k, str(v)[:6000]) for k, v in params.items()]
+        self.store.post(writes.log_batch, self.run_ref, params=items)
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [(k, str(v)) for k, v in tags.items()]
+        self.store.post(writes.log_batch, self.run_ref, tags=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._pending.extend((k, float(v), now, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
     def flush(self) -> None:
-        while self._pending:
-            batch = self._pending[:_MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=batch)
-            del self._pending[: len(batch)]
+        if self._pending:
+            self.store.post(writes.log_batch, self.run_ref, metrics=self._pending)
+            self._pending = []
         self._last_flush = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.store.post(writes.log_text, self.run_ref, text, artifact_file)
 
     def log_json(self, data: object, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2), artifact_file)
 
     def end(self, status: str, failure: str | None = None) -> None:
-        """Flush what is pending, then end the run; a failure reason becomes a tag."""
+        """Post what is pending, then the run's end; a failure reason becomes a tag."""
         try:
             self.flush()
-            if failure:
-                self.set_tags({TAG_FAILURE: failure[:5000]})
         finally:
-            self.client.set_terminated(self.run_id, status=status)
-
-
-FINISHED = RunStatus.to_string(RunStatus.FINISHED)
-FAILED = RunStatus.to_string(RunStatus.FAILED)
-KILLED = RunStatus.to_string(RunStatus.KILLED)
+            self.store.post(writes.end_run, self.run_ref, status, failure)

@@ -117,6 +117,15 @@ def experiment_id(client, settings: TrackingSettings) -> str:
         return experiment.experiment_id
 
 
+def bind_experiment(client, ref: str, settings: TrackingSettings) -> str:
+    """In the MLflow helper: experiment_id, bound to ref for the calls that follow."""
+    from linreg_lab.tracking import service
+
+    found = experiment_id(client, settings)
+    service.bind_ref(ref, found)
+    return found
+
+
 def _check_server(uri: str) -> None:
     import urllib.error
     import urllib.request

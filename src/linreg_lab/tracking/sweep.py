@@ -64,7 +64,7 @@ class MlflowSweepCallback(Callback):
     """Opens the parent run at on_multirun_start; ends it at on_multirun_end or at exit."""
 
     def __init__(self) -> None:
-        self._client = None
+        self._store = None
         self._parent: Parent | None = None
         self._interrupted: str | None = None
 
@@ -74,18 +74,23 @@ class MlflowSweepCallback(Callback):
         from linreg_lab.config.sweep_check import check_sweep
         from linreg_lab.tracking.orphans import fail_orphaned_runs
         from linreg_lab.tracking.run import RunRecorder
-        from linreg_lab.tracking.store import experiment_id, open_client
+        from linreg_lab.tracking.service import Store
+        from linreg_lab.tracking.store import bind_experiment
 
         with exit_on_user_error():
             check_sweep(config)
             tracking = build.tracking(config)
-            self._client = open_client(tracking)
-            exp_id = experiment_id(self._client, tracking)
-            fail_orphaned_runs(self._client, exp_id)
+            self._store = Store.of(tracking)
+            exp_ref = self._store.new_ref()
+            self._store.post(bind_experiment, exp_ref, tracking)
+            self._store.post(fail_orphaned_runs, exp_ref)
+            import linreg_lab.experiment  # noqa: F401  # the jobs' imports, while MLflow opens
+
+            exp_id = self._store.resolve(exp_ref)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         recorder = RunRecorder.start(
-            self._client,
+            self._store,
             exp_id,
             sweep_name(config),
             tags={
@@ -132,20 +137,24 @@ class MlflowSweepCallback(Callback):
         parent, self._parent = self._parent, None
         for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE):
             os.environ.pop(name, None)
+        from linreg_lab.tracking import writes
         from linreg_lab.tracking.report import finish_sweep
 
         if failure:  # not a normal end: let workers end their runs, then close what they left
             stop_workers()
         try:
-            finish_sweep(self._client, parent.run_id, failure, self._interrupted)
+            self._store.call(finish_sweep, parent.run_id, failure, self._interrupted)
         except Exception as error:  # the parent must still be ended
             log.error("could not compare the sweep's runs: %s", error)
             from linreg_lab.tracking.run import FAILED
 
-            self._client.set_terminated(parent.run_id, status=FAILED)
+            self._store.call(writes.end_run, parent.run_id, FAILED, str(error)[:500])
         if self._interrupted:
             # Launchers turn an interrupt into their own errors and exit 1; keep the
             # conventional 128 + signal, after flushing what was printed.
+            from linreg_lab.tracking import service
+
+            service.tracker().close()
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -159,7 +168,10 @@ def stop_workers(timeout: float = 15.0) -> None:
     """
     import psutil
 
-    workers = psutil.Process().children(recursive=True)
+    from linreg_lab.tracking.service import is_helper
+
+    # MLflow helpers ignore SIGTERM: they write the runs' ends, then exit with their owner.
+    workers = [w for w in psutil.Process().children(recursive=True) if not is_helper(_cmdline(w))]
     for worker in workers:
         try:
             worker.send_signal(signal.SIGTERM)

@@ -1,0 +1,68 @@
+"""What the MLflow helper process does for a run: each function takes the client first and
+plain arguments (the training process never imports mlflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from linreg_lab.tracking import service
+from linreg_lab.tracking.tags import TAG_FAILURE
+
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+
+def create_run(
+    client, ref: str, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int
+) -> str:
+    """Create the run (started at start_time, ms) and bind ref to its id."""
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+    service.bind_ref(ref, run.info.run_id)
+    service.run_opened(run.info.run_id, client)
+    return run.info.run_id
+
+
+def log_batch(
+    client,
+    run_id: str,
+    metrics: Sequence[tuple[str, float, int, int]] = (),
+    params: Sequence[tuple[str, str]] = (),
+    tags: Sequence[tuple[str, str]] = (),
+) -> None:
+    """metrics as (key, value, timestamp ms, step); MLflow's batch limits respected."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    params = [Param(k, v) for k, v in params]
+    for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+    metrics = [Metric(*m) for m in metrics]
+    for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags])
+
+
+def log_text(client, run_id: str, text: str, artifact_file: str) -> None:
+    client.log_text(run_id, text, artifact_file)
+
+
+def log_image_bytes(client, run_id: str, png: bytes, artifact_file: str) -> None:
+    """A PNG drawn elsewhere, stored as the run's artifact_file."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, os.path.basename(artifact_file))
+        with open(local, "wb") as file:
+            file.write(png)
+        client.log_artifact(run_id, local, os.path.dirname(artifact_file) or None)
+
+
+def end_run(client, run_id: str, status: str, failure: str | None = None) -> None:
+    """End the run with status; a failure reason becomes the linreg.failure tag."""
+    try:
+        if failure:
+            client.set_tag(run_id, TAG_FAILURE, failure[:5000])
+    finally:
+        client.set_terminated(run_id, status=status)
+        service.run_closed(run_id)
