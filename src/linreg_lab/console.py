@@ -69,6 +69,19 @@ def summary(outcome, data, model, tracking) -> None:
 
 
 def job_line(job: str, outcome) -> None:
-    """One line per finished sweep job: no bars interleaving between parallel workers."""
+    """One line per finished sweep job: no bars interleaving between parallel workers.
+
+    A run the MLflow helper has not created yet gets its line from the helper, once it has:
+    the sweep goes on meanwhile.
+    """
     loss = outcome.metrics.get("train/loss", float("nan"))
-    print(f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {outcome.run_id}", flush=True)
+    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run "
+    if outcome.store is not None:
+        outcome.store.post(print_with_run_id, line, outcome.run_ref)
+    else:
+        print(line + outcome.run_id, flush=True)
+
+
+def print_with_run_id(client, line: str, run_id: str) -> None:
+    """In the MLflow helper: line, then the run's id."""
+    print(line + run_id, flush=True)

@@ -33,10 +33,16 @@ from linreg_lab.training.settings import TrainerSettings
 
 @dataclass(frozen=True)
 class Outcome:
-    run_id: str
+    run_ref: str  # the run's id, or the reference the MLflow helper resolves to it
     status: str
     metrics: dict[str, float]
     engine: str
+    store: Store | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's MLflow id (waits for the helper to have created the run)."""
+        return self.store.resolve(self.run_ref) if self.store is not None else self.run_ref
 
     @property
     def objective(self) -> float:
@@ -124,7 +130,9 @@ def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, eng
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots and monitor.history:
         inputs = plots.PlotInputs.of(monitor.history, setup.data, setup.optimum)
-        if setup.store.idle:  # the helper draws them while this process goes on
+        # The helper draws them if it has caught up with earlier runs (it is not the bottleneck),
+        # while this process goes on; else this process does.
+        if setup.store.finished(run.posted_before):
             setup.store.post(plots.log_plots, run.run_ref, inputs)
         else:
             for path, png in _drawn_here(inputs).items():
@@ -155,7 +163,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
         setup.store.check()  # the sweep's end waits for the helper; this job need not
     else:
         setup.store.sync()  # the run is in the store when this returns
-    result = Outcome(run.run_id, outcome.status, monitor.final, outcome.engine)
+    result = Outcome(run.run_ref, outcome.status, monitor.final, outcome.engine, setup.store)
     if not quiet:
         console.summary(result, setup.data, model, setup.tracking)
     return result

@@ -30,30 +30,6 @@ class VectorizedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf)
 
 
-def _reuse_validated_configs(config_loader) -> None:
-    """Compose each job once, not twice.
-
-    The sweeper composes every job to validate it, discards the result, and the launcher then
-    composes it again (~0.15 s a job). The loader keeps each validated config until the
-    launcher asks for the same overrides, and hands it over once.
-    """
-    if getattr(config_loader, "_linreg_reuses_configs", False):
-        return
-    compose = config_loader.load_sweep_config
-    kept: dict[tuple, DictConfig] = {}
-
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
-        if key in kept:
-            return kept.pop(key)
-        # The sweeper's validation only checks that composition succeeds: no copy needed.
-        kept[key] = config = compose(master_config, sweep_overrides)
-        return config
-
-    config_loader.load_sweep_config = load_sweep_config
-    config_loader._linreg_reuses_configs = True
-
-
 class VectorizedLauncher(Launcher):
     def __init__(self) -> None:
         self.config: DictConfig | None = None
@@ -64,7 +40,9 @@ class VectorizedLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        _reuse_validated_configs(hydra_context.config_loader)
+        from linreg_lab.launcher.compose_once import compose_each_job_once
+
+        compose_each_job_once(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

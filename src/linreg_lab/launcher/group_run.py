@@ -95,6 +95,6 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
                 record_end(run, setup, model, monitor, ENGINE)
     shared.store.check()
     return [
-        Outcome(run.run_id, status.status, monitor.final, ENGINE)
+        Outcome(run.run_ref, status.status, monitor.final, ENGINE, shared.store)
         for run, status, monitor in zip(runs, statuses, monitors)
     ]

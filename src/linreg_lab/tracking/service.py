@@ -96,11 +96,15 @@ class Tracker:
         self.call(None, _nothing)
 
     @property
-    def idle(self) -> bool:
-        """True when the helper has nothing left to do (it can draw plots at once)."""
-        while self._conn.poll(0):
+    def posted(self) -> int:
+        """The number of the last call sent to the helper."""
+        return self._posted
+
+    def finished(self, seq: int) -> bool:
+        """True when the helper has finished call seq and all before it."""
+        while self._done < seq and self._conn.poll(0):
             self._receive(block=False)
-        return self._done >= self._posted
+        return self._done >= seq
 
     def check(self) -> None:
         """Raise the first failure of a posted call not raised yet (TrackingError: the user's)."""
@@ -234,9 +238,11 @@ class Store:
     def sync(self) -> None:
         tracker().sync()
 
-    @property
-    def idle(self) -> bool:
-        return tracker().idle
+    def posted(self) -> int:
+        return tracker().posted
+
+    def finished(self, seq: int) -> bool:
+        return tracker().finished(seq)
 
 
 def _resolve(client, value: str) -> str:
@@ -315,10 +321,9 @@ def serve(conn: Connection, owner_pid: int) -> None:
             if not message.wants_result:
                 _reply(conn, ("done", message.seq))
             continue
-        if message.wants_result:
-            _reply(conn, ("result", message.seq, result))
-        elif not conn.poll(0):  # tell the owner it is idle, once per idle spell
-            _reply(conn, ("done", message.seq))
+        _reply(
+            conn, ("result", message.seq, result) if message.wants_result else ("done", message.seq)
+        )
 
 
 def _reply(conn: Connection, message) -> None:

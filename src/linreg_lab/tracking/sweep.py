@@ -69,14 +69,18 @@ class MlflowSweepCallback(Callback):
         self._interrupted: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
         from linreg_lab import build
         from linreg_lab.cli.errors import exit_on_user_error
         from linreg_lab.config.sweep_check import check_sweep
+        from linreg_lab.launcher.compose_once import compose_each_job_once
         from linreg_lab.tracking.orphans import fail_orphaned_runs
         from linreg_lab.tracking.run import RunRecorder
         from linreg_lab.tracking.service import Store
         from linreg_lab.tracking.store import bind_experiment
 
+        compose_each_job_once(GlobalHydra.instance().config_loader())
         with exit_on_user_error():
             check_sweep(config)
             tracking = build.tracking(config)
