@@ -75,13 +75,16 @@ def job_line(job: str, outcome) -> None:
     the sweep goes on meanwhile.
     """
     loss = outcome.metrics.get("train/loss", float("nan"))
-    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run "
+    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {RUN_ID}"
     if outcome.store is not None:
         outcome.store.post(print_with_run_id, line, outcome.run_ref)
     else:
-        print(line + outcome.run_id, flush=True)
+        print_with_run_id(None, line, outcome.run_id)
+
+
+RUN_ID = "{run_id}"
 
 
 def print_with_run_id(client, line: str, run_id: str) -> None:
-    """In the MLflow helper: line, then the run's id."""
-    print(line + run_id, flush=True)
+    """Print line with RUN_ID replaced (in the MLflow helper, which knows the id)."""
+    print(line.replace(RUN_ID, run_id), flush=True)

@@ -130,9 +130,8 @@ def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, eng
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots and monitor.history:
         inputs = plots.PlotInputs.of(monitor.history, setup.data, setup.optimum)
-        # The helper draws them if it has caught up with earlier runs (it is not the bottleneck),
-        # while this process goes on; else this process does.
-        if setup.store.finished(run.posted_before):
+        # The helper draws them while this process goes on, unless it is behind.
+        if setup.store.has_time_to_spare():
             setup.store.post(plots.log_plots, run.run_ref, inputs)
         else:
             for path, png in _drawn_here(inputs).items():

@@ -19,13 +19,8 @@ FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 class RunRecorder:
     """Writes one run; metrics are buffered and posted at most every flush_seconds."""
 
-    def __init__(
-        self, store: Store, run_ref: str, flush_seconds: float = 1.0, posted_before: int = 0
-    ):
+    def __init__(self, store: Store, run_ref: str, flush_seconds: float = 1.0):
         self.store, self.run_ref = store, run_ref
-        # The helper's last call before this run: once it is done, the helper has caught up
-        # with every earlier run.
-        self.posted_before = posted_before
         self._run_id: str | None = None
         self._pending: list[tuple[str, float, int, int]] = []
         self._flush_seconds = flush_seconds
@@ -47,9 +42,9 @@ class RunRecorder:
             tags["mlflow.parentRunId"] = parent_run_id
         ref = store.new_ref()
         started = int(time.time() * 1000)
-        posted_before = store.posted()
+        store.mark_run_start()
         store.post(writes.create_run, ref, experiment_id, run_name, tags, started)
-        return cls(store, ref, flush_seconds, posted_before)
+        return cls(store, ref, flush_seconds)
 
     @property
     def run_id(self) -> str:

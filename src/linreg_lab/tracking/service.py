@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 
@@ -67,6 +68,7 @@ class Tracker:
         self._errors: list[tuple[str, str]] = []
         self._raised = 0  # errors already raised to the caller
         self._closed = False
+        self._run_starts: deque[int] = deque(maxlen=2)
 
     @property
     def helper_pid(self) -> int:
@@ -95,16 +97,17 @@ class Tracker:
         """Wait until the helper has finished everything posted; raise the first failure."""
         self.call(None, _nothing)
 
-    @property
-    def posted(self) -> int:
-        """The number of the last call sent to the helper."""
-        return self._posted
+    def mark_run_start(self) -> None:
+        """Note that the calls posted from now on write a new run."""
+        self._run_starts.append(self._posted)
 
-    def finished(self, seq: int) -> bool:
-        """True when the helper has finished call seq and all before it."""
-        while self._done < seq and self._conn.poll(0):
+    def has_time_to_spare(self) -> bool:
+        """True when the helper is at most one run behind: it has finished every call posted
+        before the previous run began (or, for a first run, before it began)."""
+        caught_up_to = self._run_starts[0] if self._run_starts else self._posted
+        while self._done < caught_up_to and self._conn.poll(0):
             self._receive(block=False)
-        return self._done >= seq
+        return self._done >= caught_up_to
 
     def check(self) -> None:
         """Raise the first failure of a posted call not raised yet (TrackingError: the user's)."""
@@ -238,11 +241,11 @@ class Store:
     def sync(self) -> None:
         tracker().sync()
 
-    def posted(self) -> int:
-        return tracker().posted
+    def mark_run_start(self) -> None:
+        tracker().mark_run_start()
 
-    def finished(self, seq: int) -> bool:
-        return tracker().finished(seq)
+    def has_time_to_spare(self) -> bool:
+        return tracker().has_time_to_spare()
 
 
 def _resolve(client, value: str) -> str:
@@ -303,6 +306,11 @@ def serve(conn: Connection, owner_pid: int) -> None:
     """Run calls until told to close, or until the owner is gone (then end its open runs)."""
     import mlflow  # noqa: F401  # the slow import, done while the owner is busy too
 
+    if not conn.poll(0):  # nothing to do yet (a sweep composing its jobs): ready the plots
+        from linreg_lab.tracking.plots import warm_up
+
+        warm_up()
+
     while True:
         try:
             message = conn.recv()
@@ -351,6 +359,10 @@ def main(argv: list[str]) -> None:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(int(argv[0]))
     serve(conn, int(argv[1]))
+    # Every write is committed by now; skip the interpreter's teardown of MLflow (~1-2 s).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from linreg_lab.interrupts import Interrupted
 from linreg_lab.tracking.tags import TAG_SWEEP
 
+# Launchers whose jobs run in the sweep's own process (and so share its MLflow helper).
+IN_PROCESS_LAUNCHERS = {
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.linreg_vectorized_launcher.vectorized_launcher.VectorizedLauncher",
+}
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
 ENV_SWEEP_PID = "LINREG_SWEEP_PID"
@@ -84,38 +89,47 @@ class MlflowSweepCallback(Callback):
         with exit_on_user_error():
             check_sweep(config)
             tracking = build.tracking(config)
-            self._store = Store.of(tracking)
-            exp_ref = self._store.new_ref()
-            self._store.post(bind_experiment, exp_ref, tracking)
-            self._store.post(fail_orphaned_runs, exp_ref)
-            import linreg_lab.experiment  # noqa: F401  # the jobs' imports, while MLflow opens
-
-            exp_id = self._store.resolve(exp_ref)
+        self._store = Store.of(tracking)
+        exp_ref = self._store.new_ref()
+        self._store.post(bind_experiment, exp_ref, tracking)
+        self._store.post(fail_orphaned_runs, exp_ref)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        launcher = str(config.hydra.launcher._target_)
         recorder = RunRecorder.start(
             self._store,
-            exp_id,
+            exp_ref,
             sweep_name(config),
             tags={
                 TAG_SWEEP: "true",
                 "linreg.sweep_dir": str(config.hydra.sweep.dir),
-                "linreg.launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
+                "linreg.launcher": launcher.rsplit(".", 1)[-1],
             },
         )
         params = {f"sweep.override.{i}": o for i, o in enumerate(overrides)}
         if sweep_params:
             params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
         recorder.log_params(params)
-        self._parent = Parent(recorder.run_id, exp_id)
+        if launcher in IN_PROCESS_LAUNCHERS:
+            # The jobs share this process's MLflow helper, which knows the references: the
+            # sweep starts while MLflow opens.
+            self._parent = Parent(recorder.run_ref, exp_ref)
+        else:  # workers need the ids themselves
+            with exit_on_user_error():
+                import linreg_lab.experiment  # noqa: F401  # the jobs' imports, meanwhile
+
+                self._parent = Parent(recorder.run_id, self._store.resolve(exp_ref))
         os.environ[ENV_PARENT_RUN_ID] = self._parent.run_id
-        os.environ[ENV_EXPERIMENT_ID] = exp_id
+        os.environ[ENV_EXPERIMENT_ID] = self._parent.experiment_id
         os.environ[ENV_SWEEP_PID] = str(os.getpid())
         os.environ[ENV_STOP_FILE] = str(Path(config.hydra.sweep.dir).absolute() / ".linreg-stop")
         atexit.register(self._finish, "the sweep stopped before its end")
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
-        print(f"MLflow parent run {self._parent.run_id}: {sweep_name(config)}", flush=True)
+        from linreg_lab.console import RUN_ID, print_with_run_id
+
+        line = f"MLflow parent run {RUN_ID}: {sweep_name(config)}"
+        self._store.post(print_with_run_id, line, self._parent.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self._finish(None)
@@ -146,13 +160,19 @@ class MlflowSweepCallback(Callback):
 
         if failure:  # not a normal end: let workers end their runs, then close what they left
             stop_workers()
+        from linreg_lab.tracking.run import FAILED
+        from linreg_lab.tracking.store import TrackingError
+
         try:
             self._store.call(finish_sweep, parent.run_id, failure, self._interrupted)
+        except TrackingError:
+            pass  # the store itself failed: a job has said so, and nothing can be written
         except Exception as error:  # the parent must still be ended
             log.error("could not compare the sweep's runs: %s", error)
-            from linreg_lab.tracking.run import FAILED
-
-            self._store.call(writes.end_run, parent.run_id, FAILED, str(error)[:500])
+            try:
+                self._store.call(writes.end_run, parent.run_id, FAILED, str(error)[:500])
+            except Exception as again:
+                log.error("could not end the sweep's parent run: %s", again)
         if self._interrupted:
             # Launchers turn an interrupt into their own errors and exit 1; keep the
             # conventional 128 + signal, after flushing what was printed.
