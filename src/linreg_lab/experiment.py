@@ -131,9 +131,7 @@ def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, eng
     if setup.tracking.log_plots and monitor.history:
         inputs = plots.PlotInputs.of(monitor.history, setup.data, setup.optimum)
         # The helper draws them while this process goes on, unless it is behind.
-        if setup.store.has_time_to_spare():
-            setup.store.post(plots.log_plots, run.run_ref, inputs)
-        else:
+        if not setup.store.offload(plots.log_plots, run.run_ref, inputs):
             for path, png in _drawn_here(inputs).items():
                 setup.store.post(writes.log_image_bytes, run.run_ref, png, path)
     if setup.tracking.log_model:

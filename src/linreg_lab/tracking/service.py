@@ -69,6 +69,7 @@ class Tracker:
         self._raised = 0  # errors already raised to the caller
         self._closed = False
         self._run_starts: deque[int] = deque(maxlen=2)
+        self._offloaded = 0  # the last call offload() posted
 
     @property
     def helper_pid(self) -> int:
@@ -101,13 +102,23 @@ class Tracker:
         """Note that the calls posted from now on write a new run."""
         self._run_starts.append(self._posted)
 
-    def has_time_to_spare(self) -> bool:
-        """True when the helper is at most one run behind: it has finished every call posted
-        before the previous run began (or, for a first run, before it began)."""
-        caught_up_to = self._run_starts[0] if self._run_starts else self._posted
+    def offload(self, settings: TrackingSettings | None, function, *args, **kwargs) -> bool:
+        """Post work the caller could do itself, if the helper has time: True if posted.
+
+        The helper has time when it has finished the previous offloaded call and is at most
+        one run behind (every call posted before the previous run began is done). Otherwise
+        the caller does the work, and the two processes share it.
+        """
+        caught_up_to = max(
+            self._offloaded, self._run_starts[0] if self._run_starts else self._posted
+        )
         while self._done < caught_up_to and self._conn.poll(0):
             self._receive(block=False)
-        return self._done >= caught_up_to
+        if self._done < caught_up_to:
+            return False
+        self.post(settings, function, *args, **kwargs)
+        self._offloaded = self._posted
+        return True
 
     def check(self) -> None:
         """Raise the first failure of a posted call not raised yet (TrackingError: the user's)."""
@@ -244,8 +255,8 @@ class Store:
     def mark_run_start(self) -> None:
         tracker().mark_run_start()
 
-    def has_time_to_spare(self) -> bool:
-        return tracker().has_time_to_spare()
+    def offload(self, function, *args, **kwargs) -> bool:
+        return tracker().offload(self.settings, function, *args, **kwargs)
 
 
 def _resolve(client, value: str) -> str:

@@ -43,17 +43,20 @@ class SGDHyper:
     nesterov: bool = False
 
 
-def uses_blas(device: torch.device, total_steps: int, total_work: int) -> bool:
+def uses_blas(
+    device: torch.device, total_steps: int, total_work: int, kernel_module: str = _KERNEL_MODULE
+) -> bool:
     """Whether the BLAS path runs: on GPUs, and for CPU runs too short to repay loading numba.
 
-    total_work: multiply-adds of the whole run, epochs * N * (D + 1).
+    total_work: multiply-adds of the whole run, epochs * N * (D + 1); kernel_module: the
+    compiled loop's module (loaded already: no load to repay).
     """
     if _FORCE_PATH is not None:
         return _FORCE_PATH == "blas"
     if device.type != "cpu":
         return True
     short = total_steps < _KERNEL_LOAD_IN_STEPS and total_work < _KERNEL_LOAD_IN_WORK
-    return short and _KERNEL_MODULE not in sys.modules
+    return short and kernel_module not in sys.modules
 
 
 def train_analytic(

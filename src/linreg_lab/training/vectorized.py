@@ -15,6 +15,7 @@ import torch
 
 from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, uses_blas
 
+_KERNEL_MODULE = "linreg_lab.training.vectorized_kernels"
 # on_epoch_end(epoch, last_batch_losses (K,), theta (D + 1, K))
 GroupCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -36,7 +37,7 @@ def train_vectorized(
     """
     n, d = X.shape
     work = epochs * n * (d + 1) * theta.shape[1]
-    if uses_blas(X.device, epochs * -(-n // batch_size), work):
+    if uses_blas(X.device, epochs * -(-n // batch_size), work, _KERNEL_MODULE):
         _train_blas(theta, hypers, X, y, orders, batch_size, on_epoch_end)
     else:
         _train_compiled(theta, hypers, X, y, orders, batch_size, on_epoch_end)
