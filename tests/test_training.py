@@ -6,6 +6,7 @@ import functools
 import sys
 from collections import Counter
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -113,6 +114,27 @@ def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypat
         params(train(data, sgd, engine=engine, batch_size=1000, epochs=2)[0])
         for engine in ("autograd", "analytic")
     ]
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sgd", SGD_VARIANTS, ids=str)
+def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch):
+    # The parallel loop large data takes, forced onto small data.
+    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
+    monkeypatch.setattr(analytic, "_PARALLEL_MIN_BYTES", 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert analytic._kernel_threads(1, 500) == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert analytic._kernel_threads(1, 100) == 1  # small batches stay on one thread
+        data = make_synthetic_regression(num_samples=6000, num_features=5)
+        optimizer = functools.partial(torch.optim.SGD, **sgd)
+        results = [
+            params(train(data, optimizer, engine=engine, batch_size=500, epochs=2)[0])
+            for engine in ("autograd", "analytic")
+        ]
+    finally:
+        torch.set_num_threads(previous)
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
 
 

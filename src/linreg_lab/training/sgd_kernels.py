@@ -47,6 +47,61 @@ def sgd_steps(
     return last_loss, has_buf
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
+def sgd_steps_parallel(
+    X, y, order, begin, end, batch_size, theta, buf, has_buf,
+    lr, momentum, dampening, weight_decay, nesterov, threads,
+):  # fmt: skip
+    """sgd_steps with each batch's rows split between threads (for large, uncached X).
+
+    Each thread sums its share of the gradient; the shares are added in thread order, so the
+    result depends on the thread count only through float32 rounding.
+    """
+    lr, momentum = np.float32(lr), np.float32(momentum)
+    keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
+    d = X.shape[1]
+    shares = np.zeros((threads, d + 1), np.float32)
+    squares = np.zeros(threads, np.float32)
+    last_loss = np.float32(np.nan)
+    for start in range(begin, end, batch_size):
+        stop = min(start + batch_size, end)
+        count = stop - start
+        bias = theta[d]
+        for t in numba.prange(threads):
+            lo = start + t * count // threads
+            hi = start + (t + 1) * count // threads
+            share = shares[t]
+            share[:] = 0
+            total = np.float32(0)
+            for k in range(lo, hi):
+                if k + _AHEAD < hi:
+                    prefetch_row(X, order[k + _AHEAD])
+                    prefetch_row(y, order[k + _AHEAD])
+                row = order[k]
+                x = X[row]
+                residual = bias - y[row]
+                for j in range(d):
+                    residual += x[j] * theta[j]
+                total += residual * residual
+                for j in range(d):
+                    share[j] += residual * x[j]
+                share[d] += residual
+            squares[t] = total
+        scale = np.float32(2.0 / count)
+        last_loss = squares.sum() / count
+        for j in range(d + 1):
+            g = np.float32(0)
+            for t in range(threads):
+                g += shares[t, j]
+            g = g * scale + weight_decay * theta[j]
+            if momentum != 0:
+                buf[j] = momentum * buf[j] + keep * g if has_buf else g
+                g = g + momentum * buf[j] if nesterov else buf[j]
+            theta[j] -= lr * g
+        has_buf = True
+    return last_loss, has_buf
+
+
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
 def _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch):
     """grad = d MSE / d theta over rows order[start:stop]; returns the batch's MSE."""
