@@ -116,11 +116,8 @@ def print_table(rows: list[Row], keys: list[str], title: str) -> None:
 
 def plot(rows: list[Row], keys: list[str]):
     """Heatmap of final loss over lr x batch size, or a line plot for one swept key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: no backend switch, ~0.3 s less to import
 
     def number(text: str) -> float:
         try:
@@ -137,7 +134,8 @@ def plot(rows: list[Row], keys: list[str]):
             i = batches.index(number(row.params[HEATMAP_KEYS[1]]))
             j = lrs.index(number(row.params[HEATMAP_KEYS[0]]))
             grid[i, j] = row.loss
-        fig, ax = plt.subplots(figsize=(1.4 * len(lrs) + 2, 0.9 * len(batches) + 1.8))
+        fig = Figure(figsize=(1.4 * len(lrs) + 2, 0.9 * len(batches) + 1.8))
+        ax = fig.subplots()
         image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(batches)), [f"{v:g}" for v in batches])
@@ -155,7 +153,8 @@ def plot(rows: list[Row], keys: list[str]):
     if len(keys) == 1:
         key = keys[0]
         points = sorted((number(row.params[key]), row.loss) for row in finite)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         ax.set_yscale("log")
         if key == "optimizer.lr":
@@ -179,9 +178,6 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
     fig, name = plot(rows, keys)
     if fig is not None:
         client.log_figure(parent.info.run_id, fig, name)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
     best = rows[0]
     if best.status == FINISHED:
         now = int(time.time() * 1000)

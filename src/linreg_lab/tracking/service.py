@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import importlib
 import itertools
-import logging
 import os
 import signal
 import subprocess
@@ -31,7 +30,6 @@ from linreg_lab.tracking.store import TrackingError, TrackingSettings
 
 REF_PREFIX = "ref:"
 MODULE = "linreg_lab.tracking.service"
-log = logging.getLogger(__name__)
 
 
 class TrackerError(RuntimeError):
@@ -70,10 +68,6 @@ class Tracker:
         self._closed = False
         self._run_starts: deque[int] = deque(maxlen=2)
         self._offloaded = 0  # the last call offload() posted
-
-    @property
-    def helper_pid(self) -> int:
-        return self._process.pid
 
     def new_ref(self) -> str:
         return f"{REF_PREFIX}{self.pid}-{next(self._refs)}"
@@ -131,7 +125,7 @@ class Tracker:
 
     def close(self, timeout: float = 300.0) -> None:
         """Let the helper finish its queue and exit; unreported failures go to the log."""
-        if self._closed:
+        if self._closed or os.getpid() != self.pid:  # a forked child's copy is not its own
             return
         self._closed = True
         if self._posted == 0:  # nothing to write: no need to wait for its imports
@@ -158,6 +152,8 @@ class Tracker:
     def _send(self, settings, function, args, kwargs, wants_result: bool) -> int:
         if self._closed:
             raise TrackerError("the MLflow helper is closed")
+        while self._conn.poll(0):  # replies never pile up: the helper never blocks on them
+            self._receive(block=False)
         seq = next(self._seq)
         name = f"{function.__module__}:{function.__qualname__}"
         try:
