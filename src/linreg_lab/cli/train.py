@@ -12,6 +12,7 @@ import atexit
 import os
 import signal
 import sys
+import threading
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -73,6 +74,8 @@ def main() -> None:
 def _exit_now(code) -> None:
     """Exit as sys.exit(code) would, minus the interpreter's teardown of torch, numba and
     matplotlib (~0.7 s that nobody waits for): exit handlers run, output is flushed."""
+    if threading.active_count() > 1:  # e.g. joblib's executor: the interpreter must stop it
+        sys.exit(code)
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
