@@ -80,7 +80,7 @@ class Tracker:
         """Run function(client, *args, **kwargs) in the helper after what was posted; its result."""
         seq = self._send(settings, function, args, kwargs, wants_result=True)
         while True:
-            message = self._receive(block=True)
+            message = self._receive()
             if message[0] == "result" and message[1] == seq:
                 self.check()
                 return message[2]
@@ -106,8 +106,7 @@ class Tracker:
         caught_up_to = max(
             self._offloaded, self._run_starts[0] if self._run_starts else self._posted
         )
-        while self._done < caught_up_to and self._conn.poll(0):
-            self._receive(block=False)
+        self._drain()
         if self._done < caught_up_to:
             return False
         self.post(settings, function, *args, **kwargs)
@@ -116,8 +115,8 @@ class Tracker:
 
     def check(self) -> None:
         """Raise the first failure of a posted call not raised yet (TrackingError: the user's)."""
-        while not self._closed and self._conn.poll(0):
-            self._receive(block=False)
+        if not self._closed:
+            self._drain()
         if self._raised < len(self._errors):
             first = self._errors[self._raised]
             self._raised = len(self._errors)  # the rest usually follow from the first
@@ -152,8 +151,7 @@ class Tracker:
     def _send(self, settings, function, args, kwargs, wants_result: bool) -> int:
         if self._closed:
             raise TrackerError("the MLflow helper is closed")
-        while self._conn.poll(0):  # replies never pile up: the helper never blocks on them
-            self._receive(block=False)
+        self._drain()  # replies never pile up: the helper never blocks on them
         seq = next(self._seq)
         name = f"{function.__module__}:{function.__qualname__}"
         try:
@@ -166,9 +164,12 @@ class Tracker:
         self._posted = seq
         return seq
 
-    def _receive(self, block: bool):
-        if not block and not self._conn.poll(0):
-            return ("none",)
+    def _drain(self) -> None:
+        """Take in every reply that has arrived, without waiting."""
+        while self._conn.poll(0):
+            self._receive()
+
+    def _receive(self):
         try:
             message = self._conn.recv()
         except EOFError:

@@ -37,12 +37,7 @@ def sgd_steps(
     for start in range(begin, end, batch_size):
         stop = min(start + batch_size, end)
         last_loss = _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch)
-        for j in range(d + 1):
-            g = grad[j] + weight_decay * theta[j]
-            if momentum != 0:
-                buf[j] = momentum * buf[j] + keep * g if has_buf else g
-                g = g + momentum * buf[j] if nesterov else buf[j]
-            theta[j] -= lr * g
+        _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov)
         has_buf = True
     return last_loss, has_buf
 
@@ -61,6 +56,7 @@ def sgd_steps_parallel(
     keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
     d = X.shape[1]
     shares = np.zeros((threads, d + 1), np.float32)
+    grad = np.empty(d + 1, np.float32)
     squares = np.zeros(threads, np.float32)
     last_loss = np.float32(np.nan)
     for start in range(begin, end, batch_size):
@@ -77,13 +73,21 @@ def sgd_steps_parallel(
             g = np.float32(0)
             for t in range(threads):
                 g += shares[t, j]
-            g = g * scale + weight_decay * theta[j]
-            if momentum != 0:
-                buf[j] = momentum * buf[j] + keep * g if has_buf else g
-                g = g + momentum * buf[j] if nesterov else buf[j]
-            theta[j] -= lr * g
+            grad[j] = g * scale
+        _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov)
         has_buf = True
     return last_loss, has_buf
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov):
+    """One torch.optim.SGD step of theta from the batch gradient grad (buf: momentum)."""
+    for j in range(theta.shape[0]):
+        g = grad[j] + weight_decay * theta[j]
+        if momentum != 0:
+            buf[j] = momentum * buf[j] + keep * g if has_buf else g
+            g = g + momentum * buf[j] if nesterov else buf[j]
+        theta[j] -= lr * g
 
 
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
