@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from linreg_lab.tracking.plots import (
     LOSS_PLOT,
     PARAMETERS_PLOT,
     PlotInputs,
+    figures,
     log_plots,
     loss_figure,
     parameters_figure,
@@ -84,6 +86,29 @@ def test_log_plots_writes_pngs_to_the_run(store):
     # Drawn in the training process instead (the helper was busy): the same pictures.
     drawn = png_images(inputs)
     assert list(drawn) == paths and all(png.startswith(b"\x89PNG") for png in drawn.values())
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
+    return buffer.getvalue()
+
+
+def test_png_images_reuse_figures_yet_draw_each_run_as_a_new_figure_would():
+    data = make_synthetic_regression(num_samples=200)
+    optimum = least_squares(data.X, data.y)
+    wide = make_synthetic_regression(num_samples=200, num_features=20)
+    runs = [
+        PlotInputs.of(history_for(3), data, optimum),
+        PlotInputs.of(history_for(3, epochs=7), data, optimum),  # other limits and ticks
+        PlotInputs.of(history_for(20, epochs=2), wide, least_squares(wide.X, wide.y)),
+        PlotInputs.of(history_for(3, epochs=1), data, optimum),
+    ]
+    for inputs in runs:
+        kept = png_images(inputs)
+        fresh = {path: _png(fig) for path, fig in figures(inputs).items()}
+        assert kept == fresh
+    assert png_images(runs[0]) != png_images(runs[1])
 
 
 def make(spec: dict):

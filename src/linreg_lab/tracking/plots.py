@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 # A title at a fixed height: left to matplotlib, it measures every tick label of the axes to
 # place it (half the time to draw a figure).
 _TITLE_Y = 1.0
+# zlib's fastest level: ~15 ms less per run's two plots; files ~10% larger.
+_PNG_OPTIONS = {"compress_level": 1}
 
 History = Sequence[dict[str, float]]  # per-epoch metrics, index 0 = epoch 1
 
@@ -45,10 +48,21 @@ def _series(history: History, key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def loss_figure(history: History, optimum_loss: float, noise_floor: float):
-    """train/loss per epoch on a log scale, with the least-squares optimum and the noise floor."""
+def _loss_layout(log_scale: bool):
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean squared error")
+    ax.set_title("training loss", y=_TITLE_Y)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def _draw_loss(fig, history: History, optimum_loss: float, noise_floor: float) -> None:
+    (ax,) = fig.axes
     epochs, loss = _series(history, "train/loss")
     ax.plot(epochs, loss, marker="o", color="C0", label="train/loss (full data)")
     batch_epochs, batch_loss = _series(history, "train/last_batch_loss")
@@ -64,15 +78,55 @@ def loss_figure(history: History, optimum_loss: float, noise_floor: float):
         ax.axhline(
             noise_floor, color="C3", ls=":", label=f"noise floor noise_std² {noise_floor:.3g}"
         )
-    if any(v > 0 and math.isfinite(v) for v in loss):
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean squared error")
-    ax.set_title("training loss", y=_TITLE_Y)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _loss_log_scale(history: History) -> bool:
+    return any(v > 0 and math.isfinite(v) for v in _series(history, "train/loss")[1])
+
+
+def loss_figure(history: History, optimum_loss: float, noise_floor: float):
+    """train/loss per epoch on a log scale, with the least-squares optimum and the noise floor."""
+    fig = _loss_layout(_loss_log_scale(history))
+    _draw_loss(fig, history, optimum_loss, noise_floor)
     return fig
+
+
+def _parameter_keys(history: History, true_w: Sequence[float], true_b: float):
+    """(metric, truth) per panel; None when there are too many weights to plot one by one."""
+    d = len(true_w)
+    if d + 1 > MAX_PANELS or not all(f"param/w_{i}" in history[-1] for i in range(d)):
+        return None
+    return [(f"param/w_{i}", float(true_w[i])) for i in range(d)] + [("param/b", float(true_b))]
+
+
+def _parameters_layout(panels: int):
+    cols = min(4, panels)
+    rows = math.ceil(panels / cols)
+    fig = _figure(3.0 * cols, 2.3 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for n, ax in enumerate(axes):
+        if n >= panels:
+            ax.set_visible(False)
+            continue
+        ax.set_title("b" if n == panels - 1 else f"w_{n}", y=_TITLE_Y)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("parameters: recovered per epoch against the truth")
+    return fig
+
+
+def _draw_parameters(fig, history: History, keys, fitted: Sequence[float] | None) -> None:
+    axes = fig.axes
+    for n, (key, truth) in enumerate(keys):
+        ax = axes[n]
+        epochs, values = _series(history, key)
+        ax.plot(epochs, values, marker="o", color="C0", label="recovered")
+        ax.axhline(truth, color="C3", ls="--", label="true")
+        if fitted is not None:
+            ax.axhline(fitted[n], color="C2", ls=":", label="least squares")
+    axes[0].legend(fontsize=7)
 
 
 def parameters_figure(
@@ -85,47 +139,48 @@ def parameters_figure(
 
     fitted: the least-squares [w..., b], drawn as a third line when given.
     """
-    d = len(true_w)
-    if d + 1 > MAX_PANELS or not all(f"param/w_{i}" in history[-1] for i in range(d)):
-        return _errors_figure(history)
-    keys = [(f"param/w_{i}", float(true_w[i])) for i in range(d)] + [("param/b", float(true_b))]
-    cols = min(4, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig = _figure(3.0 * cols, 2.3 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for n, (key, truth) in enumerate(keys):
-        ax = axes[n]
-        epochs, values = _series(history, key)
-        ax.plot(epochs, values, marker="o", color="C0", label="recovered")
-        ax.axhline(truth, color="C3", ls="--", label="true")
-        if fitted is not None:
-            ax.axhline(fitted[n], color="C2", ls=":", label="least squares")
-        ax.set_title(key.removeprefix("param/"), y=_TITLE_Y)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(True, alpha=0.3)
-    for ax in axes[len(keys) :]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("parameters: recovered per epoch against the truth")
+    keys = _parameter_keys(history, true_w, true_b)
+    if keys is None:
+        return errors_figure(history)
+    fig = _parameters_layout(len(keys))
+    _draw_parameters(fig, history, keys, fitted)
     return fig
 
 
-def _errors_figure(history: History):
+_ERROR_KEYS = (("error/w_l2", "C0"), ("error/b_abs", "C1"))
+
+
+def _errors_log_scale(history: History) -> bool:
+    values = [v for key, _ in _ERROR_KEYS for v in _series(history, key)[1]]
+    return bool(values) and all(v > 0 for v in values)
+
+
+def _errors_layout(log_scale: bool):
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
-    for key, color in (("error/w_l2", "C0"), ("error/b_abs", "C1")):
-        epochs, values = _series(history, key)
-        if values:
-            ax.plot(epochs, values, marker="o", color=color, label=key)
-    if ax.lines and all(v > 0 for line in ax.lines for v in line.get_ydata()):
+    if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("distance to the true parameters")
     ax.set_title("parameter errors (too many weights to plot one by one)", y=_TITLE_Y)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def _draw_errors(fig, history: History) -> None:
+    (ax,) = fig.axes
+    for key, color in _ERROR_KEYS:
+        epochs, values = _series(history, key)
+        if values:
+            ax.plot(epochs, values, marker="o", color=color, label=key)
     ax.legend(fontsize=8)
+
+
+def errors_figure(history: History):
+    """error/w_l2 and error/b_abs per epoch: the parameter plot when D is above 10."""
+    fig = _errors_layout(_errors_log_scale(history))
+    _draw_errors(fig, history)
     return fig
 
 
@@ -151,14 +206,48 @@ class PlotInputs:
         )  # fmt: skip
 
 
+def _draw_all(inputs: PlotInputs, make) -> dict[str, object]:
+    """The run's figures by artifact path, each drawn on make(key, layout, *args): a figure
+    with that layout, its axes decorated but empty."""
+    history = inputs.history
+    loss_log = _loss_log_scale(history)
+    loss = make(("loss", loss_log), _loss_layout, loss_log)
+    _draw_loss(loss, history, inputs.optimum_loss, inputs.noise_floor)
+    keys = _parameter_keys(history, inputs.true_w, inputs.true_b)
+    if keys is None:
+        errors_log = _errors_log_scale(history)
+        parameters = make(("errors", errors_log), _errors_layout, errors_log)
+        _draw_errors(parameters, history)
+    else:
+        parameters = make(("parameters", len(keys)), _parameters_layout, len(keys))
+        _draw_parameters(parameters, history, keys, inputs.fitted or None)
+    return {LOSS_PLOT: loss, PARAMETERS_PLOT: parameters}
+
+
 def figures(inputs: PlotInputs) -> dict[str, object]:
-    """The run's figures by artifact path."""
-    return {
-        LOSS_PLOT: loss_figure(inputs.history, inputs.optimum_loss, inputs.noise_floor),
-        PARAMETERS_PLOT: parameters_figure(
-            inputs.history, inputs.true_w, inputs.true_b, inputs.fitted or None
-        ),
-    }
+    """The run's figures by artifact path: new figures, the caller's to keep."""
+    return _draw_all(inputs, lambda key, layout, *args: layout(*args))
+
+
+# png_images draws every run on one kept figure per layout: a figure's renderer remembers the
+# size of every text it laid out (ticks, titles, labels), and building the axes is a third of
+# the work, so a sweep's later runs draw in about half the time. Same pixels as a new figure.
+_kept: dict[tuple, object] = {}
+_kept_lock = threading.Lock()
+
+
+def _kept_figure(key: tuple, layout, *args):
+    fig = _kept.get(key)
+    if fig is None:
+        fig = _kept[key] = layout(*args)
+        return fig
+    for ax in fig.axes:
+        for line in list(ax.lines):
+            line.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.relim()  # forget the last run's data limits
+    return fig
 
 
 def warm_up() -> None:
@@ -168,16 +257,17 @@ def warm_up() -> None:
     ax.plot([1, 2], [1e-4, 1e-3])
     ax.set_yscale("log")
     ax.set_title("warm-up", y=_TITLE_Y)
-    fig.savefig(io.BytesIO(), format="png")
+    fig.savefig(io.BytesIO(), format="png", pil_kwargs=_PNG_OPTIONS)
 
 
 def png_images(inputs: PlotInputs) -> dict[str, bytes]:
     """The figures rendered as PNG bytes, by artifact path."""
     images = {}
-    for path, fig in figures(inputs).items():
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        images[path] = buffer.getvalue()
+    with _kept_lock:
+        for path, fig in _draw_all(inputs, _kept_figure).items():
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", pil_kwargs=_PNG_OPTIONS)
+            images[path] = buffer.getvalue()
     return images
 
 
@@ -188,10 +278,12 @@ def log_plots(client, run_id: str, inputs: PlotInputs) -> list[str]:
     """
     if not inputs.history:
         return []
+    from linreg_lab.tracking.writes import log_image_bytes
+
     try:
-        drawn = figures(inputs)
-        for path, fig in drawn.items():
-            client.log_figure(run_id, fig, path)
+        drawn = png_images(inputs)
+        for path, png in drawn.items():
+            log_image_bytes(client, run_id, png, path)
     except Exception as error:  # matplotlib or the artifact store; neither should fail the run
         log.warning("could not log the plots of run %s: %s", run_id, error)
         return []
