@@ -74,7 +74,7 @@ def test_grouping_follows_from_the_configs():
     assert OmegaConf.select(configs[0], "optimizer.lr") == 0.1
 
 
-@pytest.mark.parametrize("path", ["compiled", "blas"])
+@pytest.mark.parametrize("path", ["compiled", "compiled-threads", "blas"])
 def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
     import functools
 
@@ -82,12 +82,17 @@ def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
 
     from linreg_lab.data import make_synthetic_regression
     from linreg_lab.model import init_linear
-    from linreg_lab.training import analytic
+    from linreg_lab.training import analytic, vectorized
     from linreg_lab.training.engine import fit, sgd_hyper
     from linreg_lab.training.settings import TrainerSettings, batch_orders
     from linreg_lab.training.vectorized import train_vectorized
 
-    monkeypatch.setattr(analytic, "_FORCE_PATH", path)
+    monkeypatch.setattr(analytic, "_FORCE_PATH", path.removesuffix("-threads"))
+    if path == "compiled-threads":  # the models split between two threads (2 and 3 models)
+        import numba
+
+        two = min(2, numba.config.NUMBA_NUM_THREADS)
+        monkeypatch.setattr(vectorized, "_model_threads", lambda models, work: two)
     data = make_synthetic_regression(num_samples=3000, num_features=4)
     settings = TrainerSettings(epochs=2, batch_size=7, seed=3)
     optimizers = [

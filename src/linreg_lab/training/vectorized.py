@@ -8,6 +8,7 @@ never mix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -16,6 +17,9 @@ import torch
 from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, uses_blas
 
 _KERNEL_MODULE = "linreg_lab.training.vectorized_kernels"
+# Multiply-adds per epoch from which the models are split between threads (a fraction of a
+# second of work: starting the threads costs ~10 us a call).
+_PARALLEL_MIN_EPOCH_WORK = 1 << 24
 # on_epoch_end(epoch, last_batch_losses (K,), theta (D + 1, K))
 GroupCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -55,28 +59,46 @@ def per_model_settings(hypers: Sequence[SGDHyper]) -> tuple[np.ndarray, ...]:
 
 
 def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) -> None:
-    from linreg_lab.training.vectorized_kernels import sgd_steps_many
+    from linreg_lab.training import vectorized_kernels
 
     n, d = X.shape
     k = theta.shape[1]
-    theta_np = np.ascontiguousarray(theta.numpy())
+    rows = np.ascontiguousarray(theta.numpy().T)  # (K, D + 1): each model's weights contiguous
     X_np, y_np = X.numpy(), y.reshape(-1).numpy()
 
     lr, momentum, keep, weight_decay, nesterov = per_model_settings(hypers)
-    buf = np.zeros_like(theta_np)
+    buf = np.zeros_like(rows)
     last_loss = np.full(k, np.nan, np.float32)
     has_buf = False
+    threads = _model_threads(k, n * (d + 1) * k)
+    if threads > 1:
+        import numba
+
+        numba.set_num_threads(threads)
+        steps = functools.partial(vectorized_kernels.sgd_steps_many_parallel, threads=threads)
+    else:
+        steps = vectorized_kernels.sgd_steps_many
     # Whole batches per call, returning to Python often enough for Ctrl-C to act promptly.
     span = max(1, _WORK_PER_CALL // ((d + 1) * k * batch_size)) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
         for begin in range(0, n, span):
-            has_buf = sgd_steps_many(
+            has_buf = steps(
                 X_np, y_np, order_np, begin, min(begin + span, n), batch_size,
-                theta_np, buf, has_buf, lr, momentum, keep, weight_decay, nesterov, last_loss,
+                rows, buf, has_buf, lr, momentum, keep, weight_decay, nesterov, last_loss,
             )  # fmt: skip
-        theta.copy_(torch.from_numpy(theta_np))
+        theta.copy_(torch.from_numpy(rows).T)
         on_epoch_end(epoch, torch.from_numpy(last_loss.copy()), theta)
+
+
+def _model_threads(models: int, epoch_work: int) -> int:
+    """Threads for the compiled loop: torch's count (trainer.threads) once an epoch is long
+    enough to repay starting them, at most one per model."""
+    if models < 2 or epoch_work < _PARALLEL_MIN_EPOCH_WORK:
+        return 1
+    import numba
+
+    return max(1, min(models, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 @torch.no_grad()
