@@ -197,3 +197,17 @@ def test_short_runs_skip_loading_the_compiled_kernel():
     assert not analytic.uses_blas(cpu, 10_000, 10**7 * 101)  # one epoch at N 10^7, D 100
     loaded = analytic._KERNEL_MODULE in sys.modules  # once loaded, every run uses it
     assert analytic.uses_blas(cpu, 300, 12_000) is not loaded  # the default experiment
+
+
+def test_a_large_run_after_a_small_one_gets_the_machines_threads_back():
+    from linreg_lab.training import settings
+
+    before = torch.get_num_threads()
+    trainer = TrainerSettings()
+    try:
+        torch.set_num_threads(trainer.num_threads(1000, 3))  # a small job of a sweep
+        assert torch.get_num_threads() == 1
+        assert trainer.num_threads(10**6, 100) == settings._STARTING_THREADS
+    finally:
+        torch.set_num_threads(before)
+    assert TrainerSettings(threads=3).num_threads(1000, 3) == 3

@@ -17,6 +17,9 @@ _CACHED_SHUFFLE_MIN_SAMPLES = 1 << 16
 # a few seeds: repeated fits with one seed (an lr sweep, a benchmark) draw them once.
 _KEPT_ORDERS_MAX_ENTRIES = 1 << 17
 _KEPT_ORDERS_RUNS = 16
+# torch's thread count when this process started (cores, or OMP_NUM_THREADS): runs set torch's
+# count, so a large run after a small one in the same sweep must not read it back.
+_STARTING_THREADS = torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class TrainerSettings:
         if self.threads != "auto":
             return int(self.threads)
         large = num_samples * num_features >= 1 << 22
-        return torch.get_num_threads() if large else 1
+        return _STARTING_THREADS if large else 1
 
 
 def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.Generator):
