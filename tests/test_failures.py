@@ -33,7 +33,10 @@ BAD_INPUT = [
     (["tracking.uri=sqlite:////proc/forbidden/mlflow.db"], "tracking.uri=sqlite:////proc"),
     (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr=-1"),
     (["-m", "optimizer.lr=0.1,abc"], "optimizer.lr=abc"),
-]
+    (["-m", "optimizer.momentum=0.9", "optimizer.dampening=0,0.5", "optimizer.nesterov=false,true"],
+     "optimizer.nesterov=True is not allowed"),  # one job of the grid
+    (["-m", "trainer.engine=analytic", "optimizer=adam,sgd"], "trainer.engine=analytic"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(

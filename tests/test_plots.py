@@ -159,3 +159,17 @@ def test_training_logs_plots_dataset_and_optionally_the_model(store):
     model = mlflow.pytorch.load_model(f"models:/{output.model_id}")
     weights = model.weight.detach().reshape(-1)
     assert torch.allclose(weights, torch.tensor([2.8, -1.7, 3.6]), atol=0.05)
+
+
+def test_sweep_comparison_plot_skips_a_sweep_whose_runs_all_failed():
+    from linreg_lab.tracking.report import Row, plot
+
+    def row(lr: str, loss: float, status: str) -> Row:
+        return Row(
+            f"id{lr}", lr, f"optimizer.lr={lr}", status, loss, loss, "", {"optimizer.lr": lr}
+        )
+
+    failed = [row("50", float("nan"), "FAILED"), row("60", float("nan"), "FAILED")]
+    assert plot(failed, ["optimizer.lr"]) == (None, None)
+    fig, name = plot([*failed, row("0.03", 1e-4, "FINISHED")], ["optimizer.lr"])
+    assert name == "loss_vs_optimizer_lr.png" and fig.axes[0].get_yscale() == "log"

@@ -93,6 +93,35 @@ def test_report_reads_a_past_sweep(store):
     assert all(c.info.run_id in table for c in children)
     missing = store.run("linreg-report", "--experiment", "nope", check=False)
     assert missing.returncode == 2 and "--experiment=nope: not found" in missing.stderr
+    missing = store.run("linreg-report", "--run", "nope", check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "--run=nope: no such run" in missing.stderr
+
+
+def test_a_sweeps_settings_are_checked_together_as_each_job_has_them(store):
+    # nesterov=true alone (momentum 0 by default) is refused; with each swept momentum it is fine
+    store.train("-m", "optimizer.momentum=0.5,0.9", "optimizer.nesterov=true", "trainer.epochs=1")
+    parent, children = sweep_runs(store)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {c.data.params["optimizer.nesterov"] for c in children} == {"True"}
+    # ...and a sweep with one impossible job is refused whole, before any run exists
+    result = store.train(
+        "-m", "optimizer.momentum=0,0.9", "optimizer.nesterov=false,true", check=False
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "optimizer.nesterov=True is not allowed" in result.stderr
+    assert "optimizer.momentum=0 optimizer.nesterov=True" in result.stderr  # the job named
+    assert len(store.runs()) == 3
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_repeated_job_runs_twice_each_with_its_own_run(store, launcher):
+    store.train("-m", "trainer.seed=1,1", "trainer.epochs=1", f"hydra/launcher={launcher}")
+    parent, children = sweep_runs(store)
+    assert parent.info.status == "FINISHED"
+    assert len({c.info.run_id for c in children}) == 2
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert len(list(store.root.glob("multirun/*/*/[01]/.hydra/config.yaml"))) == 2
 
 
 def test_optuna_preset_searches_and_reports(store):

@@ -211,3 +211,16 @@ def test_a_large_run_after_a_small_one_gets_the_machines_threads_back():
     finally:
         torch.set_num_threads(before)
     assert TrainerSettings(threads=3).num_threads(1000, 3) == 3
+
+
+def test_divergence_is_caught_when_float32_overflows_before_the_float64_loss():
+    from linreg_lab.training.evaluate import least_squares
+    from linreg_lab.training.monitor import Diverged, EpochMonitor
+
+    data = make_synthetic_regression(num_samples=100)
+    monitor = EpochMonitor(data, least_squares(data.X, data.y))
+    huge = torch.full((3,), 3e30)  # finite float32, but its norm overflows
+    with pytest.raises(Diverged, match="epoch 2: error/w_l2=inf"):
+        monitor.measure(2, 1e61, huge, 1.0, loss=1e61)
+    with pytest.raises(Diverged, match="train/last_batch_loss=inf"):
+        monitor.measure(3, float("inf"), torch.ones(3), 1.0, loss=5.0)

@@ -122,3 +122,36 @@ def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
     for k, expected in enumerate(separate[:-1]):
         torch.testing.assert_close(theta[:, k], expected, rtol=1e-4, atol=1e-5)
     assert not torch.isfinite(theta[:, -1]).all() and not torch.isfinite(separate[-1]).all()
+
+
+def test_sigterm_in_a_group_ends_it_killed_keeping_a_divergence(store):
+    import os
+    import signal
+    import time
+
+    from tests.test_failures import start_in_group
+
+    process = start_in_group(
+        store, "-m", "dataset.num_samples=20000", "trainer.epochs=100000",
+        "optimizer.lr=50,0.01,0.02", "hydra/launcher=vectorized",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not store.client.get_experiment_by_name("linreg") or not [
+            r for r in store.runs() if r.info.status == "FAILED"
+        ]:  # the lr=50 member diverged at its first epoch; the others train on
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+    finally:
+        process.kill()
+    _, stderr = process.communicate()
+    assert "Traceback" not in stderr
+    runs = by_overrides(store)
+    statuses = {key.split("optimizer.lr=")[1].split()[0]: r.info.status for key, r in runs.items()}
+    assert statuses == {"50": "FAILED", "0.01": "KILLED", "0.02": "KILLED"}
+    diverged = next(r for r in runs.values() if r.info.status == "FAILED")
+    assert "diverged" in diverged.data.tags["linreg.failure"]
+    parent = next(r for r in store.runs() if r.data.tags.get("linreg.sweep") == "true")
+    assert parent.info.status == "KILLED"

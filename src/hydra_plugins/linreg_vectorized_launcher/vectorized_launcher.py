@@ -7,6 +7,7 @@ the basic launcher runs them.
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
+
+from linreg_lab.interrupts import Interrupted, exit_code_for
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,11 @@ class VectorizedLauncher(Launcher):
         for group in groups:
             task = self.task_function
             if len(group) > 1:
-                task = self._replay(group, configs, job_overrides)
+                try:
+                    task = self._replay(group, configs, job_overrides)
+                except (KeyboardInterrupt, Interrupted) as error:
+                    # As a single job's task exits: the group's runs already ended KILLED.
+                    sys.exit(exit_code_for(error))
             for index in group:
                 returns[index] = run_job(
                     hydra_context=self.hydra_context,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             runs = [run for run in runs if run.data.tags.get(TAG_SWEEP) != "true"]
             rows, title = report.rows_of(runs), f"experiment {args.experiment}: best first"
         else:
-            parent = client.get_run(args.run) if args.run else report.latest_sweep(client)
+            parent = _run(client, args.run) if args.run else report.latest_sweep(client)
             if parent is None:
                 raise TrackingError(f"tracking.uri={args.uri}: no sweep found; run linreg-train -m")
             rows = report.rows_of(report.children(client, parent))
@@ -60,6 +60,19 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write(report.to_csv(rows, keys))
         else:
             report.print_table(rows, keys, title)
+
+
+def _run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    from linreg_lab.tracking.store import TrackingError
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"--run={run_id}: no such run; linreg-report with no --run shows the latest sweep"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ composition succeeds, so the launcher receives exactly what it would have compos
 
 from __future__ import annotations
 
+import copy
+
 from omegaconf import DictConfig
 
 
@@ -23,7 +25,11 @@ def compose_each_job_once(config_loader) -> None:
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:
             return kept.pop(key)
-        kept[key] = config = compose(master_config, sweep_overrides)
+        config = compose(master_config, sweep_overrides)
+        # A copy (~6 ms), not the object itself: a batch can hold the same overrides twice (a
+        # repeated value, a sampler drawing one point again), and then two jobs would run on
+        # one config object.
+        kept[key] = copy.deepcopy(config)
         return config
 
     config_loader.load_sweep_config = load_sweep_config

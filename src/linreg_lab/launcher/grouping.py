@@ -13,6 +13,7 @@ import json
 from omegaconf import DictConfig
 
 from linreg_lab import build
+from linreg_lab.config.validate import validate
 from linreg_lab.training.analytic import SGDHyper
 from linreg_lab.training.engine import choose_engine
 
@@ -26,6 +27,7 @@ PER_MODEL_KEYS = {
 def shares_a_pass(cfg: DictConfig) -> bool:
     """True when cfg trains a linear model with SGD: the analytic engine's domain."""
     try:
+        validate(cfg)
         model = build.model(cfg, in_features=1)
         engine = choose_engine(build.trainer(cfg).engine, model, build.optimizer_factory(cfg))
         return engine == "analytic"

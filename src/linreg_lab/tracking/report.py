@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no ml
 
 HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
 TAG_SWEEP_Q = "`linreg.sweep`"  # quoted for MLflow's filter syntax (the key has a dot)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,14 @@ def plot(rows: list[Row], keys: list[str]):
     if len(keys) == 1:
         key = keys[0]
         points = sorted((number(row.params[key]), row.loss) for row in finite)
+        if not points:  # every run failed: nothing to draw
+            return None, None
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        ax.set_yscale("log")
-        if key == "optimizer.lr":
+        if all(p[1] > 0 for p in points):
+            ax.set_yscale("log")
+        if key == "optimizer.lr" and all(p[0] > 0 for p in points):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel("final train/loss")
@@ -175,9 +180,12 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
         return rows
     run_id = parent.info.run_id
     writes.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
-    fig, name = plot(rows, keys)
-    if fig is not None:
-        client.log_figure(parent.info.run_id, fig, name)
+    try:
+        fig, name = plot(rows, keys)
+        if fig is not None:
+            client.log_figure(parent.info.run_id, fig, name)
+    except Exception as error:  # the comparison table and CSV are logged; a picture is extra
+        log.warning("could not plot the sweep's comparison: %s", error)
     best = rows[0]
     if best.status == FINISHED:
         now = int(time.time() * 1000)

@@ -25,6 +25,7 @@ class RunRecorder:
         self._pending: list[tuple[str, float, int, int]] = []
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+        self.has_ended = False
 
     @classmethod
     def start(
@@ -80,7 +81,13 @@ class RunRecorder:
         self.log_text(json.dumps(data, indent=2), artifact_file)
 
     def end(self, status: str, failure: str | None = None) -> None:
-        """Post what is pending, then the run's end; a failure reason becomes a tag."""
+        """Post what is pending, then the run's end; a failure reason becomes a tag.
+
+        A run ends once: a later end (Ctrl-C after a group member diverged) keeps the first.
+        """
+        if self.has_ended:
+            return
+        self.has_ended = True
         try:
             self.flush()
         finally:

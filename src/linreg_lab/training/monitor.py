@@ -45,9 +45,12 @@ class EpochMonitor:
             metrics["error/b_abs"] = abs(b - data.true_b)
         metrics["error/excess_loss"] = loss - self.optimum.loss
         self.history.append(metrics)
-        if not math.isfinite(loss):
+        # The loss sums in float64 and can stay finite while float32 values have overflowed.
+        blown = [key for key, value in metrics.items() if not math.isfinite(value)]
+        if blown:
+            key = "train/loss" if "train/loss" in blown else blown[0]
             raise Diverged(
-                f"diverged at epoch {epoch}: train/loss={loss} (try a smaller optimizer.lr)"
+                f"diverged at epoch {epoch}: {key}={metrics[key]} (try a smaller optimizer.lr)"
             )
         return metrics
 
