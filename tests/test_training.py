@@ -224,3 +224,12 @@ def test_divergence_is_caught_when_float32_overflows_before_the_float64_loss():
         monitor.measure(2, 1e61, huge, 1.0, loss=1e61)
     with pytest.raises(Diverged, match="train/last_batch_loss=inf"):
         monitor.measure(3, float("inf"), torch.ones(3), 1.0, loss=5.0)
+
+
+def test_the_cached_shuffle_does_not_depend_on_the_thread_count():
+    two = min(2, numba.config.NUMBA_NUM_THREADS)
+    for n in (70_000, 1_000_003):  # one chunk of indices; several, split between threads
+        alone, shared = permutation(n, 11, threads=1), permutation(n, 11, threads=two)
+        assert np.array_equal(alone, shared)
+        assert np.array_equal(np.sort(alone), np.arange(n))
+    assert not np.array_equal(permutation(70_000, 11), permutation(70_000, 12))

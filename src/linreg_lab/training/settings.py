@@ -64,7 +64,8 @@ def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.
             from linreg_lab.training.shuffle import permutation
 
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            yield torch.from_numpy(permutation(num_samples, seed))
+            # torch's thread count is the run's (trainer.threads); the order does not depend on it
+            yield torch.from_numpy(permutation(num_samples, seed, torch.get_num_threads()))
 
 
 def seeded_orders(
