@@ -19,7 +19,8 @@ def prefetch_row(typingctx, array, row):
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
         view = context.make_array(array_type)(context, builder, args[0])
-        index = [args[1]] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+        row = context.cast(builder, args[1], signature.args[1], types.intp)  # int32 orders too
+        index = [row] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
         start = cgutils.get_item_pointer(
             context, builder, array_type, view, index, wraparound=False
         )

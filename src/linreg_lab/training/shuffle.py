@@ -21,7 +21,8 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def permutation(n: int, seed: int, threads: int | None = None) -> np.ndarray:
-    """A uniform random permutation of range(n) (int64), reproducible from seed in [0, 2^63).
+    """A uniform random permutation of range(n) (int32, or int64 from 2^31), reproducible from
+    seed in [0, 2^63).
 
     threads: how many of numba's threads to use (default: all); the result is the same.
     """
@@ -29,7 +30,8 @@ def permutation(n: int, seed: int, threads: int | None = None) -> np.ndarray:
     while n * 8 > buckets * _BUCKET_BYTES and buckets < 1 << 16:
         buckets *= 2
     chunks = max(1, min(_MAX_CHUNKS, n // _CHUNK_ENTRIES))
-    out = np.empty(n, np.int64)
+    # int32 while it fits: half the memory to fault in, fill and read back each epoch.
+    out = np.empty(n, np.int32 if n <= np.iinfo(np.int32).max else np.int64)
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS)))
     try:
