@@ -108,3 +108,42 @@ def test_every_launcher_option_instantiates(launcher):
         assert isinstance(instantiate(cfg.hydra.launcher), Launcher)
     if launcher == "slurm":
         assert cfg.hydra.launcher.timeout_min == 30 and cfg.hydra.launcher.partition is None
+
+
+@pytest.mark.parametrize(
+    "task,refused",
+    [
+        (["optimizer.momentum=0.5,0.9", "optimizer.nesterov=true"], None),
+        (["++trainer.epochs=1,2"], None),  # a forced add: composed as Hydra composes it
+        (["optimizer=sgd,adam", "optimizer.lr=0.1,0.2"], None),
+        (["optimizer.momentum=0,0.9", "optimizer.nesterov=false,true"], "optimizer.nesterov=True"),
+        (["optimizer.lr=0.1,-1"], "optimizer.lr=-1"),
+    ],
+)
+def test_sweep_check_takes_each_job_as_a_whole(task, refused):
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from linreg_lab.config.sweep_check import check_sweep
+    from linreg_lab.config.validate import ConfigError
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = task
+        assert GlobalHydra.instance().is_initialized()
+        if refused is None:
+            check_sweep(cfg)
+        else:
+            with pytest.raises(ConfigError, match=refused.replace(".", r"\.")):
+                check_sweep(cfg)
+
+
+def test_sample_jobs_covers_every_value_when_the_grid_is_too_large(monkeypatch):
+    from linreg_lab.config import sweep_check
+
+    swept = {"a": ["a=1", "a=2", "a=3"], "b": ["b=1", "b=2"]}
+    assert len(sweep_check.sample_jobs(swept)) == 6
+    monkeypatch.setattr(sweep_check, "_MAX_JOBS_CHECKED", 4)
+    jobs = sweep_check.sample_jobs(swept)
+    assert jobs == [("a=1", "b=1"), ("a=2", "b=1"), ("a=3", "b=1"), ("a=1", "b=2")]

@@ -103,6 +103,16 @@ def test_png_images_reuse_figures_yet_draw_each_run_as_a_new_figure_would():
         PlotInputs.of(history_for(3, epochs=7), data, optimum),  # other limits and ticks
         PlotInputs.of(history_for(20, epochs=2), wide, least_squares(wide.X, wide.y)),
         PlotInputs.of(history_for(3, epochs=1), data, optimum),
+        # a linear errors plot, then one with no line to draw: the last view must not stay
+        PlotInputs(
+            [{"train/loss": 1.0, "error/w_l2": 7.0, "error/b_abs": 0.0}],
+            [0.0] * 20,
+            1.0,
+            0.0,
+            0.5,
+            [],
+        ),  # fmt: skip
+        PlotInputs([{"train/loss": 1.0}], [0.0] * 20, 1.0, 0.0, 0.5, []),
     ]
     for inputs in runs:
         kept = png_images(inputs)

@@ -69,7 +69,9 @@ def _run(client, run_id: str):
 
     try:
         return client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         raise TrackingError(
             f"--run={run_id}: no such run; linreg-report with no --run shows the latest sweep"
         ) from None

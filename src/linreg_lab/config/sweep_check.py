@@ -77,8 +77,8 @@ def check_sweep(config: DictConfig) -> None:
         recomposes = [
             override
             for override, p in zip(job, parsed)
-            if p.get_key_element() in groups or p.is_add() or p.is_delete()
-            or p.get_key_element().startswith("hydra")
+            if p.key_or_group in groups or p.is_add() or p.is_force_add() or p.is_delete()
+            or p.package is not None or p.key_or_group.startswith("hydra")
         ]  # fmt: skip
         key = tuple(recomposes)
         if key not in composed:

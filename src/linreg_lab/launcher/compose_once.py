@@ -13,6 +13,9 @@ import copy
 
 from omegaconf import DictConfig
 
+# More than a batch of jobs: the configs of the batch being validated all stay until launched.
+_MAX_KEPT = 4096
+
 
 def compose_each_job_once(config_loader) -> None:
     """Wrap config_loader.load_sweep_config (idempotent)."""
@@ -30,6 +33,8 @@ def compose_each_job_once(config_loader) -> None:
         # repeated value, a sampler drawing one point again), and then two jobs would run on
         # one config object.
         kept[key] = copy.deepcopy(config)
+        if len(kept) > _MAX_KEPT:  # a sweeper that does not validate (Optuna): nobody asks again
+            del kept[next(iter(kept))]
         return config
 
     config_loader.load_sweep_config = load_sweep_config

@@ -174,7 +174,8 @@ def _draw_errors(fig, history: History) -> None:
         epochs, values = _series(history, key)
         if values:
             ax.plot(epochs, values, marker="o", color=color, label=key)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
 
 
 def errors_figure(history: History):
@@ -216,7 +217,9 @@ def _draw_all(inputs: PlotInputs, make) -> dict[str, object]:
     keys = _parameter_keys(history, inputs.true_w, inputs.true_b)
     if keys is None:
         errors_log = _errors_log_scale(history)
-        parameters = make(("errors", errors_log), _errors_layout, errors_log)
+        # Without a line nothing rescales a kept view: such figures share a layout of their own.
+        drawn = any(_series(history, key)[1] for key, _ in _ERROR_KEYS)
+        parameters = make(("errors", errors_log, drawn), _errors_layout, errors_log)
         _draw_errors(parameters, history)
     else:
         parameters = make(("parameters", len(keys)), _parameters_layout, len(keys))
@@ -246,7 +249,7 @@ def _kept_figure(key: tuple, layout, *args):
             line.remove()
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-        ax.relim()  # forget the last run's data limits
+        ax.relim()  # forget the last run's data limits (a new line rescales the view)
     return fig
 
 
