@@ -48,17 +48,25 @@ def _series(history: History, key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _loss_layout(log_scale: bool):
+def _single_axes_layout(log_scale: bool, ylabel: str, title: str):
+    """One axes over epochs: the loss plot, and the errors plot when D is above 10."""
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean squared error")
-    ax.set_title("training loss", y=_TITLE_Y)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, y=_TITLE_Y)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, which="both", alpha=0.3)
     return fig
+
+
+_LOSS_LABELS = ("mean squared error", "training loss")
+_ERRORS_LABELS = (
+    "distance to the true parameters",
+    "parameter errors (too many weights to plot one by one)",
+)
 
 
 def _draw_loss(fig, history: History, optimum_loss: float, noise_floor: float) -> None:
@@ -87,7 +95,7 @@ def _loss_log_scale(history: History) -> bool:
 
 def loss_figure(history: History, optimum_loss: float, noise_floor: float):
     """train/loss per epoch on a log scale, with the least-squares optimum and the noise floor."""
-    fig = _loss_layout(_loss_log_scale(history))
+    fig = _single_axes_layout(_loss_log_scale(history), *_LOSS_LABELS)
     _draw_loss(fig, history, optimum_loss, noise_floor)
     return fig
 
@@ -155,19 +163,6 @@ def _errors_log_scale(history: History) -> bool:
     return bool(values) and all(v > 0 for v in values)
 
 
-def _errors_layout(log_scale: bool):
-    fig = _figure(6.4, 4.0)
-    ax = fig.add_subplot()
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("distance to the true parameters")
-    ax.set_title("parameter errors (too many weights to plot one by one)", y=_TITLE_Y)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(True, which="both", alpha=0.3)
-    return fig
-
-
 def _draw_errors(fig, history: History) -> None:
     (ax,) = fig.axes
     for key, color in _ERROR_KEYS:
@@ -180,7 +175,7 @@ def _draw_errors(fig, history: History) -> None:
 
 def errors_figure(history: History):
     """error/w_l2 and error/b_abs per epoch: the parameter plot when D is above 10."""
-    fig = _errors_layout(_errors_log_scale(history))
+    fig = _single_axes_layout(_errors_log_scale(history), *_ERRORS_LABELS)
     _draw_errors(fig, history)
     return fig
 
@@ -212,14 +207,16 @@ def _draw_all(inputs: PlotInputs, make) -> dict[str, object]:
     with that layout, its axes decorated but empty."""
     history = inputs.history
     loss_log = _loss_log_scale(history)
-    loss = make(("loss", loss_log), _loss_layout, loss_log)
+    loss = make(("loss", loss_log), _single_axes_layout, loss_log, *_LOSS_LABELS)
     _draw_loss(loss, history, inputs.optimum_loss, inputs.noise_floor)
     keys = _parameter_keys(history, inputs.true_w, inputs.true_b)
     if keys is None:
         errors_log = _errors_log_scale(history)
         # Without a line nothing rescales a kept view: such figures share a layout of their own.
         drawn = any(_series(history, key)[1] for key, _ in _ERROR_KEYS)
-        parameters = make(("errors", errors_log, drawn), _errors_layout, errors_log)
+        parameters = make(
+            ("errors", errors_log, drawn), _single_axes_layout, errors_log, *_ERRORS_LABELS
+        )
         _draw_errors(parameters, history)
     else:
         parameters = make(("parameters", len(keys)), _parameters_layout, len(keys))
