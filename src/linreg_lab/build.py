@@ -10,6 +10,7 @@ from torch import nn
 
 from linreg_lab.data import RegressionData
 from linreg_lab.tracking.store import TrackingSettings
+from linreg_lab.training.engine import choose_engine
 from linreg_lab.training.settings import TrainerSettings
 
 
@@ -40,3 +41,9 @@ def model(cfg: DictConfig, in_features: int) -> nn.Module:
 def optimizer_factory(cfg: DictConfig) -> Callable:
     """A partial that takes the model's parameters (not called here: no torch.optim set-up)."""
     return instantiate(cfg.optimizer, _convert_="all")
+
+
+def engine(cfg: DictConfig) -> str:
+    """The engine cfg's trainer, model and optimizer select (the model's size does not matter);
+    raises EngineError when trainer.engine asks for one they cannot use."""
+    return choose_engine(trainer(cfg).engine, model(cfg, in_features=1), optimizer_factory(cfg))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -44,7 +45,7 @@ def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:
     values = list(swept.values())
     if not values:
         return [()]
-    if _grid_size(values) <= _MAX_JOBS_CHECKED:
+    if math.prod(len(options) for options in values) <= _MAX_JOBS_CHECKED:
         return list(itertools.product(*values))
     firsts = [options[0] for options in values]
     jobs = []
@@ -52,13 +53,6 @@ def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:
         for value in options:
             jobs.append((*firsts[:position], value, *firsts[position + 1 :]))
     return list(dict.fromkeys(jobs))
-
-
-def _grid_size(values: list[list[str]]) -> int:
-    size = 1
-    for options in values:
-        size *= len(options)
-    return size
 
 
 def check_sweep(config: DictConfig) -> None:
@@ -104,11 +98,10 @@ def _check_engine(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "trainer.engine") != "analytic":
         return
     from linreg_lab import build
-    from linreg_lab.training.engine import EngineError, choose_engine
+    from linreg_lab.training.engine import EngineError
 
     try:
-        model = build.model(cfg, in_features=1)
-        choose_engine("analytic", model, build.optimizer_factory(cfg))
+        build.engine(cfg)
     except EngineError as error:
         raise ConfigError(str(error)) from None
 
