@@ -130,6 +130,11 @@ def _kernel_threads(x_bytes: int, batch_size: int) -> int:
     """Threads for the compiled loop: torch's count (set from trainer.threads) on large data."""
     if x_bytes < _PARALLEL_MIN_BYTES or batch_size < _PARALLEL_MIN_BATCH:
         return 1
+    return compiled_threads()
+
+
+def compiled_threads() -> int:
+    """Threads a compiled loop may use: torch's count (set from trainer.threads), within numba's."""
     import numba
 
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))

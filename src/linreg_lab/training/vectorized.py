@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, uses_blas
+from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, compiled_threads, uses_blas
 
 _KERNEL_MODULE = "linreg_lab.training.vectorized_kernels"
 # Multiply-adds per epoch from which the models are split between threads (a fraction of a
@@ -96,9 +96,7 @@ def _model_threads(models: int, epoch_work: int) -> int:
     enough to repay starting them, at most one per model."""
     if models < 2 or epoch_work < _PARALLEL_MIN_EPOCH_WORK:
         return 1
-    import numba
-
-    return max(1, min(models, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    return min(models, compiled_threads())
 
 
 @torch.no_grad()
