@@ -147,3 +147,57 @@ def test_sample_jobs_covers_every_value_when_the_grid_is_too_large(monkeypatch):
     monkeypatch.setattr(sweep_check, "_MAX_JOBS_CHECKED", 4)
     jobs = sweep_check.sample_jobs(swept)
     assert jobs == [("a=1", "b=1"), ("a=2", "b=1"), ("a=3", "b=1"), ("a=1", "b=2")]
+
+
+JOB_SEQUENCES = [
+    # recomposed from the first job: plain values only
+    (1, [["optimizer.lr=0.1", "trainer.batch_size=10"],
+         ["optimizer.lr=0.01", "trainer.batch_size=32"],
+         ["optimizer.lr=1e-3", "trainer.batch_size=10"],
+         ["optimizer.lr='${optimizer.momentum}'", "trainer.batch_size=7"]]),
+    # a string that parses as a float, a bool, an experiment preset kept, a forced add kept
+    (1, [["experiment=lr_batch_grid", "++trainer.epochs=1", "tracking.run_name=a",
+          "optimizer.nesterov=false"],
+         ["experiment=lr_batch_grid", "++trainer.epochs=1", "tracking.run_name=1.5",
+          "optimizer.nesterov=true"]]),
+    # composed by Hydra: a forced add, a config group, a value the schema rejects, a hydra key
+    (2, [["++trainer.epochs=1"], ["++trainer.epochs=2"]]),
+    (2, [["optimizer=sgd", "optimizer.lr=0.1"], ["optimizer=adam", "optimizer.lr=0.1"]]),
+    (2, [["optimizer.lr=0.1"], ["optimizer.lr=abc"]]),
+    (2, [["hydra.job.chdir=false", "optimizer.lr=0.1"], ["hydra.job.chdir=true", "optimizer.lr=0.2"]]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("compositions,jobs", JOB_SEQUENCES)
+def test_recomposed_jobs_are_what_hydra_composes(compositions, jobs):
+    """Each job's config, recomposed from an earlier one or not, equals Hydra's composition."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from linreg_lab.launcher.compose_once import compose_each_job_once
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
+        hydra_compose = loader.load_sweep_config
+        composed = []
+
+        def counted(master_config, overrides):
+            composed.append(overrides)
+            return hydra_compose(master_config, overrides)
+
+        loader.load_sweep_config = counted
+        compose_each_job_once(loader)
+        for overrides in jobs:
+            try:
+                expected = OmegaConf.to_yaml(hydra_compose(master, overrides))
+            except ConfigCompositionException:
+                with pytest.raises(ConfigCompositionException):
+                    loader.load_sweep_config(master, overrides)
+                continue
+            got = loader.load_sweep_config(master, overrides)
+            assert OmegaConf.to_yaml(got) == expected, overrides
+            assert OmegaConf.to_yaml(loader.load_sweep_config(master, overrides)) == expected
+        assert len(composed) == compositions

@@ -1,20 +1,27 @@
-"""Compose each sweep job once, not twice.
+"""Compose each sweep job once, not twice, and most jobs from an earlier one.
 
 Hydra's sweepers compose every job of a batch to validate it and discard the result; the
 launcher then composes the same job again (~0.15 s a job with this project's schemas, a third
 of a short job's cost). Wrapped here, the config loader keeps each config it composed until the
 same overrides are asked for again, and hands it over once. Validation only checks that
 composition succeeds, so the launcher receives exactly what it would have composed.
+
+A job that differs from one composed before only in plain values (a learning rate, a batch
+size) is recomposed from it (see recompose.py): ~10 ms instead of a full composition.
 """
 
 from __future__ import annotations
 
 import copy
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from linreg_lab.launcher import recompose
 
 # More than a batch of jobs: the configs of the batch being validated all stay until launched.
 _MAX_KEPT = 4096
+# Override shapes (keys and kinds, not values) with a composed config to recompose from.
+_MAX_TEMPLATES = 64
 
 
 def compose_each_job_once(config_loader) -> None:
@@ -23,12 +30,31 @@ def compose_each_job_once(config_loader) -> None:
         return
     compose = config_loader.load_sweep_config
     kept: dict[tuple, DictConfig] = {}
+    templates: dict[tuple, tuple[list, DictConfig]] = {}
+
+    def compose_or_recompose(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        hydra_overrides = OmegaConf.to_container(master_config.hydra.overrides.hydra)
+        parsed = recompose.parse([*hydra_overrides, *sweep_overrides])
+        if parsed is None:
+            return compose(master_config, sweep_overrides)
+        shape = (id(master_config), recompose.shape(parsed))
+        if shape in templates:
+            template_overrides, template = templates[shape]
+            config = recompose.recompose(
+                template, template_overrides, parsed, config_loader.repository, master_config
+            )
+            if config is not None:
+                return config
+        config = compose(master_config, sweep_overrides)
+        if len(templates) < _MAX_TEMPLATES:
+            templates[shape] = (parsed, copy.deepcopy(config))
+        return config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:
             return kept.pop(key)
-        config = compose(master_config, sweep_overrides)
+        config = compose_or_recompose(master_config, sweep_overrides)
         # A copy (~6 ms), not the object itself: a batch can hold the same overrides twice (a
         # repeated value, a sampler drawing one point again), and then two jobs would run on
         # one config object.
