@@ -164,7 +164,8 @@ JOB_SEQUENCES = [
     (2, [["++trainer.epochs=1"], ["++trainer.epochs=2"]]),
     (2, [["optimizer=sgd", "optimizer.lr=0.1"], ["optimizer=adam", "optimizer.lr=0.1"]]),
     (2, [["optimizer.lr=0.1"], ["optimizer.lr=abc"]]),
-    (2, [["hydra.job.chdir=false", "optimizer.lr=0.1"], ["hydra.job.chdir=true", "optimizer.lr=0.2"]]),
+    (2, [["hydra.job.chdir=false", "optimizer.lr=0.1"],
+         ["hydra.job.chdir=true", "optimizer.lr=0.2"]]),
 ]  # fmt: skip
 
 
