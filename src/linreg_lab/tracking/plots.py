@@ -32,9 +32,13 @@ History = Sequence[dict[str, float]]  # per-epoch metrics, index 0 = epoch 1
 
 def _figure(width: float, height: float):
     """A figure with fixed margins: matplotlib's layout engines double the time to save."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)
+    # A canvas of its own: savefig otherwise makes a new one each time, and with it a new
+    # renderer whose text-size and mathtext caches start empty (~half the time to save).
+    FigureCanvasAgg(fig)
     # Margins in inches, so small and tall figures both keep room for titles and labels.
     fig.subplots_adjust(
         left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.6 / height,
