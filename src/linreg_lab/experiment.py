@@ -25,6 +25,7 @@ from linreg_lab.tracking.params import flatten, run_name_from_overrides
 from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, RunRecorder
 from linreg_lab.tracking.service import Store
 from linreg_lab.tracking.store import TrackingSettings, bind_experiment
+from linreg_lab.training import preload
 from linreg_lab.training.engine import choose_engine, fit
 from linreg_lab.training.evaluate import LeastSquares, least_squares
 from linreg_lab.training.monitor import Diverged, EpochMonitor
@@ -87,6 +88,10 @@ def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
         exp_id = store.new_ref()
         store.post(bind_experiment, exp_id, tracking)
         store.post(fail_orphaned_runs, exp_id)
+    # A custom dataset target may not say its size: then nothing is preloaded.
+    num_samples = OmegaConf.select(cfg, "dataset.num_samples", default=None)
+    if isinstance(num_samples, int):
+        preload.compiled_shuffle_in_background(num_samples, trainer.shuffle)
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     optimum = least_squares(data.X, data.y)

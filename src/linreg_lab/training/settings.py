@@ -50,6 +50,10 @@ class TrainerSettings:
         return _STARTING_THREADS if large else 1
 
 
+def uses_compiled_shuffle(num_samples: int, shuffle: bool) -> bool:
+    return shuffle and num_samples >= _CACHED_SHUFFLE_MIN_SAMPLES
+
+
 def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.Generator):
     """The sample order of each epoch: a fresh permutation, as DataLoader(shuffle=True) draws.
 
@@ -58,7 +62,7 @@ def batch_orders(num_samples: int, epochs: int, shuffle: bool, generator: torch.
     for _ in range(epochs):
         if not shuffle:
             yield torch.arange(num_samples)
-        elif num_samples < _CACHED_SHUFFLE_MIN_SAMPLES:
+        elif not uses_compiled_shuffle(num_samples, shuffle):
             yield torch.randperm(num_samples, generator=generator)
         else:
             from linreg_lab.training.shuffle import permutation
