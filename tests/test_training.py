@@ -233,3 +233,15 @@ def test_the_cached_shuffle_does_not_depend_on_the_thread_count():
         assert np.array_equal(alone, shared)
         assert np.array_equal(np.sort(alone), np.arange(n))
     assert not np.array_equal(permutation(70_000, 11), permutation(70_000, 12))
+
+
+def test_large_runs_preload_the_compiled_shuffle_beside_the_data():
+    from linreg_lab.training import preload, shuffle
+
+    assert preload.compiled_shuffle_in_background(1000, True) is None
+    assert preload.compiled_shuffle_in_background(1 << 20, False) is None
+    thread = preload.compiled_shuffle_in_background(1 << 20, True)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    # the int32 orders of a real run find their machine code loaded
+    assert any(sig[0].dtype.name == "int32" for sig in shuffle._scatter_shuffle.signatures)
