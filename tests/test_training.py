@@ -105,6 +105,21 @@ def test_least_squares_is_the_exact_optimum():
     assert optimum.loss == pytest.approx(0.01, rel=0.1)
 
 
+def test_losses_from_the_normal_equations_match_a_pass_over_the_data():
+    data = make_synthetic_regression(num_samples=20_000, num_features=30, true_w=None)
+    optimum = least_squares(data.X, data.y)
+    generator = torch.Generator().manual_seed(3)
+    columns = []
+    for scale in (0.0, 1e-3, 0.1, 10.0, 1e4):  # at the optimum, near it, far, diverging
+        w = optimum.w + scale * torch.randn(30, generator=generator)
+        b = optimum.b - scale
+        expected = mse(data.X, data.y, w, b)
+        assert optimum.loss_of(w, b) == pytest.approx(expected, rel=2e-6)
+        columns.append((torch.cat([w, torch.tensor([b])]), expected))
+    theta = torch.stack([c for c, _ in columns], dim=1)
+    assert optimum.losses(theta).tolist() == pytest.approx([e for _, e in columns], rel=2e-6)
+
+
 def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypatch):
     # 70 000 samples: batch_orders uses shuffle.permutation, the kernel prefetches rows.
     monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")

@@ -28,17 +28,6 @@ from linreg_lab.training.vectorized import train_vectorized
 ENGINE = "vectorized"
 
 
-def column_losses(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> list[float]:
-    """Full-data MSE of every model column, in one pass over X (float64 sums)."""
-    d = X.shape[1]
-    totals = torch.zeros(theta.shape[1], dtype=torch.float64, device=X.device)
-    for start in range(0, X.shape[0], 1 << 16):
-        rows = slice(start, start + (1 << 16))
-        residual = torch.addmm(theta[d:], X[rows], theta[:d]).sub_(y[rows].view(-1, 1))
-        totals += residual.double().square().sum(dim=0)
-    return (totals / X.shape[0]).tolist()
-
-
 def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]]) -> list[Outcome]:
     """One pass over the shared data for every config; each gets its own run and outcome."""
     shared = set_up(configs[0])
@@ -63,7 +52,7 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
         d = data.num_features
 
         def on_epoch_end(epoch: int, last_losses: torch.Tensor, theta: torch.Tensor) -> None:
-            losses = column_losses(data.X, data.y, theta)
+            losses = shared.optimum.losses(theta).tolist()
             for k, (run, monitor, status) in enumerate(zip(runs, monitors, statuses)):
                 if status.status != FINISHED:
                     continue

@@ -23,11 +23,35 @@ def mse(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: float) -> float:
 
 @dataclass(frozen=True)
 class LeastSquares:
-    """The exact minimiser of the training MSE and its loss."""
+    """The exact minimiser of the training MSE and its loss, and the sums that give any
+    parameters' MSE without a pass over the data (losses)."""
 
     w: torch.Tensor
     b: float
     loss: float
+    gram: torch.Tensor  # [X 1]' [X 1] in float64, (D + 1, D + 1)
+    # gram [w, b] - [X 1]' y at the optimum: not quite 0 after rounding, so kept in the loss
+    gradient: torch.Tensor
+    theta: torch.Tensor  # the optimum [w, b] in float64
+    num_samples: int
+
+    def losses(self, theta: torch.Tensor) -> torch.Tensor:
+        """The full-data MSE of each column [w, b] of theta, (D + 1, K): K values in float64.
+
+        MSE(theta) = loss + (d' gram d + 2 d' gradient) / N with d = theta - optimum: exact
+        algebra, ~(D + 1)^2 multiply-adds a column where a pass over X costs N (D + 1), and the
+        excess over the optimum never cancels against the loss itself.
+        """
+        d = theta.to(self.gram.device, torch.float64) - self.theta.view(-1, 1)
+        excess = (self.gram @ d).mul_(d).sum(dim=0).add_(self.gradient @ d, alpha=2)
+        return excess.div_(self.num_samples).add_(self.loss)
+
+    def loss_of(self, w: torch.Tensor, b: float) -> float:
+        """The full-data MSE of y_hat = X w + b."""
+        theta = torch.empty(w.numel() + 1, 1, dtype=torch.float64, device=self.gram.device)
+        theta[:-1, 0] = w.detach().reshape(-1)
+        theta[-1, 0] = b
+        return float(self.losses(theta))
 
 
 def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
@@ -53,6 +77,7 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
         y_sq += float(y_chunk.dot(y_chunk))
     theta = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver="gelsd" if X.is_cpu else None)
     theta = theta.solution.view(-1)
-    # ||A theta - y||^2 = y'y - theta'A'y at the optimum; float64 keeps the cancellation exact.
-    loss = max((y_sq - float(theta @ moment)) / n, 0.0)
-    return LeastSquares(theta[:d].float(), float(theta[d]), loss)
+    gradient = gram @ theta - moment
+    # ||A theta - y||^2 = theta'A'A theta - 2 theta'A'y + y'y; float64 keeps the cancellation exact.
+    loss = max((float(theta @ (gram @ theta)) - 2 * float(theta @ moment) + y_sq) / n, 0.0)
+    return LeastSquares(theta[:d].float(), float(theta[d]), loss, gram, gradient, theta, n)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from linreg_lab.data import RegressionData
-from linreg_lab.training.evaluate import LeastSquares, mse
+from linreg_lab.training.evaluate import LeastSquares
 
 
 class Diverged(RuntimeError):
@@ -34,7 +34,7 @@ class EpochMonitor:
     ) -> dict:
         """The epoch's metrics; loss is the full-data MSE when the caller computed it already."""
         data = self.data
-        loss = mse(data.X, data.y, w, b) if loss is None else loss
+        loss = self.optimum.loss_of(w, b) if loss is None else loss
         metrics = {"train/loss": loss, "train/last_batch_loss": last_batch_loss}
         if w.numel() == data.num_features:
             w_cpu = w.detach().float().cpu()
