@@ -120,6 +120,20 @@ def test_losses_from_the_normal_equations_match_a_pass_over_the_data():
     assert optimum.losses(theta).tolist() == pytest.approx([e for _, e in columns], rel=2e-6)
 
 
+def test_losses_stay_exact_when_the_features_are_far_from_zero_mean():
+    """The sums' y'y - theta'X'y cancels to a few bits at a feature mean of 1000 (2% off)."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(20_000, 5, generator=generator) + 1000
+    y = X @ torch.arange(1.0, 6.0) + 0.5 + 0.01 * torch.randn(20_000, generator=generator)
+    optimum = least_squares(X, y.view(-1, 1))
+    A = torch.cat([X.double(), torch.ones(20_000, 1, dtype=torch.float64)], 1)
+    for scale in (0.0, 1e-6, 1e-2):
+        theta = (optimum.theta + scale).float().double()  # what a float32 model holds
+        exact = float((A @ theta - y.double()).square().mean())
+        assert optimum.loss_of(theta[:5].float(), float(theta[5])) == pytest.approx(exact, rel=1e-6)
+    assert optimum.loss == pytest.approx(1e-4, rel=0.05)
+
+
 def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypatch):
     # 70 000 samples: batch_orders uses shuffle.permutation, the kernel prefetches rows.
     monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")

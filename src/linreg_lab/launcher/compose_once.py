@@ -29,8 +29,10 @@ def compose_each_job_once(config_loader) -> None:
     if getattr(config_loader, "_linreg_composes_once", False):
         return
     compose = config_loader.load_sweep_config
-    kept: dict[tuple, DictConfig] = {}
-    templates: dict[tuple, tuple[list, DictConfig]] = {}
+    # Keyed by the master config's id, and holding the master itself: an id alone could be
+    # a later master's, once the first is gone.
+    kept: dict[tuple, tuple[DictConfig, DictConfig]] = {}
+    templates: dict[tuple, tuple[DictConfig, list, DictConfig]] = {}
 
     def compose_or_recompose(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         hydra_overrides = OmegaConf.to_container(master_config.hydra.overrides.hydra)
@@ -38,27 +40,28 @@ def compose_each_job_once(config_loader) -> None:
         if parsed is None:
             return compose(master_config, sweep_overrides)
         shape = (id(master_config), recompose.shape(parsed))
-        if shape in templates:
-            template_overrides, template = templates[shape]
+        master, template_overrides, template = templates.get(shape, (None, None, None))
+        if master is master_config:
             config = recompose.recompose(
                 template, template_overrides, parsed, config_loader.repository, master_config
             )
             if config is not None:
                 return config
         config = compose(master_config, sweep_overrides)
-        if len(templates) < _MAX_TEMPLATES:
-            templates[shape] = (parsed, copy.deepcopy(config))
+        if len(templates) < _MAX_TEMPLATES or shape in templates:
+            templates[shape] = (master_config, parsed, copy.deepcopy(config))
         return config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
-        if key in kept:
-            return kept.pop(key)
+        master, config = kept.pop(key, (None, None))
+        if master is master_config:
+            return config
         config = compose_or_recompose(master_config, sweep_overrides)
         # A copy (~6 ms), not the object itself: a batch can hold the same overrides twice (a
         # repeated value, a sampler drawing one point again), and then two jobs would run on
         # one config object.
-        kept[key] = copy.deepcopy(config)
+        kept[key] = (master_config, copy.deepcopy(config))
         if len(kept) > _MAX_KEPT:  # a sweeper that does not validate (Optuna): nobody asks again
             del kept[next(iter(kept))]
         return config
