@@ -202,3 +202,26 @@ def test_recomposed_jobs_are_what_hydra_composes(compositions, jobs):
             assert OmegaConf.to_yaml(got) == expected, overrides
             assert OmegaConf.to_yaml(loader.load_sweep_config(master, overrides)) == expected
         assert len(composed) == compositions
+
+
+def test_a_pickled_config_loader_leaves_its_kept_configs_behind():
+    """joblib and submitit send the config loader to their workers: without the configs."""
+    import pickle
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from linreg_lab.launcher.compose_once import compose_each_job_once
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
+        bare = len(pickle.dumps(loader))
+        compose_each_job_once(loader)
+        for lr in (0.1, 0.2, 0.3, 0.4):  # validated, not launched yet: all four kept
+            loader.load_sweep_config(master, [f"optimizer.lr={lr}"])
+        blob = pickle.dumps(loader)
+        assert len(blob) < 1.2 * bare
+        worker = pickle.loads(blob)
+        master = worker.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
+        assert worker.load_sweep_config(master, ["optimizer.lr=0.5"]).optimizer.lr == 0.5

@@ -26,45 +26,58 @@ _MAX_TEMPLATES = 64
 
 def compose_each_job_once(config_loader) -> None:
     """Wrap config_loader.load_sweep_config (idempotent)."""
-    if getattr(config_loader, "_linreg_composes_once", False):
+    if isinstance(config_loader.load_sweep_config, _ComposeOnce):
         return
-    compose = config_loader.load_sweep_config
-    # Keyed by the master config's id, and holding the master itself: an id alone could be
-    # a later master's, once the first is gone.
-    kept: dict[tuple, tuple[DictConfig, DictConfig]] = {}
-    templates: dict[tuple, tuple[DictConfig, list, DictConfig]] = {}
+    config_loader.load_sweep_config = _ComposeOnce(config_loader)
 
-    def compose_or_recompose(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        hydra_overrides = OmegaConf.to_container(master_config.hydra.overrides.hydra)
-        parsed = recompose.parse([*hydra_overrides, *sweep_overrides])
-        if parsed is None:
-            return compose(master_config, sweep_overrides)
-        shape = (id(master_config), recompose.shape(parsed))
-        master, template_overrides, template = templates.get(shape, (None, None, None))
-        if master is master_config:
-            config = recompose.recompose(
-                template, template_overrides, parsed, config_loader.repository, master_config
-            )
-            if config is not None:
-                return config
-        config = compose(master_config, sweep_overrides)
-        if len(templates) < _MAX_TEMPLATES or shape in templates:
-            templates[shape] = (master_config, parsed, copy.deepcopy(config))
-        return config
 
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+class _ComposeOnce:
+    """config_loader.load_sweep_config, composing each job once and most from an earlier one.
+
+    Configs are keyed by the master config's id and kept with the master itself: an id alone
+    could be a later master's, once the first is gone. Pickled (a launcher that sends the
+    config loader to its workers), it leaves its configs behind: no worker asks for them.
+    """
+
+    def __init__(self, config_loader) -> None:
+        self._loader = config_loader
+        self._compose = config_loader.load_sweep_config
+        self._kept: dict[tuple, tuple[DictConfig, DictConfig]] = {}
+        self._templates: dict[tuple, tuple[DictConfig, list, DictConfig]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_kept": {}, "_templates": {}}
+
+    def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
-        master, config = kept.pop(key, (None, None))
+        master, config = self._kept.pop(key, (None, None))
         if master is master_config:
             return config
-        config = compose_or_recompose(master_config, sweep_overrides)
+        config = self._compose_or_recompose(master_config, sweep_overrides)
         # A copy (~6 ms), not the object itself: a batch can hold the same overrides twice (a
         # repeated value, a sampler drawing one point again), and then two jobs would run on
         # one config object.
-        kept[key] = (master_config, copy.deepcopy(config))
-        if len(kept) > _MAX_KEPT:  # a sweeper that does not validate (Optuna): nobody asks again
-            del kept[next(iter(kept))]
+        self._kept[key] = (master_config, copy.deepcopy(config))
+        if len(self._kept) > _MAX_KEPT:  # a sweeper that does not validate (Optuna)
+            del self._kept[next(iter(self._kept))]
         return config
 
-    config_loader.load_sweep_config = load_sweep_config
-    config_loader._linreg_composes_once = True
+    def _compose_or_recompose(self, master_config: DictConfig, sweep_overrides: list[str]):
+        hydra_overrides = OmegaConf.to_container(master_config.hydra.overrides.hydra)
+        parsed = recompose.parse([*hydra_overrides, *sweep_overrides])
+        if parsed is None:
+            return self._compose(master_config, sweep_overrides)
+        shape = (id(master_config), recompose.shape(parsed))
+        master, template_overrides, template = self._templates.get(shape, (None, None, None))
+        if master is master_config:
+            config = recompose.recompose(
+                template, template_overrides, parsed, self._loader.repository, master_config
+            )
+            if config is not None:
+                return config
+        config = self._compose(master_config, sweep_overrides)
+        # The latest full composition of a shape: a grid over a config group and a value
+        # composes each group's first job, then recomposes the rest from it.
+        if len(self._templates) < _MAX_TEMPLATES or shape in self._templates:
+            self._templates[shape] = (master_config, parsed, copy.deepcopy(config))
+        return config
