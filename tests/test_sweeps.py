@@ -132,3 +132,23 @@ def test_optuna_preset_searches_and_reports(store):
     assert "Best value" in result.stdout + result.stderr
     best = min(children, key=lambda c: c.data.metrics["train/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
+
+
+def test_jobs_on_the_same_data_reuse_it_with_the_same_results(store):
+    """The next job with an equal dataset config takes the last job's data and optimum."""
+    store.train("-m", "dataset.seed=0,1", "optimizer.lr=0.01,0.03", "trainer.epochs=1")
+    parent, children = sweep_runs(store)
+    logs = sorted(store.root.glob("multirun/*/*/[0-3]/train.log"))
+    reused = ["reused" in log.read_text() for log in logs]
+    assert reused == [False, True, False, True]  # jobs ordered seed 0, 0, 1, 1
+    by_job = {(c.data.params["dataset.seed"], c.data.params["optimizer.lr"]): c for c in children}
+    optimum = {key: c.data.metrics["optimum/loss"] for key, c in by_job.items()}
+    assert optimum[("0", "0.01")] == optimum[("0", "0.03")] != optimum[("1", "0.01")]
+    assert optimum[("1", "0.01")] == optimum[("1", "0.03")]
+    # a job on reused data ends where the same job alone ends
+    store.train("dataset.seed=1", "optimizer.lr=0.03", "trainer.epochs=1")
+    alone = [r for r in store.runs() if not r.data.tags.get("mlflow.parentRunId")
+             and r.data.tags.get("linreg.sweep") != "true"]  # fmt: skip
+    assert len(alone) == 1
+    for metric in ("train/loss", "error/w_l2", "optimum/loss"):
+        assert alone[0].data.metrics[metric] == by_job[("1", "0.03")].data.metrics[metric]

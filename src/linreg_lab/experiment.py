@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from linreg_lab import build, console
+from linreg_lab import build, console, dataset_cache
 from linreg_lab.config.validate import validate
 from linreg_lab.data import RegressionData
 from linreg_lab.interrupts import Interrupted, raise_interrupted
@@ -88,6 +88,18 @@ def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
         exp_id = store.new_ref()
         store.post(bind_experiment, exp_id, tracking)
         store.post(fail_orphaned_runs, exp_id)
+    data, optimum = _dataset_and_optimum(cfg, trainer)
+    return Setup(cfg, trainer, tracking, store, exp_id, parent and parent.run_id, data, optimum)
+
+
+def _dataset_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
+    """The job's data and its least-squares optimum: the previous job's if it had the same."""
+    key = dataset_cache.key_of(cfg)
+    reused = dataset_cache.kept(key)
+    if reused is not None:
+        data, optimum = reused
+        torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
+        return data, optimum
     # A custom dataset target may not say its size: then nothing is preloaded.
     num_samples = OmegaConf.select(cfg, "dataset.num_samples", default=None)
     if isinstance(num_samples, int):
@@ -95,7 +107,8 @@ def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     optimum = least_squares(data.X, data.y)
-    return Setup(cfg, trainer, tracking, store, exp_id, parent and parent.run_id, data, optimum)
+    dataset_cache.keep(key, data, optimum)
+    return data, optimum
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
