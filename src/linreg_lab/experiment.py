@@ -142,14 +142,28 @@ def record_start(run: RunRecorder, setup: Setup, overrides: Sequence[str]) -> No
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
 
 
-def record_end(run: RunRecorder, setup: Setup, model, monitor: EpochMonitor, engine: str) -> None:
-    """Log what training produced: engine, parameters, plots, and the model if asked."""
+def record_end(
+    run: RunRecorder,
+    setup: Setup,
+    model,
+    monitor: EpochMonitor,
+    engine: str,
+    draw_here: bool | None = None,
+) -> None:
+    """Log what training produced: engine, parameters, plots, and the model if asked.
+
+    draw_here: who draws the plots; None: the MLflow helper, while this process goes on, unless
+    it is behind (then this process).
+    """
     run.set_tags({"linreg.engine": engine})
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots and monitor.history:
         inputs = plots.PlotInputs.of(monitor.history, setup.data, setup.optimum)
-        # The helper draws them while this process goes on, unless it is behind.
-        if not setup.store.offload(plots.log_plots, run.run_ref, inputs):
+        if draw_here is None:
+            draw_here = not setup.store.offload(plots.log_plots, run.run_ref, inputs)
+        elif not draw_here:
+            setup.store.post(plots.log_plots, run.run_ref, inputs)
+        if draw_here:
             for path, png in _drawn_here(inputs).items():
                 setup.store.post(writes.log_image_bytes, run.run_ref, png, path)
     if setup.tracking.log_model:
