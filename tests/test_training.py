@@ -274,3 +274,27 @@ def test_large_runs_preload_the_compiled_shuffle_beside_the_data():
     assert not thread.is_alive()
     # the int32 orders of a real run find their machine code loaded
     assert any(sig[0].dtype.name == "int32" for sig in shuffle._scatter_shuffle.signatures)
+
+
+def test_the_kept_dataset_is_freed_before_a_different_one_is_built():
+    """Even when a finished job's frames still hold it in a reference cycle."""
+    import weakref
+
+    from omegaconf import OmegaConf
+
+    from linreg_lab import dataset_cache
+
+    def cfg(num_samples):
+        return OmegaConf.create({"dataset": {"num_samples": num_samples, "seed": 0}})
+
+    data = make_synthetic_regression(num_samples=1000)
+    first = dataset_cache.key_of(cfg(1000), "auto")
+    dataset_cache.keep(first, data, least_squares(data.X, data.y))
+    cycle = {"data": data}
+    cycle["self"] = cycle  # what a caught exception's traceback frames do
+    x = weakref.ref(data.X)
+    del data, cycle
+    assert dataset_cache.kept(first) is not None  # the same config: reused
+    assert dataset_cache.kept(dataset_cache.key_of(cfg(1000), 2)) is None  # threads differ
+    assert x() is None
+    assert dataset_cache.kept(first) is None

@@ -5,11 +5,16 @@ launcher runs them one after another in one process (the basic and vectorized la
 worker of joblib's). Each job used to draw the same data again and solve the same least squares
 (~2 s a job at N 10^6, D 100). The data follows from the resolved dataset config, its seed
 included, so a job whose config equals the last one's takes the kept data. Only the last is
-kept, and it is let go before a different one is built: memory never holds two.
+kept, and it is let go before a different one is built: memory never holds two. The key also
+holds trainer.threads: the optimum's last bits depend on the thread count.
+
+A custom dataset `_target_` must return the same data for the same config (not, say, draw
+from torch's global generator) for its jobs to be reused safely.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 
@@ -23,10 +28,10 @@ log = logging.getLogger(__name__)
 _last: tuple[str, RegressionData, LeastSquares] | None = None
 
 
-def key_of(cfg: DictConfig) -> str:
-    """What the data depends on: the resolved dataset config."""
+def key_of(cfg: DictConfig, threads: object) -> str:
+    """What the data and its optimum depend on: the resolved dataset config, the threads."""
     config = OmegaConf.to_container(cfg.dataset, resolve=True)
-    return json.dumps(config, sort_keys=True, default=str)
+    return json.dumps([config, str(threads)], sort_keys=True, default=str)
 
 
 def kept(key: str) -> tuple[RegressionData, LeastSquares] | None:
@@ -35,8 +40,17 @@ def kept(key: str) -> tuple[RegressionData, LeastSquares] | None:
     if _last is not None and _last[0] == key:
         log.info("dataset: the same as the previous job's, reused")
         return _last[1], _last[2]
-    _last = None
+    clear()
     return None
+
+
+def clear() -> None:
+    """Let the kept data go, now: a finished job's frames can hold it in a reference cycle
+    (an exception matplotlib caught while drawing), which only the cycle collector frees."""
+    global _last
+    if _last is not None:
+        _last = None
+        gc.collect()
 
 
 def keep(key: str, data: RegressionData, optimum: LeastSquares) -> None:

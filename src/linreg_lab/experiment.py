@@ -94,7 +94,7 @@ def set_up(cfg: DictConfig, shared: Setup | None = None) -> Setup:
 
 def _dataset_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
     """The job's data and its least-squares optimum: the previous job's if it had the same."""
-    key = dataset_cache.key_of(cfg)
+    key = dataset_cache.key_of(cfg, trainer.threads)
     reused = dataset_cache.kept(key)
     if reused is not None:
         data, optimum = reused
@@ -162,7 +162,7 @@ def record_end(
         if draw_here is None:
             draw_here = not setup.store.offload(plots.log_plots, run.run_ref, inputs)
         elif not draw_here:
-            setup.store.post(plots.log_plots, run.run_ref, inputs)
+            setup.store.hand_over(plots.log_plots, run.run_ref, inputs)
         if draw_here:
             for path, png in _drawn_here(inputs).items():
                 setup.store.post(writes.log_image_bytes, run.run_ref, png, path)
@@ -192,6 +192,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
         setup.store.check()  # the sweep's end waits for the helper; this job need not
     else:
         setup.store.sync()  # the run is in the store when this returns
+    if sweep.current_parent() is None:  # no next job to reuse the data
+        dataset_cache.clear()
     result = Outcome(run.run_ref, outcome.status, monitor.final, outcome.engine, setup.store)
     if not quiet:
         console.summary(result, setup.data, model, setup.tracking)

@@ -113,6 +113,12 @@ class Tracker:
         self._offloaded = self._posted
         return True
 
+    def hand_over(self, settings: TrackingSettings | None, function, *args, **kwargs) -> None:
+        """Post work the caller could do itself, whether or not the helper has time; later
+        offload() calls count it as theirs (they wait for it before posting more)."""
+        self.post(settings, function, *args, **kwargs)
+        self._offloaded = self._posted
+
     def check(self) -> None:
         """Raise the first failure of a posted call not raised yet (TrackingError: the user's)."""
         if not self._closed:
@@ -254,6 +260,9 @@ class Store:
 
     def offload(self, function, *args, **kwargs) -> bool:
         return tracker().offload(self.settings, function, *args, **kwargs)
+
+    def hand_over(self, function, *args, **kwargs) -> None:
+        tracker().hand_over(self.settings, function, *args, **kwargs)
 
 
 def _resolve(client, value: str) -> str:

@@ -132,6 +132,9 @@ class MlflowSweepCallback(Callback):
         self._store.post(print_with_run_id, line, self._parent.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from linreg_lab import dataset_cache
+
+        dataset_cache.clear()  # the last job's data: no job is left to reuse it
         self._finish(None)
 
     def _on_signal(self, signum, frame) -> None:
