@@ -276,7 +276,7 @@ def test_large_runs_preload_the_compiled_shuffle_beside_the_data():
     assert any(sig[0].dtype.name == "int32" for sig in shuffle._scatter_shuffle.signatures)
 
 
-def test_the_kept_dataset_is_freed_before_a_different_one_is_built():
+def test_the_kept_dataset_is_freed_before_a_different_one_is_built(monkeypatch):
     """Even when a finished job's frames still hold it in a reference cycle."""
     import weakref
 
@@ -287,6 +287,7 @@ def test_the_kept_dataset_is_freed_before_a_different_one_is_built():
     def cfg(num_samples):
         return OmegaConf.create({"dataset": {"num_samples": num_samples, "seed": 0}})
 
+    monkeypatch.setattr(dataset_cache, "_COLLECT_MIN_BYTES", 0)  # large data only, in use
     data = make_synthetic_regression(num_samples=1000)
     first = dataset_cache.key_of(cfg(1000), "auto")
     dataset_cache.keep(first, data, least_squares(data.X, data.y))

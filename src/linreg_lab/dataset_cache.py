@@ -26,6 +26,7 @@ from linreg_lab.training.evaluate import LeastSquares
 log = logging.getLogger(__name__)
 
 _last: tuple[str, RegressionData, LeastSquares] | None = None
+_COLLECT_MIN_BYTES = 1 << 26
 
 
 def key_of(cfg: DictConfig, threads: object) -> str:
@@ -46,11 +47,14 @@ def kept(key: str) -> tuple[RegressionData, LeastSquares] | None:
 
 def clear() -> None:
     """Let the kept data go, now: a finished job's frames can hold it in a reference cycle
-    (an exception matplotlib caught while drawing), which only the cycle collector frees."""
+    (an exception matplotlib caught while drawing), which only the cycle collector frees. The
+    collector takes ~0.2 s once torch and matplotlib are loaded: only large data is worth it."""
     global _last
     if _last is not None:
+        large = _last[1].X.element_size() * _last[1].X.numel() >= _COLLECT_MIN_BYTES
         _last = None
-        gc.collect()
+        if large:
+            gc.collect()
 
 
 def keep(key: str, data: RegressionData, optimum: LeastSquares) -> None:
