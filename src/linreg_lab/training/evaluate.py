@@ -54,6 +54,21 @@ class LeastSquares:
         return float(self.losses(theta))
 
 
+def _float64_chunks(X: torch.Tensor, y: torch.Tensor, rows: int):
+    """([X_chunk, 1], y_chunk) in float64, a chunk of rows at a time, in two reused buffers
+    (fresh allocations are slow on this VM; no float64 copy of X): the caller may overwrite
+    y_chunk, the next chunk refills it."""
+    n, d = X.shape
+    A = torch.ones(rows, d + 1, dtype=torch.float64, device=X.device)
+    y_buffer = torch.empty(rows, dtype=torch.float64, device=X.device)
+    for start in range(0, n, rows):
+        count = min(rows, n - start)
+        A_chunk, y_chunk = A[:count], y_buffer[:count]
+        A_chunk[:, :d].copy_(X[start : start + count])
+        y_chunk.copy_(y[start : start + count].view(-1))
+        yield A_chunk, y_chunk
+
+
 def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
     """Solve the normal equations in float64, a chunk at a time (no float64 copy of X).
 
@@ -63,14 +78,7 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
     gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=X.device)
     moment = torch.zeros(d + 1, dtype=torch.float64, device=X.device)
     rows = min(_LSQ_CHUNK_ROWS, n)
-    # [X_chunk, 1] in one reused float64 buffer: fresh allocations are slow on this VM.
-    A = torch.ones(rows, d + 1, dtype=torch.float64, device=X.device)
-    y_buffer = torch.empty(rows, dtype=torch.float64, device=X.device)
-    for start in range(0, n, rows):
-        count = min(rows, n - start)
-        A_chunk, y_chunk = A[:count], y_buffer[:count]
-        A_chunk[:, :d].copy_(X[start : start + count])
-        y_chunk.copy_(y[start : start + count].view(-1))
+    for A_chunk, y_chunk in _float64_chunks(X, y, rows):
         gram.addmm_(A_chunk.T, A_chunk)
         moment.addmv_(A_chunk.T, y_chunk)
     theta = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver="gelsd" if X.is_cpu else None)
@@ -79,13 +87,8 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
     # The optimum's loss from its residuals, a second pass: from the sums, y'y - theta'A'y
     # cancels to a few bits when the features are far from zero mean (2% off at a mean of 1000).
     squares = 0.0
-    residual = torch.empty(rows, dtype=torch.float64, device=X.device)
-    for start in range(0, n, rows):
-        count = min(rows, n - start)
-        A_chunk, r_chunk = A[:count], residual[:count]
-        A_chunk[:, :d].copy_(X[start : start + count])
-        r_chunk.copy_(y[start : start + count].view(-1))
-        r_chunk.addmv_(A_chunk, theta, beta=-1)
-        squares += float(r_chunk.dot(r_chunk))
+    for A_chunk, residual in _float64_chunks(X, y, rows):
+        residual.addmv_(A_chunk, theta, beta=-1)  # A theta - y, in y's buffer
+        squares += float(residual.dot(residual))
     loss = squares / n
     return LeastSquares(theta[:d].float(), float(theta[d]), loss, gram, gradient, theta, n)
