@@ -109,8 +109,7 @@ class Tracker:
         self._drain()
         if self._done < caught_up_to:
             return False
-        self.post(settings, function, *args, **kwargs)
-        self._offloaded = self._posted
+        self.hand_over(settings, function, *args, **kwargs)
         return True
 
     def hand_over(self, settings: TrackingSettings | None, function, *args, **kwargs) -> None:
