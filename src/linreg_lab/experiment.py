@@ -100,15 +100,28 @@ def _dataset_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
         data, optimum = reused
         torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
         return data, optimum
-    # A custom dataset target may not say its size: then nothing is preloaded.
-    num_samples = OmegaConf.select(cfg, "dataset.num_samples", default=None)
-    if isinstance(num_samples, int):
-        preload.compiled_shuffle_in_background(num_samples, trainer.shuffle)
+    size = _stated_size(cfg)
+    if size is not None:  # a custom dataset target may not say its size
+        preload.compiled_shuffle_in_background(size[0], trainer.shuffle)
+        # The training's threads from the start: the data's pages are faulted in on them.
+        torch.set_num_threads(trainer.num_threads(*size))
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     optimum = least_squares(data.X, data.y)
     dataset_cache.keep(key, data, optimum)
     return data, optimum
+
+
+def _stated_size(cfg: DictConfig) -> tuple[int, int] | None:
+    """(N, D) as the dataset config states them (D: num_features, else len(true_w)), or None."""
+    num_samples = OmegaConf.select(cfg, "dataset.num_samples", default=None)
+    num_features = OmegaConf.select(cfg, "dataset.num_features", default=None)
+    if num_features is None:
+        true_w = OmegaConf.select(cfg, "dataset.true_w", default=None)
+        num_features = len(true_w) if OmegaConf.is_list(true_w) else None
+    if isinstance(num_samples, int) and isinstance(num_features, int):
+        return num_samples, num_features
+    return None
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
