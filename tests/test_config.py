@@ -88,11 +88,17 @@ def test_num_features_draws_a_seeded_random_truth():
         ("trainer.threads=zero", "trainer.threads=zero"),
         ("model.module.out_features=2", "model.module.out_features=2"),
         ("tracking.uri=/not/a/uri", "tracking.uri"),
+        ("+model.module.biass=true", "model.module.biass=True .*torch.nn.Linear takes no"),
+        ("+dataset.seeds=1", "dataset.seeds=1 .*takes no argument 'seeds'"),
     ],
 )
 def test_bad_values_name_the_setting(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(make(override))
+
+
+def test_added_keys_that_the_target_takes_are_allowed():
+    validate(make("+optimizer.maximize=false", "+model.module.dtype=null"))
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "slurm", "vectorized"])

@@ -27,6 +27,9 @@ BAD_INPUT = [
     (["trainer.device=gpu"], "trainer.device"),
     (["trainer.engine=fast"], "trainer.engine"),
     (["optimizer.lrr=0.1"], "optimizer.lrr"),
+    (["+optimizer.lrr=0.1"], "torch.optim.SGD takes no argument 'lrr'"),  # past the schema
+    (["-m", "optimizer.momentum=0,0.9", "optimizer.nesterov=true"],
+     "in the sweep's job optimizer.momentum=0"),
     (["optimizer=adamw"], "optimizer/adamw"),
     (["model.module._target_=os.system"], "only torch.nn"),
     (["optimizer=adam", "trainer.engine=analytic"], "trainer.engine=analytic"),

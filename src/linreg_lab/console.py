@@ -62,10 +62,19 @@ def summary(outcome, data, model, tracking) -> None:
         f"error/excess_loss {metrics.get('error/excess_loss', float('nan')):.2e}"
     )
     console.print(f"MLflow run {outcome.run_id} in {tracking.uri}")
-    console.print(
-        f"Browse it: make ui   (or .venv/bin/linreg-ui --experiment {tracking.experiment_name});"
-        " plots under the run's Artifacts, plots/"
-    )
+    console.print(f"Browse it: {browse_command(tracking)}; plots under the run's Artifacts, plots/")
+
+
+def browse_command(tracking) -> str:
+    """The command that opens the UI on the store and experiment that tracking names."""
+    import shlex
+
+    from linreg_lab.paths import DEFAULT_TRACKING_URI
+
+    ui = f".venv/bin/linreg-ui --experiment {shlex.quote(tracking.experiment_name)}"
+    if tracking.uri != DEFAULT_TRACKING_URI:
+        return f"{ui} --uri {shlex.quote(tracking.uri)}"
+    return f"make ui   (or {ui})"
 
 
 def job_line(job: str, outcome) -> None:

@@ -89,7 +89,7 @@ def check_sweep(config: DictConfig) -> None:
             validate(cfg)
             _check_engine(cfg)
         except ConfigError as error:
-            where = f" (in the sweep's job {' '.join(job)})" if len(swept) > 1 else ""
+            where = f" (in the sweep's job {' '.join(job)})" if swept else ""
             raise ConfigError(f"{error}{where}") from None
 
 

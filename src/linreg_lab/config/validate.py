@@ -54,9 +54,66 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
             check_targets(node, full_key)
 
 
+def check_arguments(cfg: DictConfig, path: str = "") -> None:
+    """Every key of a node with a _target_ must be an argument its target takes.
+
+    The schemas refuse a misspelled key, but not one added with `+` (`+optimizer.lrr=0.1`),
+    which would otherwise fail as a TypeError once the run has started. A target is imported
+    only for keys its schema does not list (torch.optim alone takes ~1 s to import).
+    """
+    if not isinstance(cfg, DictConfig):
+        return
+    target = cfg.get("_target_") if "_target_" in cfg else None
+    keys = [str(k) for k in cfg.keys() if not str(k).startswith("_")]
+    if target is not None and not set(keys) <= _schema_arguments().get(str(target), set()):
+        accepted = _arguments_of(str(target))
+        for key in keys:
+            if accepted is not None and key not in accepted:
+                full_key = f"{path}.{key}" if path else key
+                _fail(
+                    full_key, cfg[key],
+                    f"{target} takes no argument {key!r}; it takes {', '.join(sorted(accepted))}",
+                )  # fmt: skip
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            check_arguments(node, f"{path}.{key}" if path else str(key))
+
+
+def _schema_arguments() -> dict[str, set[str]]:
+    """The arguments each schema's target is known to take (its fields), by target."""
+    from dataclasses import fields
+
+    from linreg_lab.config.schema import SCHEMAS
+
+    known: dict[str, set[str]] = {}
+    for schema in SCHEMAS.values():
+        names = {f.name for f in fields(schema) if not f.name.startswith("_")}
+        known.setdefault(schema._target_, set()).update(names)
+    return known
+
+
+def _arguments_of(target: str) -> set[str] | None:
+    """The keyword arguments target accepts; None when it takes any (**kwargs) or cannot say."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except Exception:  # not importable, or no signature: instantiation will say so itself
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    positional_only = inspect.Parameter.POSITIONAL_ONLY
+    return {p.name for p in parameters if p.kind is not positional_only and p.name != "self"}
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first setting whose value is not allowed."""
-    check_targets(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    without_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    check_targets(without_hydra)
+    check_arguments(without_hydra)
     _check_dataset(cfg)
     _check_model(cfg)
     _check_optimizer(cfg)
