@@ -96,6 +96,12 @@ def test_report_reads_a_past_sweep(store):
     missing = store.run("linreg-report", "--run", "nope", check=False)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "--run=nope: no such run" in missing.stderr
+    child = store.run("linreg-report", "--run", children[0].info.run_id, check=False)
+    assert child.returncode == 2 and "not a sweep's parent run" in child.stderr
+    absent = store.root / "absent.db"
+    nowhere = store.run("linreg-report", "--uri", f"sqlite:///{absent}", check=False)
+    assert nowhere.returncode == 2 and f"--uri=sqlite:///{absent}: no such store" in nowhere.stderr
+    assert not absent.exists()  # reading a store never creates one
 
 
 def test_a_sweeps_settings_are_checked_together_as_each_job_has_them(store):

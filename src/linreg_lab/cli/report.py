@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     from linreg_lab.cli.errors import exit_on_user_error
     from linreg_lab.tracking import report
     from linreg_lab.tracking.run import TAG_SWEEP
-    from linreg_lab.tracking.store import TrackingError, TrackingSettings, open_client
+    from linreg_lab.tracking.store import TrackingError
 
     with exit_on_user_error("linreg-report"):
-        client = open_client(TrackingSettings(uri=args.uri))
+        client = _open(args.uri)
         if args.experiment:
             experiment = client.get_experiment_by_name(args.experiment)
             if experiment is None:
@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             parent = _run(client, args.run) if args.run else report.latest_sweep(client)
             if parent is None:
-                raise TrackingError(f"tracking.uri={args.uri}: no sweep found; run linreg-train -m")
+                raise TrackingError(f"--uri={args.uri}: no sweep found; run linreg-train -m")
+            if parent.data.tags.get(TAG_SWEEP) != "true":
+                raise TrackingError(
+                    f"--run={args.run}: not a sweep's parent run; --experiment NAME lists every "
+                    "run of an experiment"
+                )
             rows = report.rows_of(report.children(client, parent))
             title = (
                 f"{parent.info.run_name} ({parent.info.run_id}, {parent.info.status}): best first"
@@ -60,6 +65,22 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write(report.to_csv(rows, keys))
         else:
             report.print_table(rows, keys, title)
+
+
+def _open(uri: str):
+    """The client of an existing store: reading one must not create it (an sqlite file would)."""
+    from pathlib import Path
+
+    from linreg_lab.tracking.store import TrackingError, TrackingSettings, open_client
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(
+            f"--uri={uri}: no such store (no sqlite file there; linreg-train creates it)"
+        )
+    try:
+        return open_client(TrackingSettings(uri=uri))
+    except TrackingError as error:  # it names the setting as linreg-train's
+        raise TrackingError(str(error).replace("tracking.uri=", "--uri=")) from None
 
 
 def _run(client, run_id: str):
