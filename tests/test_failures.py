@@ -114,23 +114,44 @@ def test_signal_ends_the_run_killed_keeping_its_metrics(store, signum, code):
     assert {r.info.status for r in store.runs()} == {"KILLED", "FINISHED"}
 
 
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
 @pytest.mark.parametrize(
-    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
+    "launcher,signum,to_group",
+    [([], signal.SIGINT, True), (JOBLIB, signal.SIGINT, True), (JOBLIB, signal.SIGTERM, False)],
+    ids=["basic", "joblib", "joblib-sigterm-to-the-sweep-process"],
 )
-def test_interrupted_sweep_stops_and_ends_killed(store, launcher):
+def test_interrupted_sweep_stops_and_ends_killed(store, launcher, signum, to_group):
+    import csv
+
+    import psutil
+
     process = start_in_group(store, "-m", *LONG_RUN, "trainer.seed=1,2,3,4,5,6", *launcher)
     try:
         wait_for_metric(store, "linreg")
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        processes = psutil.Process(process.pid).children(recursive=True)
+        if to_group:  # Ctrl-C in a terminal
+            os.killpg(process.pid, signum)
+        else:  # `kill <pid>`: the workers hear of it from the sweep's process only
+            os.kill(process.pid, signum)
+        assert process.wait(timeout=60) == 128 + signum
     finally:
         process.kill()
+    assert "Traceback" not in process.stderr.read()
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert alive == []  # workers and MLflow helpers end with the sweep
     runs = store.runs()
     parent = next(r for r in runs if r.data.tags.get("linreg.sweep") == "true")
     children = [r for r in runs if r is not parent]
     assert parent.info.status == "KILLED"
     assert 1 <= len(children) <= 2  # no job started after the interrupt
     assert {c.info.status for c in children} == {"KILLED"}
+    # The sweep's comparison says what the store says.
+    table = store.client.download_artifacts(parent.info.run_id, "comparison.csv", str(store.root))
+    with open(table) as rows:
+        compared = {row["run_id"]: row["status"] for row in csv.DictReader(rows)}
+    assert compared == {c.info.run_id: c.info.status for c in children}
 
 
 def test_sigkill_leaves_a_run_the_next_start_marks_failed(store):

@@ -47,6 +47,10 @@ def train(cfg: DictConfig) -> float:
         with exit_on_user_error():
             outcome = run_experiment(cfg, overrides, quiet=in_sweep)
     except (KeyboardInterrupt, Interrupted) as error:
+        if in_sweep and sweep.in_worker_process():
+            # A pool worker (joblib's) would take this exit for the job's result and wait for
+            # the next job, while the sweep's process waits for it to end.
+            _exit_now(exit_code_for(error), teardown=False)
         sys.exit(exit_code_for(error))  # the run already ended KILLED
     if in_sweep:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
@@ -71,10 +75,13 @@ def main() -> None:
     _exit_now(code)
 
 
-def _exit_now(code) -> None:
+def _exit_now(code, teardown: bool = True) -> None:
     """Exit as sys.exit(code) would, minus the interpreter's teardown of torch, numba and
-    matplotlib (~0.7 s that nobody waits for): exit handlers run, output is flushed."""
-    if threading.active_count() > 1:  # e.g. joblib's executor: the interpreter must stop it
+    matplotlib (~0.7 s that nobody waits for): exit handlers run, output is flushed.
+
+    teardown=False: even when other threads run (a pool worker's), which the teardown stops.
+    """
+    if teardown and threading.active_count() > 1:  # e.g. joblib's executor: it must stop
         sys.exit(code)
     if isinstance(code, str):
         print(code, file=sys.stderr)

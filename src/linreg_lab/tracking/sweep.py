@@ -72,6 +72,7 @@ class MlflowSweepCallback(Callback):
         self._store = None
         self._parent: Parent | None = None
         self._interrupted: str | None = None
+        self._jobs_in_this_process = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.global_hydra import GlobalHydra
@@ -110,7 +111,8 @@ class MlflowSweepCallback(Callback):
         if sweep_params:
             params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
         recorder.log_params(params)
-        if launcher in IN_PROCESS_LAUNCHERS:
+        self._jobs_in_this_process = launcher in IN_PROCESS_LAUNCHERS
+        if self._jobs_in_this_process:
             # The jobs share this process's MLflow helper, which knows the references: the
             # sweep starts while MLflow opens.
             self._parent = Parent(recorder.run_ref, exp_ref)
@@ -147,6 +149,11 @@ class MlflowSweepCallback(Callback):
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
             stop_workers()
+        if not self._jobs_in_this_process:
+            # No run of this process to unwind: end the sweep here (it exits 128 + signum).
+            # Unwinding through the launcher prints its traceback, and joblib's pool waits.
+            _close_joblib_pool()
+            self._finish("the sweep stopped before its end")
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signum)
@@ -197,8 +204,12 @@ def stop_workers(timeout: float = 15.0) -> None:
 
     from linreg_lab.tracking.service import is_helper
 
+    this = psutil.Process()
+    own_helpers = {c.pid for c in this.children() if is_helper(_cmdline(c))}
+    # Listed now: a worker's helper is no longer our descendant once its worker has exited.
+    descendants = this.children(recursive=True)
     # MLflow helpers ignore SIGTERM: they write the runs' ends, then exit with their owner.
-    workers = [w for w in psutil.Process().children(recursive=True) if not is_helper(_cmdline(w))]
+    workers = [w for w in descendants if not is_helper(_cmdline(w))]
     for worker in workers:
         try:
             worker.send_signal(signal.SIGTERM)
@@ -207,6 +218,22 @@ def stop_workers(timeout: float = 15.0) -> None:
     # loky's resource tracker ignores SIGTERM by design and exits with its parent.
     jobs = [w for w in workers if "resource_tracker" not in " ".join(_cmdline(w))]
     psutil.wait_procs(jobs, timeout=timeout)
+    # Then the workers' helpers, which write what their worker sent before it ended (a run's
+    # FINISHED among it): the sweep's end would otherwise take those runs as abandoned.
+    worker_helpers = [h for h in descendants if h not in workers and h.pid not in own_helpers]
+    psutil.wait_procs(worker_helpers, timeout=timeout)
+
+
+def _close_joblib_pool() -> None:
+    """Close joblib's worker pool (its workers have ended), or its resource tracker warns of
+    leaked semaphores and folders at exit."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    if executor is not None and hasattr(executor, "terminate"):
+        try:
+            executor.terminate(kill_workers=True)
+        except Exception as error:  # only tidiness is lost
+            log.debug("could not close joblib's pool: %s", error)
 
 
 def _cmdline(process) -> list[str]:
