@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -39,6 +40,8 @@ BAD_INPUT = [
     (["-m", "optimizer.momentum=0.9", "optimizer.dampening=0,0.5", "optimizer.nesterov=false,true"],
      "optimizer.nesterov=True is not allowed"),  # one job of the grid
     (["-m", "trainer.engine=analytic", "optimizer=adam,sgd"], "trainer.engine=analytic"),
+    *([(["-m", "hydra/launcher=slurm", "trainer.seed=1,2"], "sbatch is not on PATH")]
+      if shutil.which("sbatch") is None else []),
 ]  # fmt: skip
 
 

@@ -93,6 +93,19 @@ def check_sweep(config: DictConfig) -> None:
             raise ConfigError(f"{error}{where}") from None
 
 
+def check_launcher(config: DictConfig) -> None:
+    """A launcher whose cluster commands are missing fails only once it submits, after the
+    sweep's parent run exists: refuse it before."""
+    import shutil
+
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if target.endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "hydra/launcher=slurm is not allowed here: SLURM's sbatch is not on PATH; on one "
+            "machine use hydra/launcher=joblib (parallel) or submitit_local"
+        )
+
+
 def _check_engine(cfg: DictConfig) -> None:
     """trainer.engine=analytic with a model or optimizer it cannot train."""
     if OmegaConf.select(cfg, "trainer.engine") != "analytic":

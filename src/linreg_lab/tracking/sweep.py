@@ -79,7 +79,7 @@ class MlflowSweepCallback(Callback):
 
         from linreg_lab import build
         from linreg_lab.cli.errors import exit_on_user_error
-        from linreg_lab.config.sweep_check import check_sweep
+        from linreg_lab.config.sweep_check import check_launcher, check_sweep
         from linreg_lab.launcher.compose_once import compose_each_job_once
         from linreg_lab.tracking.orphans import fail_orphaned_runs
         from linreg_lab.tracking.run import RunRecorder
@@ -88,6 +88,7 @@ class MlflowSweepCallback(Callback):
 
         compose_each_job_once(GlobalHydra.instance().config_loader())
         with exit_on_user_error():
+            check_launcher(config)
             check_sweep(config)
             tracking = build.tracking(config)
         self._store = Store.of(tracking)
