@@ -89,3 +89,11 @@ def test_large_random_problem(store):
     (run,) = store.runs()
     assert "param/w_0" not in run.data.metrics  # only small D logs each weight
     assert run.data.metrics["error/w_l2"] < 0.01
+
+
+def test_a_diverged_run_says_why_and_exits_1(store):
+    result = store.train("optimizer.lr=50", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "FAILED: diverged at epoch 1" in result.stdout
+    (run,) = store.runs()
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["linreg.failure"]

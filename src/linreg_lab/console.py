@@ -44,7 +44,10 @@ def summary(outcome, data, model, tracking) -> None:
     w, b = linear_parameters(model)
     w = w.cpu().tolist()
     shown = min(len(w), 10)
-    table = Table(title=f"{outcome.status} ({outcome.engine} engine)")
+    title = f"{outcome.status} ({outcome.engine} engine)"
+    if outcome.failure:  # the engine may not have said which it was before the failure
+        title = f"{outcome.status}: {outcome.failure}"
+    table = Table(title=title)
     table.add_column("parameter")
     table.add_column("true", justify="right")
     table.add_column("recovered", justify="right")

@@ -39,6 +39,7 @@ class Outcome:
     metrics: dict[str, float]
     engine: str
     store: Store | None = None
+    failure: str | None = None  # why the run ended FAILED (a divergence)
 
     @property
     def run_id(self) -> str:
@@ -207,7 +208,9 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
         setup.store.sync()  # the run is in the store when this returns
     if sweep.current_parent() is None:  # no next job to reuse the data
         dataset_cache.clear()
-    result = Outcome(run.run_ref, outcome.status, monitor.final, outcome.engine, setup.store)
+    result = Outcome(
+        run.run_ref, outcome.status, monitor.final, outcome.engine, setup.store, outcome.failure
+    )
     if not quiet:
         console.summary(result, setup.data, model, setup.tracking)
     return result
@@ -217,6 +220,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = (), quiet: bool =
 class _Status:
     status: str = FINISHED
     engine: str = "?"
+    failure: str | None = None
 
 
 @contextmanager
@@ -227,7 +231,7 @@ def ended(run: RunRecorder):
     try:
         yield outcome
     except Diverged as error:
-        outcome.status = FAILED
+        outcome.status, outcome.failure = FAILED, str(error)
         end_quietly(run, FAILED, str(error))
         return
     except KeyboardInterrupt:

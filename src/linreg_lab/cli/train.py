@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> float:
     from linreg_lab.cli.errors import exit_on_user_error
     from linreg_lab.experiment import run_experiment
     from linreg_lab.interrupts import Interrupted, exit_code_for
+    from linreg_lab.tracking.run import FINISHED
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -54,6 +55,8 @@ def train(cfg: DictConfig) -> float:
         sys.exit(exit_code_for(error))  # the run already ended KILLED
     if in_sweep:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
+    elif outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
+        sys.exit(1)
     return outcome.objective
 
 
