@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.reference import tutorial_fit
-from linreg_lab.data import make_synthetic_regression
+from linreg_lab.data import make_synthetic_regression, packed_rows
 from linreg_lab.model import init_linear
 from linreg_lab.training.engine import fit
 from linreg_lab.training.settings import TrainerSettings
@@ -38,16 +38,19 @@ def _stream_sum(X):
     return total
 
 
-def read_bandwidth(X: torch.Tensor) -> float:
-    """Bytes/s of the fastest sequential read of X: one compiled pass, or torch.sum's threads."""
-    _stream_sum(X[:2].numpy())
+def read_bandwidth(X: torch.Tensor, y: torch.Tensor) -> float:
+    """Bytes/s of the fastest sequential read of the data's memory (the packed [X y] rows, or
+    X): one compiled pass, or torch.sum's threads."""
+    rows = packed_rows(X, y)
+    array = rows if rows is not None else X.numpy()
+    _stream_sum(array[:2])
     best = float("inf")
-    for read in (lambda: _stream_sum(X.numpy()), lambda: X.sum()):
+    for read in (lambda: _stream_sum(array), lambda: torch.from_numpy(array).sum()):
         for _ in range(2):
             start = time.perf_counter()
             read()
             best = min(best, time.perf_counter() - start)
-    return X.numel() * X.element_size() / best
+    return array.nbytes / best
 
 
 def peak_rss_bytes() -> int:
@@ -65,7 +68,7 @@ def one_epoch(num_samples: int, num_features: int, batch_size: int) -> dict:
     data_bytes = sum(t.numel() * t.element_size() for t in (data.X, data.y))
     settings = TrainerSettings(batch_size=batch_size, epochs=1)
     torch.set_num_threads(settings.num_threads(num_samples, num_features))
-    bandwidth = read_bandwidth(data.X)
+    bandwidth = read_bandwidth(data.X, data.y)
     sgd = functools.partial(torch.optim.SGD, lr=LR)
     # Warm-up on a slice: loads the compiled kernel, as every later run finds it cached.
     small = make_synthetic_regression(num_samples=2000, num_features=num_features)

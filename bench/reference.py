@@ -39,6 +39,8 @@ def tutorial_fit(
     Set-up (DataLoader, nn.Linear, loss, optimizer) and each epoch's shuffle are timed once and
     counted once per epoch; the steps run are scaled to the job's total steps.
     """
+    # Contiguous, as the tutorial's torch.normal and matmul make them (ours are packed rows).
+    features, labels = features.contiguous(), labels.contiguous()
     n = features.shape[0]
     steps_per_epoch = -(-n // batch_size)
     steps_total = steps_per_epoch * num_epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections import Counter
@@ -299,3 +300,24 @@ def test_the_kept_dataset_is_freed_before_a_different_one_is_built(monkeypatch):
     assert dataset_cache.kept(dataset_cache.key_of(cfg(1000), 2)) is None  # threads differ
     assert x() is None
     assert dataset_cache.kept(first) is None
+
+
+def test_targets_packed_beside_the_features_train_as_separate_arrays(monkeypatch):
+    from linreg_lab.data import packed_rows
+
+    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
+    data = make_synthetic_regression(num_samples=5000, num_features=7)
+    rows = packed_rows(data.X, data.y)
+    assert rows is not None and rows.shape == (5000, 8) and rows.flags.c_contiguous
+    assert np.array_equal(rows[:, :7], data.X.numpy()) and np.array_equal(rows[:, 7], data.y[:, 0])
+    X, y = data.X.contiguous(), data.y.contiguous()
+    assert packed_rows(X, y) is None and packed_rows(data.X[:, 1:], data.y) is None
+    fitted = []
+    for features, targets in ((data.X, data.y), (X, y)):
+        settings = TrainerSettings(epochs=2, batch_size=16, seed=5)
+        torch.manual_seed(0)
+        model = init_linear(torch.nn.Linear(7, 1))
+        sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.5)
+        fit(model, sgd, dataclasses.replace(data, X=features, y=targets), settings, lambda *a: None)
+        fitted.append(torch.cat([model.weight.detach().view(-1), model.bias.detach()]))
+    assert torch.equal(fitted[0], fitted[1])  # the same arithmetic on the same rows

@@ -41,6 +41,22 @@ class RegressionData:
         return RegressionData(X, y, self.true_w, self.true_b, self.noise_std, self.seed)
 
 
+def packed_rows(X: torch.Tensor, y: torch.Tensor) -> np.ndarray | None:
+    """The (N, D + 1) array [X y] when X and y are views of one such CPU buffer (as
+    make_synthetic_regression makes them), else None."""
+    if X.device.type != "cpu" or X.dim() != 2 or X.dtype != y.dtype:
+        return None
+    n, d = X.shape
+    row = d + 1
+    if X.stride() != (row, 1) or y.numel() != n or y.stride()[0] != row:
+        return None
+    if y.data_ptr() != X.data_ptr() + d * X.element_size():
+        return None
+    return np.lib.stride_tricks.as_strided(
+        X.numpy(), shape=(n, row), strides=(row * X.element_size(), X.element_size())
+    )
+
+
 def resolve_true_w(
     true_w: list[float] | None, num_features: int | None, generator: torch.Generator
 ) -> torch.Tensor:
@@ -68,23 +84,29 @@ def make_synthetic_regression(
     """Draw X ~ N(0, 1) and y = X true_w + true_b + N(0, noise_std^2), reproducibly from seed."""
     generator = torch.Generator().manual_seed(seed)
     w = resolve_true_w(true_w, num_features, generator)
-    # numpy's allocator asks Linux for huge pages on large arrays: shuffled minibatches read rows
-    # at random, and 2 MB pages spare a page-table walk per row (~1.5-2x at N 10^6, D 100).
-    X = torch.from_numpy(np.empty((num_samples, w.numel()), np.float32))
-    y = torch.from_numpy(np.empty((num_samples, 1), np.float32))
+    d = w.numel()
+    # One (N, D + 1) buffer, row i = [x_i, y_i]: a shuffled minibatch reads each sampled row at
+    # random, and its target then comes in the row's own cache lines rather than one more
+    # (~14% faster epochs at N 10^7, D 100). numpy's allocator asks Linux for huge pages on
+    # large arrays: 2 MB pages spare a page-table walk per row (~1.5-2x at N 10^6, D 100).
+    rows = torch.from_numpy(np.empty((num_samples, d + 1), np.float32))
     # First touch on torch's threads: this VM faults pages in at ~0.5 GB/s on one thread, and
     # ~2 GB/s on two (N 10^7, D 100: 6-8 s to make the data instead of 11-17 s).
-    X.zero_()
-    y.zero_()
-    # Chunks keep peak memory at the size of X and y, even at 10^7 x 100.
+    rows.zero_()
+    X, y = rows[:, :d], rows[:, d:]
+    # Drawn a chunk at a time into contiguous buffers (the same values as drawing X whole;
+    # torch draws 6x slower into a strided view), which also bounds the extra memory.
+    chunk_rows = min(_CHUNK_ROWS, num_samples)
+    X_buffer, y_buffer = torch.empty(chunk_rows, d), torch.empty(chunk_rows, 1)
     for start in range(0, num_samples, _CHUNK_ROWS):
-        rows = slice(start, min(start + _CHUNK_ROWS, num_samples))
-        X_chunk = X[rows]
+        count = min(_CHUNK_ROWS, num_samples - start)
+        X_chunk, y_chunk = X_buffer[:count], y_buffer[:count]
         X_chunk.normal_(generator=generator)
-        y_chunk = y[rows]
         torch.mv(X_chunk, w, out=y_chunk.view(-1))
         y_chunk.add_(torch.randn(y_chunk.shape, generator=generator), alpha=noise_std)
         y_chunk.add_(true_b)
+        X[start : start + count] = X_chunk
+        y[start : start + count] = y_chunk
     if not math.isfinite(float(y.abs().max())):
         raise ValueError("dataset: generated targets are not finite; check true_w and true_b")
     return RegressionData(X, y, w, float(true_b), float(noise_std), seed)

@@ -98,7 +98,7 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
     from linreg_lab.training.sgd_kernels import sgd_steps  # compiles/loads only when used
 
     n, d = X.shape
-    theta_np, X_np, y_np = theta.numpy(), X.numpy(), y.numpy()
+    theta_np, X_np, y_np = theta.numpy(), *compiled_arrays(X, y)
     buf = np.zeros(d + 1, theta_np.dtype)
     has_buf = False
     hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
@@ -124,6 +124,17 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
                     theta_np, buf, has_buf, *hyper, last,
                 )  # fmt: skip
         on_epoch_end(epoch, float(loss), float(theta_np[d]))
+
+
+def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """X and y (1-D) as the compiled loops take them: the packed [X y] rows when the data
+    has them (each target read with its row), else X itself."""
+    from linreg_lab.data import packed_rows
+
+    rows = packed_rows(X, y)
+    if rows is None:
+        return X.numpy(), y.reshape(-1).numpy()
+    return rows, rows[:, X.shape[1]]
 
 
 def _kernel_threads(x_bytes: int, batch_size: int) -> int:

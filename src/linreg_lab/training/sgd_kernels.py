@@ -3,6 +3,8 @@
 The update follows torch.optim.SGD to the letter: g = grad + weight_decay * p; with momentum,
 buf = g on the first step, then buf = momentum * buf + (1 - dampening) * g; the step uses
 g + momentum * buf (nesterov) or buf; p -= lr * step. theta packs [w_0 .. w_{D-1}, b].
+D comes from theta: X may have more columns, the targets packed beside the features
+(linreg_lab.data.packed_rows), read in the same cache lines as each row.
 Arithmetic is float32, as torch's; sums may be reordered (SIMD), which changes only rounding.
 """
 
@@ -32,7 +34,7 @@ def sgd_steps(
     keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
     if batch_size == 1 and momentum == 0 and weight_decay == 0:
         return _plain_per_sample(X, y, order, begin, end, theta, lr, prefetch), has_buf
-    d = X.shape[1]
+    d = theta.shape[0] - 1
     grad = np.empty(d + 1, np.float32)
     last_loss = np.float32(np.nan)
     for start in range(begin, end, batch_size):
@@ -55,7 +57,7 @@ def sgd_steps_parallel(
     """
     lr, momentum = np.float32(lr), np.float32(momentum)
     keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
-    d = X.shape[1]
+    d = theta.shape[0] - 1
     # Each thread's share on cache lines of its own, a line apart: rows that shared a line at
     # their boundary bounced it between the cores on every row (~0.25 s an epoch at N 10^7).
     stride = (d + 1 + _LINE_FLOATS - 1) // _LINE_FLOATS * _LINE_FLOATS + _LINE_FLOATS
@@ -101,7 +103,7 @@ def _share_gradient(X, y, order, lo, hi, theta, share):
     Four rows at a time: their loads and dot products are independent, so more memory reads are
     in flight while the core computes (1.5-1.9x at N 10^7, D 100 on 2 threads).
     """
-    d = X.shape[1]
+    d = theta.shape[0] - 1
     bias = theta[d]
     total = np.float32(0)
     k = lo
@@ -140,7 +142,7 @@ def _share_gradient(X, y, order, lo, hi, theta, share):
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
 def _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch):
     """grad = d MSE / d theta over rows order[start:stop]; returns the batch's MSE."""
-    d = X.shape[1]
+    d = theta.shape[0] - 1
     grad[:] = 0
     squares = np.float32(0)
     bias = theta[d]
@@ -167,7 +169,7 @@ def _batch_gradient(X, y, order, start, stop, end, theta, grad, prefetch):
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
 def _plain_per_sample(X, y, order, begin, end, theta, lr, prefetch):
     """Batch 1 without momentum or decay: theta -= lr * 2 r [x, 1], no gradient buffer."""
-    d = X.shape[1]
+    d = theta.shape[0] - 1
     squares = np.float32(np.nan)
     for k in range(begin, end):
         if prefetch and k + _AHEAD < end:

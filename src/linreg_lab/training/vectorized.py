@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from linreg_lab.training.analytic import _WORK_PER_CALL, SGDHyper, compiled_threads, uses_blas
+from linreg_lab.training.analytic import (
+    _WORK_PER_CALL,
+    SGDHyper,
+    compiled_arrays,
+    compiled_threads,
+    uses_blas,
+)
 
 _KERNEL_MODULE = "linreg_lab.training.vectorized_kernels"
 # Multiply-adds per epoch from which the models are split between threads (a fraction of a
@@ -64,7 +70,7 @@ def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) 
     n, d = X.shape
     k = theta.shape[1]
     rows = np.ascontiguousarray(theta.numpy().T)  # (K, D + 1): each model's weights contiguous
-    X_np, y_np = X.numpy(), y.reshape(-1).numpy()
+    X_np, y_np = compiled_arrays(X, y)
 
     lr, momentum, keep, weight_decay, nesterov = per_model_settings(hypers)
     buf = np.zeros_like(rows)

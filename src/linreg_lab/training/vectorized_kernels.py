@@ -4,6 +4,7 @@ Same arithmetic as sgd_kernels.sgd_steps (float32, torch.optim.SGD's update), pe
 theta (K, D + 1), with per-model settings as arrays. Each model's weights are contiguous, so its
 dot product and gradient update vectorise over the D features (2x faster than looping over the
 models innermost, at D 100 and K 16). Models never mix: threads can take disjoint sets of them.
+As there, D comes from theta: X may hold the targets too, packed beside the features.
 """
 
 import numba
@@ -23,7 +24,7 @@ def _steps_models(
     lr, momentum, keep, weight_decay, nesterov, last_loss, first, stop_model,
 ):  # fmt: skip
     """sgd_steps_many for the models first..stop_model - 1 only."""
-    d = X.shape[1]
+    d = theta.shape[1] - 1
     grad = np.empty((stop_model - first, d + 1), np.float32)
     squares = np.empty(stop_model - first, np.float32)
     for start in range(begin, end, batch_size):
@@ -63,7 +64,7 @@ def _add_four_rows(X, y, order, s, theta, grad, squares, first, stop_model):
     Each weight is loaded once for the four rows' dot products, and each gradient entry once
     for their four updates (1.6x at N 10^6, D 100, K 16).
     """
-    d = X.shape[1]
+    d = theta.shape[1] - 1
     x1, x2, x3, x4 = X[order[s]], X[order[s + 1]], X[order[s + 2]], X[order[s + 3]]
     t1, t2, t3, t4 = y[order[s]], y[order[s + 1]], y[order[s + 2]], y[order[s + 3]]
     for m in range(first, stop_model):
@@ -84,7 +85,7 @@ def _add_four_rows(X, y, order, s, theta, grad, squares, first, stop_model):
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
 def _add_row(X, y, row, theta, grad, squares, first, stop_model):
     """_add_four_rows for the one row X[row]."""
-    d = X.shape[1]
+    d = theta.shape[1] - 1
     x = X[row]
     target = y[row]
     for m in range(first, stop_model):
