@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from linreg_lab.data import packed_rows
+
 # On CPU the compiled loop beat the BLAS path at every shape measured (`make bench`, "paths"
 # rows: batch 100 to 10^4, D 100 to 1000; torch with 1 and 2 threads): it reads each sampled row
 # once, where BLAS reads it three times (gather, X w, X^T r) and pays dispatch per step.
@@ -129,8 +131,6 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
 def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """X and y (1-D) as the compiled loops take them: the packed [X y] rows when the data
     has them (each target read with its row), else X itself."""
-    from linreg_lab.data import packed_rows
-
     rows = packed_rows(X, y)
     if rows is None:
         return X.numpy(), y.reshape(-1).numpy()
