@@ -29,6 +29,8 @@ BAD_INPUT = [
     (["trainer.engine=fast"], "trainer.engine"),
     (["optimizer.lrr=0.1"], "optimizer.lrr"),
     (["+optimizer.lrr=0.1"], "torch.optim.SGD takes no argument 'lrr'"),  # past the schema
+    (["+optimizer.momentum2=???"], "optimizer.momentum2=??? is not allowed"),
+    (["optimizer.lr=${nope}"], "optimizer.lr: Interpolation key 'nope' not found"),
     (["-m", "optimizer.momentum=0,0.9", "optimizer.nesterov=true"],
      "in the sweep's job optimizer.momentum=0"),
     (["optimizer=adamw"], "optimizer/adamw"),
@@ -122,8 +124,13 @@ JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 @pytest.mark.parametrize(
     "launcher,signum,to_group",
-    [([], signal.SIGINT, True), (JOBLIB, signal.SIGINT, True), (JOBLIB, signal.SIGTERM, False)],
-    ids=["basic", "joblib", "joblib-sigterm-to-the-sweep-process"],
+    [
+        ([], signal.SIGINT, True),
+        (JOBLIB, signal.SIGINT, True),
+        (JOBLIB, signal.SIGTERM, False),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], signal.SIGINT, True),
+    ],
+    ids=["basic", "joblib", "joblib-sigterm-to-the-sweep-process", "joblib-jobs-in-its-process"],
 )
 def test_interrupted_sweep_stops_and_ends_killed(store, launcher, signum, to_group):
     import csv

@@ -321,3 +321,23 @@ def test_targets_packed_beside_the_features_train_as_separate_arrays(monkeypatch
         fit(model, sgd, dataclasses.replace(data, X=features, y=targets), settings, lambda *a: None)
         fitted.append(torch.cat([model.weight.detach().view(-1), model.bias.detach()]))
     assert torch.equal(fitted[0], fitted[1])  # the same arithmetic on the same rows
+
+
+@pytest.mark.parametrize(
+    "num_samples,num_features",
+    [(1, 1), (5, 2), (1000, 3), (4099, 5), (270_000, 3), (2 * 4096 + 3, 100), (3000, 1000)],
+)
+def test_data_for_a_seed_is_as_drawn_in_whole_chunks(num_samples, num_features):
+    """The packed buffer is filled in small parts; a seed still gives the values of drawing
+    each chunk of 2^18 rows at once, X's values then the noise's (as before the packing)."""
+    data = make_synthetic_regression(None, 3.0, num_features, num_samples, 0.01, seed=4)
+    generator = torch.Generator().manual_seed(4)
+    w = torch.randn(num_features, generator=generator)
+    for start in range(0, num_samples, 1 << 18):
+        rows = min(1 << 18, num_samples - start)
+        X = torch.empty(rows, num_features).normal_(generator=generator)
+        noise = torch.randn(X.shape[0], 1, generator=generator)
+        y = torch.mv(X, w).view(-1, 1).add_(noise, alpha=0.01).add_(3.0)
+        assert torch.equal(data.X[start : start + X.shape[0]], X)
+        assert torch.equal(data.y[start : start + X.shape[0]], y)
+    assert torch.equal(data.true_w, w)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from linreg_lab import build, console, dataset_cache
 from linreg_lab.config.validate import validate
 from linreg_lab.data import RegressionData
-from linreg_lab.interrupts import Interrupted, raise_interrupted
+from linreg_lab.interrupts import Interrupted, raise_interrupted, run_open
 from linreg_lab.model import linear_parameters
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.tracking import plots, sweep, writes
@@ -229,7 +229,8 @@ def ended(run: RunRecorder):
     outcome = _Status()
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        yield outcome
+        with run_open():
+            yield outcome
     except Diverged as error:
         outcome.status, outcome.failure = FAILED, str(error)
         end_quietly(run, FAILED, str(error))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
+
+# Runs open in this process: a signal must unwind them, each to end KILLED.
+_runs_open = 0
 
 
 class Interrupted(BaseException):
@@ -23,3 +27,19 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
         return 128 + signal.SIGINT
     return 1
+
+
+@contextmanager
+def run_open():
+    """Mark a run of this process as open while the block runs."""
+    global _runs_open
+    _runs_open += 1
+    try:
+        yield
+    finally:
+        _runs_open -= 1
+
+
+def runs_open() -> bool:
+    """True while a run of this process is open (a sweep's job may run in its process)."""
+    return _runs_open > 0

@@ -43,7 +43,8 @@ def train(cfg: DictConfig) -> float:
     if in_sweep and sweep.stop_requested():
         print(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted", flush=True)
         sys.exit(130)
-    overrides = list(hydra_cfg.overrides.task)
+    # Unresolved: an override may hold an ${...} that names nothing (validation says so).
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     try:
         with exit_on_user_error():
             outcome = run_experiment(cfg, overrides, quiet=in_sweep)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 # Instantiation is limited to these modules: a config file cannot run arbitrary code.
 ALLOWED_TARGET_PREFIXES = ("torch.nn.", "torch.optim.", "linreg_lab.")
@@ -71,7 +72,7 @@ def check_arguments(cfg: DictConfig, path: str = "") -> None:
             if accepted is not None and key not in accepted:
                 full_key = f"{path}.{key}" if path else key
                 _fail(
-                    full_key, cfg[key],
+                    full_key, cfg._get_node(key)._value(),  # unresolved: it may be ??? or ${..}
                     f"{target} takes no argument {key!r}; it takes {', '.join(sorted(accepted))}",
                 )  # fmt: skip
     for key in cfg.keys():
@@ -111,6 +112,13 @@ def _arguments_of(target: str) -> set[str] | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first setting whose value is not allowed."""
+    try:
+        _validate(cfg)
+    except (InterpolationResolutionError, MissingMandatoryValue) as error:  # ${nope}, ???
+        raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}") from None
+
+
+def _validate(cfg: DictConfig) -> None:
     without_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     check_targets(without_hydra)
     check_arguments(without_hydra)

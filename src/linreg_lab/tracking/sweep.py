@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from linreg_lab.interrupts import Interrupted
+from linreg_lab.interrupts import Interrupted, runs_open
 from linreg_lab.tracking.tags import TAG_SWEEP
 
 # Launchers whose jobs run in the sweep's own process (and so share its MLflow helper).
@@ -150,8 +150,9 @@ class MlflowSweepCallback(Callback):
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
             stop_workers()
-        if not self._jobs_in_this_process:
-            # No run of this process to unwind: end the sweep here (it exits 128 + signum).
+        if not self._jobs_in_this_process and not runs_open():
+            # No run of this process to unwind (joblib may run jobs here, with n_jobs=1): end
+            # the sweep here (it exits 128 + signum).
             # Unwinding through the launcher prints its traceback, and joblib's pool waits.
             _close_joblib_pool()
             self._finish("the sweep stopped before its end")
