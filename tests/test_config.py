@@ -90,6 +90,7 @@ def test_num_features_draws_a_seeded_random_truth():
         ("tracking.uri=/not/a/uri", "tracking.uri"),
         ("+model.module.biass=true", "model.module.biass=True .*torch.nn.Linear takes no"),
         ("+dataset.seeds=1", "dataset.seeds=1 .*takes no argument 'seeds'"),
+        ("+optimizer.params=[]", "optimizer.params=[] .*takes no argument 'params'"),
     ],
 )
 def test_bad_values_name_the_setting(override, message):

@@ -107,7 +107,9 @@ def _arguments_of(target: str) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
     positional_only = inspect.Parameter.POSITIONAL_ONLY
-    return {p.name for p in parameters if p.kind is not positional_only and p.name != "self"}
+    # An optimizer's params are the model's, given when it is built: never a setting.
+    given = {"self", "params"} if target.startswith("torch.optim.") else {"self"}
+    return {p.name for p in parameters if p.kind is not positional_only and p.name not in given}
 
 
 def validate(cfg: DictConfig) -> None:
