@@ -6,6 +6,7 @@ failure is one line: the setting, the value given, what is allowed.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from omegaconf import DictConfig, OmegaConf
@@ -81,6 +82,7 @@ def check_arguments(cfg: DictConfig, path: str = "") -> None:
             check_arguments(node, f"{path}.{key}" if path else str(key))
 
 
+@functools.cache
 def _schema_arguments() -> dict[str, set[str]]:
     """The arguments each schema's target is known to take (its fields), by target."""
     from dataclasses import fields
