@@ -207,11 +207,13 @@ def stop_workers(timeout: float = 15.0) -> None:
     from linreg_lab.tracking.service import is_helper
 
     this = psutil.Process()
-    own_helpers = {c.pid for c in this.children() if is_helper(_cmdline(c))}
     # Listed now: a worker's helper is no longer our descendant once its worker has exited.
     descendants = this.children(recursive=True)
     # MLflow helpers ignore SIGTERM: they write the runs' ends, then exit with their owner.
-    workers = [w for w in descendants if not is_helper(_cmdline(w))]
+    helpers = [p for p in descendants if is_helper(_cmdline(p))]
+    workers = [p for p in descendants if p not in helpers]
+    ours = {child.pid for child in this.children()}  # our own helper is our child
+    worker_helpers = [h for h in helpers if h.pid not in ours]
     for worker in workers:
         try:
             worker.send_signal(signal.SIGTERM)
@@ -222,7 +224,6 @@ def stop_workers(timeout: float = 15.0) -> None:
     psutil.wait_procs(jobs, timeout=timeout)
     # Then the workers' helpers, which write what their worker sent before it ended (a run's
     # FINISHED among it): the sweep's end would otherwise take those runs as abandoned.
-    worker_helpers = [h for h in descendants if h not in workers and h.pid not in own_helpers]
     psutil.wait_procs(worker_helpers, timeout=timeout)
 
 
