@@ -156,7 +156,7 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     torch.set_num_threads(2)
     try:
         assert analytic._kernel_threads(1, 500) == min(2, numba.config.NUMBA_NUM_THREADS)
-        assert analytic._kernel_threads(1, 100) == 1  # small batches stay on one thread
+        assert analytic._kernel_threads(1, 16) == 1  # small batches stay on one thread
         data = make_synthetic_regression(num_samples=6000, num_features=5)
         optimizer = functools.partial(torch.optim.SGD, **sgd)
         results = [
@@ -166,6 +166,23 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():
+    from linreg_lab.training.sgd_kernels import sgd_steps_share
+
+    data = make_synthetic_regression(num_samples=2000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = np.arange(2000, dtype=np.int32)
+    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    shares = np.zeros((2, 2, 32), np.float32)
+    arrivals = np.array([0, 1], np.int64)  # thread 1 never comes, and says so
+    hyper = (0.01, 0.0, 0.0, 0.0, False)
+    loss, _ = sgd_steps_share(
+        X, y, order, 0, 2000, 100, theta, buf, False, *hyper, 0, 2, shares, arrivals
+    )
+    assert arrivals[0] == 1 and np.isnan(loss)  # thread 0 left at the first barrier
+    assert not theta.any()  # and applied no half-summed gradient
 
 
 def test_batch_orders_are_permutations_reproducible_from_the_seed():

@@ -33,11 +33,11 @@ _WORK_PER_CALL = 1 << 24
 # Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
 _PREFETCH_MIN_BYTES = 1 << 18
 # Split each batch's rows between torch's threads once X is far beyond the caches and batches
-# are large enough to repay starting the threads (~10 us a batch): shuffled rows are memory
-# latency bound, and two cores keep twice as many reads in flight (N 10^7, D 100, batch 1000:
-# 1.6x on 2 cores).
+# are large enough to repay the threads' meeting after each (~1 us): shuffled rows are memory
+# latency bound, and two cores keep twice as many reads in flight (N 4 x 10^6, D 100 on 2
+# cores: 1.8x at batch 32 and 1000; 1.2x at batch 16, slower from batch 10 down).
 _PARALLEL_MIN_BYTES = 1 << 27
-_PARALLEL_MIN_BATCH = 256
+_PARALLEL_MIN_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,15 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
     hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
     threads = _kernel_threads(X_np.nbytes, batch_size)
     if threads > 1:  # the same steps, each batch's rows split between threads
-        steps, last = _parallel_steps(threads), threads
+        from linreg_lab.training.thread_team import sgd_steps_on_threads
+
+        steps, last = sgd_steps_on_threads, threads
     else:
         steps, last = sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
-    # Whole batches per call, so batch boundaries do not depend on the call size.
-    span = max(1, max(1, _WORK_PER_CALL // (d + 1)) // batch_size) * batch_size
+    # Whole batches per call, so batch boundaries do not depend on the call size; threads share
+    # a call's work (and each call starts them: ~0.1 ms).
+    work = _WORK_PER_CALL * threads
+    span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
         count = order_np.shape[0]
@@ -149,16 +153,6 @@ def compiled_threads() -> int:
     import numba
 
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-
-
-def _parallel_steps(threads: int):
-    """sgd_steps_parallel, on threads threads (its last argument is their count)."""
-    import numba
-
-    from linreg_lab.training.sgd_kernels import sgd_steps_parallel
-
-    numba.set_num_threads(threads)
-    return sgd_steps_parallel
 
 
 class _BlasEpochs:

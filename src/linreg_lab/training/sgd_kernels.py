@@ -11,6 +11,7 @@ Arithmetic is float32, as torch's; sums may be reordered (SIMD), which changes o
 import numba
 import numpy as np
 
+from linreg_lab.training.atomics import atomic_add, atomic_read
 from linreg_lab.training.prefetch import prefetch_row
 
 # Reordered sums vectorise the dot products; no "fast" flags that assume finite values, so a
@@ -18,7 +19,6 @@ from linreg_lab.training.prefetch import prefetch_row
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # How many samples ahead to prefetch: enough loads in flight to cover a memory latency.
 _AHEAD = 16
-_LINE_FLOATS = 16  # float32 values in a 64-byte cache line
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -45,40 +45,56 @@ def sgd_steps(
     return last_loss, has_buf
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
-def sgd_steps_parallel(
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def sgd_steps_share(
     X, y, order, begin, end, batch_size, theta, buf, has_buf,
-    lr, momentum, dampening, weight_decay, nesterov, threads,
+    lr, momentum, dampening, weight_decay, nesterov, thread, threads, shares, arrivals,
 ):  # fmt: skip
-    """sgd_steps with each batch's rows split between threads (for large, uncached X).
+    """One thread's part of sgd_steps with each batch's rows split between threads (large,
+    uncached X): run by each of threads threads at once, thread = 0 .. threads - 1.
 
-    Each thread sums its share of the gradient; the shares are added in thread order, so the
-    result depends on the thread count only through float32 rounding.
+    Every thread sums its share of the batch's gradient into shares[batch % 2, thread], then
+    waits at a barrier (arrivals[0] counts arrivals) until all shares are in, and applies the
+    same update to its own theta and buf: the sums are added in thread order, so every copy
+    stays equal, and the result depends on the thread count only through float32 rounding.
+    Two slots of shares: a thread writes a slot again only after all have left it (they all
+    met at the barrier in between). arrivals[1] != 0: a thread failed to start; stop.
+    Returns (last batch loss, has_buf).
     """
     lr, momentum = np.float32(lr), np.float32(momentum)
     keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
     d = theta.shape[0] - 1
-    # Each thread's share on cache lines of its own, a line apart: rows that shared a line at
-    # their boundary bounced it between the cores on every row (~0.25 s an epoch at N 10^7).
-    stride = (d + 1 + _LINE_FLOATS - 1) // _LINE_FLOATS * _LINE_FLOATS + _LINE_FLOATS
-    shares = np.zeros((threads, stride), np.float32)
     grad = np.empty(d + 1, np.float32)
-    squares = np.zeros(threads, np.float32)
     last_loss = np.float32(np.nan)
+    batch = 0
     for start in range(begin, end, batch_size):
         stop = min(start + batch_size, end)
         count = stop - start
-        for t in numba.prange(threads):
-            lo = start + t * count // threads
-            hi = start + (t + 1) * count // threads
-            shares[t, :] = 0
-            squares[t] = _share_gradient(X, y, order, lo, hi, theta, shares[t])
+        lo = start + thread * count // threads
+        hi = start + (thread + 1) * count // threads
+        # The next batch's share: its first rows are prefetched while this one ends.
+        next_count = min(stop + batch_size, end) - stop
+        next_lo = stop + thread * next_count // threads
+        next_hi = stop + (thread + 1) * next_count // threads
+        slot = shares[batch % 2]
+        slot[thread, :] = 0
+        slot[thread, d + 1] = _share_gradient(
+            X, y, order, lo, hi, next_lo, next_hi, theta, slot[thread]
+        )
+        batch += 1
+        atomic_add(arrivals, 0, 1)
+        while atomic_read(arrivals, 0) < threads * batch:
+            if atomic_read(arrivals, 1) != 0:
+                return last_loss, has_buf
+        squares = np.float32(0)
+        for t in range(threads):
+            squares += slot[t, d + 1]
+        last_loss = squares / count
         scale = np.float32(2.0 / count)
-        last_loss = squares.sum() / count
         for j in range(d + 1):
             g = np.float32(0)
             for t in range(threads):
-                g += shares[t, j]
+                g += slot[t, j]
             grad[j] = g * scale
         _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov)
         has_buf = True
@@ -97,8 +113,10 @@ def _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nes
 
 
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
-def _share_gradient(X, y, order, lo, hi, theta, share):
+def _share_gradient(X, y, order, lo, hi, next_lo, next_hi, theta, share):
     """share += the unscaled MSE gradient over rows order[lo:hi]; returns their squared residuals.
+
+    Rows are prefetched _AHEAD samples early, running on into order[next_lo:next_hi].
 
     Four rows at a time: their loads and dot products are independent, so more memory reads are
     in flight while the core computes (1.5-1.9x at N 10^7, D 100 on 2 threads).
@@ -108,10 +126,14 @@ def _share_gradient(X, y, order, lo, hi, theta, share):
     total = np.float32(0)
     k = lo
     while k + 3 < hi:
-        if k + _AHEAD + 3 < hi:
-            for a in range(4):
-                prefetch_row(X, order[k + _AHEAD + a])
-                prefetch_row(y, order[k + _AHEAD + a])
+        for a in range(4):
+            ahead = k + _AHEAD + a
+            if ahead >= hi:
+                ahead += next_lo - hi
+                if ahead >= next_hi:
+                    break
+            prefetch_row(X, order[ahead])
+            prefetch_row(y, order[ahead])
         x1, x2, x3, x4 = X[order[k]], X[order[k + 1]], X[order[k + 2]], X[order[k + 3]]
         r1, r2 = bias - y[order[k]], bias - y[order[k + 1]]
         r3, r4 = bias - y[order[k + 2]], bias - y[order[k + 3]]

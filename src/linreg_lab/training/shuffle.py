@@ -32,10 +32,13 @@ def permutation(n: int, seed: int, threads: int | None = None) -> np.ndarray:
     chunks = max(1, min(_MAX_CHUNKS, n // _CHUNK_ENTRIES))
     # int32 while it fits: half the memory to fault in, fill and read back each epoch.
     out = np.empty(n, np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    # Each index's bucket, drawn once: one or two bytes written and read back are cheaper
+    # than drawing it again.
+    bucket_of = np.empty(n, np.uint8 if buckets <= 1 << 8 else np.uint16)
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS)))
     try:
-        _scatter_shuffle(out, np.uint64(seed), buckets.bit_length() - 1, chunks)
+        _scatter_shuffle(out, bucket_of, np.uint64(seed), buckets.bit_length() - 1, chunks)
     finally:
         numba.set_num_threads(previous)
     return out
@@ -77,18 +80,18 @@ def _bucket(r, bits):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _scatter_shuffle(out, seed, bits, chunks):
+def _scatter_shuffle(out, bucket_of, seed, bits, chunks):
     n = out.shape[0]
     buckets = 1 << bits
-    # counts[c, k]: how many of chunk c's indices go to bucket k; then where they start. Each
-    # chunk draws its buckets twice (count, then place) rather than storing them: drawing is
-    # cheaper than writing and reading an array as long as the permutation.
+    # counts[c, k]: how many of chunk c's indices go to bucket k; then where they start.
     counts = np.zeros((chunks, buckets + 1), np.int64)
     for c in numba.prange(chunks):
         state = _stream(seed, c)
-        for _ in range(c * n // chunks, (c + 1) * n // chunks):
+        for i in range(c * n // chunks, (c + 1) * n // chunks):
             state, r = _splitmix64(state)
-            counts[c, _bucket(r, bits)] += 1
+            k = _bucket(r, bits)
+            bucket_of[i] = k
+            counts[c, k] += 1
     starts = np.zeros(buckets + 1, np.int64)
     position = 0
     for k in range(buckets):
@@ -100,10 +103,8 @@ def _scatter_shuffle(out, seed, bits, chunks):
     starts[buckets] = position
     for c in numba.prange(chunks):
         fill = counts[c]
-        state = _stream(seed, c)
         for i in range(c * n // chunks, (c + 1) * n // chunks):
-            state, r = _splitmix64(state)
-            k = _bucket(r, bits)
+            k = bucket_of[i]
             out[fill[k]] = i
             fill[k] += 1
     for k in numba.prange(buckets):
