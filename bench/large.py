@@ -2,9 +2,10 @@
 
     python -m bench.large N D BATCH   # prints one JSON object
 
-Order: make the data, measure the read bandwidth, train one epoch with linreg_lab (peak memory
-is read here, before anything else allocates), then time the reference loop on a bounded number
-of steps and extrapolate to the epoch.
+Order: make the data; then rounds of (read the data once at full speed, train one epoch with
+linreg_lab), so the best read and the best epoch come from the same stretch of this shared
+machine's time; peak memory is read then, before anything else allocates; then time the
+reference loop on a bounded number of steps and extrapolate to the epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from linreg_lab.training.settings import TrainerSettings
 
 LR = 0.003  # stable at D 100 (see bench.throughput.lr_for)
 REFERENCE_STEPS = 150
+# The VM's cores and memory are shared: a round's read and epoch each vary by up to +-25%.
+ROUNDS = 5
 
 
 @numba.njit(nogil=True, fastmath={"reassoc", "contract"})
@@ -39,17 +42,16 @@ def _stream_sum(X):
 
 
 def read_bandwidth(X: torch.Tensor, y: torch.Tensor) -> float:
-    """Bytes/s of the fastest sequential read of the data's memory (the packed [X y] rows, or
-    X): one compiled pass, or torch.sum's threads."""
+    """Bytes/s of the faster of two sequential reads of the data's memory (the packed [X y]
+    rows, or X): one compiled pass, and torch.sum's threads."""
     rows = packed_rows(X, y)
     array = rows if rows is not None else X.numpy()
     _stream_sum(array[:2])
     best = float("inf")
     for read in (lambda: _stream_sum(array), lambda: torch.from_numpy(array).sum()):
-        for _ in range(2):
-            start = time.perf_counter()
-            read()
-            best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        read()
+        best = min(best, time.perf_counter() - start)
     return array.nbytes / best
 
 
@@ -68,14 +70,14 @@ def one_epoch(num_samples: int, num_features: int, batch_size: int) -> dict:
     data_bytes = sum(t.numel() * t.element_size() for t in (data.X, data.y))
     settings = TrainerSettings(batch_size=batch_size, epochs=1)
     torch.set_num_threads(settings.num_threads(num_samples, num_features))
-    bandwidth = read_bandwidth(data.X, data.y)
     sgd = functools.partial(torch.optim.SGD, lr=LR)
     # Warm-up on a slice: loads the compiled kernel, as every later run finds it cached.
     small = make_synthetic_regression(num_samples=2000, num_features=num_features)
     fit(init_linear(torch.nn.Linear(num_features, 1)), sgd, small, settings, lambda *_: None)
 
-    seconds = float("inf")
-    for _ in range(2):  # best of two single-epoch fits: the VM's cores are shared
+    seconds, bandwidth = float("inf"), 0.0
+    for _ in range(ROUNDS):
+        bandwidth = max(bandwidth, read_bandwidth(data.X, data.y))
         model = init_linear(torch.nn.Linear(num_features, 1))
         start = time.perf_counter()
         fit(model, sgd, data, settings, lambda *_: None)

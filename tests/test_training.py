@@ -157,6 +157,10 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     try:
         assert analytic._kernel_threads(1, 500) == min(2, numba.config.NUMBA_NUM_THREADS)
         assert analytic._kernel_threads(1, 16) == 1  # small batches stay on one thread
+        # Beyond the caches a thread's share of a batch may be smaller.
+        two = min(2, numba.config.NUMBA_NUM_THREADS)
+        assert analytic._kernel_threads(1 << 27, 32) == two
+        assert analytic._kernel_threads(1 << 26, 32) == 1
         data = make_synthetic_regression(num_samples=6000, num_features=5)
         optimizer = functools.partial(torch.optim.SGD, **sgd)
         results = [

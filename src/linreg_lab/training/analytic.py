@@ -32,12 +32,15 @@ _FORCE_PATH: str | None = None
 _WORK_PER_CALL = 1 << 24
 # Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
 _PREFETCH_MIN_BYTES = 1 << 18
-# Split each batch's rows between torch's threads once X is far beyond the caches and batches
-# are large enough to repay the threads' meeting after each (~1 us): shuffled rows are memory
-# latency bound, and two cores keep twice as many reads in flight (N 4 x 10^6, D 100 on 2
-# cores: 1.8x at batch 32 and 1000; 1.2x at batch 16, slower from batch 10 down).
-_PARALLEL_MIN_BYTES = 1 << 27
-_PARALLEL_MIN_BATCH = 32
+# Split each batch's rows between torch's threads once X outgrows the L2 caches and each thread's
+# share of a batch repays the threads' meeting after it (~1 us): shuffled rows beyond the L3
+# cache are memory latency bound, and two cores keep twice as many reads in flight. Measured on
+# 2 cores, D 100: beyond the L3 (N 4 x 10^6), 1.8x at batch 32 and 1000, 1.2x at batch 16,
+# slower from batch 10 down; within it (N 25 000 to 10^5), 1.2-1.7x at batch 1000, slower at 32.
+_PARALLEL_MIN_BYTES = 1 << 24
+_PARALLEL_MIN_BATCH = 256
+_UNCACHED_BYTES = 1 << 27
+_PARALLEL_MIN_BATCH_UNCACHED = 32
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,10 @@ def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 def _kernel_threads(x_bytes: int, batch_size: int) -> int:
     """Threads for the compiled loop: torch's count (set from trainer.threads) on large data."""
-    if x_bytes < _PARALLEL_MIN_BYTES or batch_size < _PARALLEL_MIN_BATCH:
-        return 1
-    return compiled_threads()
+    uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
+    if uncached or (x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH):
+        return compiled_threads()
+    return 1
 
 
 def compiled_threads() -> int:
