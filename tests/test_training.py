@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from collections import Counter
 
@@ -170,6 +171,24 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_more_threads_than_cores_train_the_same_parameters():
+    # Waiting threads yield their core to the ones they wait for (not spin out a time slice).
+    from linreg_lab.training.thread_team import sgd_steps_on_threads
+
+    data = make_synthetic_regression(num_samples=20_000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = permutation(20_000, seed=1)
+    thetas = []
+    for threads in (1, (os.cpu_count() or 1) + 2):
+        theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+        sgd_steps_on_threads(
+            X, y, order, 0, 20_000, 64, theta, buf, False, 0.05, 0.5, 0, 0, 0, threads
+        )
+        thetas.append(theta)
+    np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(thetas[0][:5], data.true_w.numpy(), atol=0.01)
 
 
 def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():

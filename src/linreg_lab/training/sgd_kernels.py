@@ -11,7 +11,7 @@ Arithmetic is float32, as torch's; sums may be reordered (SIMD), which changes o
 import numba
 import numpy as np
 
-from linreg_lab.training.atomics import atomic_add, atomic_read
+from linreg_lab.training.barrier import arrive_and_wait
 from linreg_lab.training.prefetch import prefetch_row
 
 # Reordered sums vectorise the dot products; no "fast" flags that assume finite values, so a
@@ -54,7 +54,7 @@ def sgd_steps_share(
     uncached X): run by each of threads threads at once, thread = 0 .. threads - 1.
 
     Every thread sums its share of the batch's gradient into shares[batch % 2, thread], then
-    waits at a barrier (arrivals[0] counts arrivals) until all shares are in, and applies the
+    waits at a barrier (barrier.arrive_and_wait) until all shares are in, and applies the
     same update to its own theta and buf: the sums are added in thread order, so every copy
     stays equal, and the result depends on the thread count only through float32 rounding.
     Two slots of shares: a thread writes a slot again only after all have left it (they all
@@ -82,10 +82,8 @@ def sgd_steps_share(
             X, y, order, lo, hi, next_lo, next_hi, theta, slot[thread]
         )
         batch += 1
-        atomic_add(arrivals, 0, 1)
-        while atomic_read(arrivals, 0) < threads * batch:
-            if atomic_read(arrivals, 1) != 0:
-                return last_loss, has_buf
+        if not arrive_and_wait(arrivals, threads, batch):
+            return last_loss, has_buf
         squares = np.float32(0)
         for t in range(threads):
             squares += slot[t, d + 1]
