@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -189,6 +190,33 @@ def test_more_threads_than_cores_train_the_same_parameters():
         thetas.append(theta)
     np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(thetas[0][:5], data.true_w.numpy(), atol=0.01)
+
+
+def _train_on_two_threads(X, y, order):
+    from linreg_lab.training.thread_team import sgd_steps_on_threads
+
+    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    sgd_steps_on_threads(X, y, order, 0, len(order), 500, theta, buf, False, 0.05, 0, 0, 0, 0, 2)
+    return theta
+
+
+def _check_trains_equal(X, y, order, expected):
+    assert np.array_equal(_train_on_two_threads(X, y, order), expected)
+
+
+def test_a_forked_process_trains_on_threads_of_its_own():
+    # A forked child inherits the parent's thread pool object but none of its threads.
+    data = make_synthetic_regression(num_samples=5000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = permutation(5000, seed=2)
+    expected = _train_on_two_threads(X, y, order)  # the parent's pool now exists
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=_check_trains_equal, args=(X, y, order, expected))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
 
 
 def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():

@@ -9,12 +9,14 @@ threading layer: two shares on one thread would wait for each other forever.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 _LINE_FLOATS = 16  # float32 values in a 64-byte cache line
 _workers: ThreadPoolExecutor | None = None
+_workers_pid = 0  # the process that started them: a forked child inherits none of its threads
 
 
 def sgd_steps_on_threads(
@@ -57,9 +59,12 @@ def sgd_steps_on_threads(
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
-    global _workers
-    if _workers is None or _workers._max_workers < size:
-        if _workers is not None:
+    global _workers, _workers_pid
+    if _workers is None or _workers_pid != os.getpid() or _workers._max_workers < size:
+        if _workers is not None and _workers_pid == os.getpid():
             _workers.shutdown()
-        _workers = ThreadPoolExecutor(size, thread_name_prefix="linreg-sgd")
+        _workers, _workers_pid = (
+            ThreadPoolExecutor(size, thread_name_prefix="linreg-sgd"),
+            os.getpid(),
+        )
     return _workers
