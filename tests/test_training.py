@@ -7,6 +7,7 @@ import functools
 import multiprocessing
 import os
 import sys
+import threading
 from collections import Counter
 
 import numba
@@ -157,11 +158,10 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert analytic._kernel_threads(1, 500) == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert analytic._kernel_threads(1, 500) == 2
         assert analytic._kernel_threads(1, 16) == 1  # small batches stay on one thread
         # Beyond the caches a thread's share of a batch may be smaller.
-        two = min(2, numba.config.NUMBA_NUM_THREADS)
-        assert analytic._kernel_threads(1 << 27, 32) == two
+        assert analytic._kernel_threads(1 << 27, 32) == 2
         assert analytic._kernel_threads(1 << 26, 32) == 1
         data = make_synthetic_regression(num_samples=6000, num_features=5)
         optimizer = functools.partial(torch.optim.SGD, **sgd)
@@ -217,6 +217,29 @@ def test_a_forked_process_trains_on_threads_of_its_own():
     if child.is_alive():
         child.kill()
     assert child.exitcode == 0
+
+
+def test_a_failing_thread_stops_its_team_and_its_error_reaches_the_caller(monkeypatch):
+    from linreg_lab.training import sgd_kernels
+    from linreg_lab.training.thread_team import sgd_steps_on_threads
+
+    real = sgd_kernels.sgd_steps_share
+
+    def failing_for_thread_2(*args):
+        if args[14] == 2:  # the thread argument
+            raise RuntimeError("thread 2 failed")
+        return real(*args)
+
+    monkeypatch.setattr(sgd_kernels, "sgd_steps_share", failing_for_thread_2)
+    data = make_synthetic_regression(num_samples=5000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = permutation(5000, seed=3)
+    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    threads_before = threading.active_count()
+    with pytest.raises(RuntimeError, match="thread 2 failed"):
+        sgd_steps_on_threads(X, y, order, 0, 5000, 500, theta, buf, False, 0.05, 0, 0, 0, 0, 3)
+    assert threading.active_count() == threads_before  # threads 0 and 1 left the barrier
+    assert not theta.any()  # and applied no half-summed gradient
 
 
 def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():

@@ -6,6 +6,7 @@ GPU each step is two BLAS calls into reused buffers.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -114,9 +115,9 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
         steps, last = sgd_steps_on_threads, threads
     else:
         steps, last = sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
-    # Whole batches per call, so batch boundaries do not depend on the call size; threads share
-    # a call's work (and each call starts them: ~0.1 ms).
-    work = _WORK_PER_CALL * threads
+    # Whole batches per call, so batch boundaries do not depend on the call size. Threads share
+    # a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
+    work = _WORK_PER_CALL * (4 * threads if threads > 1 else 1)
     span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
@@ -145,10 +146,15 @@ def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 
 def _kernel_threads(x_bytes: int, batch_size: int) -> int:
-    """Threads for the compiled loop: torch's count (set from trainer.threads) on large data."""
+    """Threads for the compiled loop: torch's count (set from trainer.threads) on large data.
+
+    One on systems without POSIX's sched_yield, which the threads' barrier calls.
+    """
     uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
+    if os.name != "posix":
+        return 1
     if uncached or (x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH):
-        return compiled_threads()
+        return max(1, torch.get_num_threads())
     return 1
 
 
