@@ -5,6 +5,9 @@ in a register nor moves the threads' other reads and writes across them. A waiti
 a few microseconds (the usual wait: the others are running), then yields its core: with more
 threads than free cores (a parallel sweep, trainer.threads above the core count) a spinning
 thread would hold the core the thread it waits for needs, ~100x slower.
+
+numba's on-disk cache keys on the calling kernel's file only: after editing this one, touch
+sgd_kernels.py so that its cached machine code is rebuilt.
 """
 
 import numba
