@@ -150,9 +150,9 @@ def _kernel_threads(x_bytes: int, batch_size: int) -> int:
 
     One on systems without POSIX's sched_yield, which the threads' barrier calls.
     """
-    uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
     if os.name != "posix":
         return 1
+    uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
     if uncached or (x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH):
         return max(1, torch.get_num_threads())
     return 1

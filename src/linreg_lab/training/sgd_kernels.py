@@ -58,7 +58,7 @@ def sgd_steps_share(
     same update to its own theta and buf: the sums are added in thread order, so every copy
     stays equal, and the result depends on the thread count only through float32 rounding.
     Two slots of shares: a thread writes a slot again only after all have left it (they all
-    met at the barrier in between). arrivals[1] != 0: a thread failed to start; stop.
+    met at the barrier in between). arrivals[1] != 0: a thread failed and will not come; stop.
     Returns (last batch loss, has_buf).
     """
     lr, momentum = np.float32(lr), np.float32(momentum)

@@ -2,9 +2,9 @@
 
 The threads start once per call and meet at a barrier after each batch (~1 us), not in a
 parallel region forked and joined per batch (~5 us, and each thread's prefetching starts cold):
-at N 10^7, D 100, batch 1000 an epoch takes ~5-10% less. Each call starts threads of its own
-(~0.1 ms; a call is an epoch, or ~20 ms of work on long ones) that run the compiled loop (it
-releases the GIL): each share has a thread of its own, whatever numba's threading layer or
+at N 10^7, D 100, batch 1000 an epoch takes ~6% less. Each call starts threads of its own
+(~0.3 ms; a call is an epoch, or up to ~0.1 s of work on long ones) that run the compiled loop
+(it releases the GIL): each share has a thread of its own, whatever numba's threading layer or
 another caller is doing (shares waiting in a shared pool's queue would wait for each other
 forever), no thread outlives the call, and a forked child has nothing stale to reuse.
 """
