@@ -28,9 +28,10 @@ ui: $(INSTALLED)  ## MLflow's UI over the project store, on 127.0.0.1
 bench: $(INSTALLED)  ## speed against the reference loop and scikit-learn
 	$(BIN)/python bench/run.py
 
-lint: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff, and the import-linter contracts of pyproject.toml (the layers)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 server: $(INSTALLED)  ## an MLflow tracking server on 127.0.0.1:5000 over the project store
 	$(BIN)/linreg-ui --port 5000

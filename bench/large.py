@@ -22,9 +22,9 @@ import torch
 
 from bench.reference import tutorial_fit
 from linreg_lab.data import make_synthetic_regression, packed_rows
+from linreg_lab.engines import fit
+from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import init_linear
-from linreg_lab.training.engine import fit
-from linreg_lab.training.settings import TrainerSettings
 
 LR = 0.003  # stable at D 100 (see bench.throughput.lr_for)
 REFERENCE_STEPS = 150

@@ -7,13 +7,12 @@ import time
 import torch
 
 from linreg_lab.data import make_synthetic_regression
-from linreg_lab.training import analytic
-from linreg_lab.training.settings import batch_orders
+from linreg_lab.engines import analytic
+from linreg_lab.engines.orders import batch_orders
 
 
 def epoch_seconds(data, batch_size: int, blas: bool, threads: int) -> float:
     torch.set_num_threads(threads)
-    previous, analytic._FORCE_PATH = analytic._FORCE_PATH, "blas" if blas else "compiled"
     try:
         hyper = analytic.SGDHyper(lr=0.001)
         theta = torch.zeros(data.num_features + 1)
@@ -22,12 +21,19 @@ def epoch_seconds(data, batch_size: int, blas: bool, threads: int) -> float:
         for _ in range(3):
             start = time.perf_counter()
             analytic.train_analytic(
-                theta, hyper, data.X, data.y, [order], batch_size, lambda *_: None, 1
+                theta,
+                hyper,
+                data.X,
+                data.y,
+                [order],
+                batch_size,
+                lambda *_: None,
+                1,
+                compiled="false" if blas else "true",
             )
             best = min(best, time.perf_counter() - start)
         return best
     finally:
-        analytic._FORCE_PATH = previous
         torch.set_num_threads(1)
 
 

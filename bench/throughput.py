@@ -17,10 +17,10 @@ import torch
 
 from bench.reference import tutorial_fit
 from linreg_lab.data import RegressionData, make_synthetic_regression
+from linreg_lab.engines import analytic, fit
+from linreg_lab.engines.least_squares import mse
+from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import init_linear
-from linreg_lab.training.engine import fit
-from linreg_lab.training.evaluate import mse
-from linreg_lab.training.settings import TrainerSettings
 
 EPOCHS = 3  # the tutorial's
 
@@ -88,7 +88,7 @@ def measure(
     shapes: list[tuple[int, int]], batches: list[int], min_seconds: float, reference_steps: int
 ) -> list[dict]:
     """One row per (N, D, batch); the reference runs at most reference_steps, extrapolated."""
-    import linreg_lab.training.sgd_kernels  # noqa: F401  (one-time load, as after any long run)
+    analytic.kernels()  # the one-time load, as after any long run
 
     torch.set_num_threads(1)  # what TrainerSettings.num_threads picks at these sizes
     rows = []

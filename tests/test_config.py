@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from linreg_lab import build
-from linreg_lab.cli import train as train_cli  # registers the schemas and the resolver
+from linreg_lab.cli import train as train_cli  # registers the linreg.root resolver
 from linreg_lab.config.validate import ConfigError, validate
 from linreg_lab.paths import CONF_DIR, MLRUNS_DIR
 
@@ -91,6 +91,16 @@ def test_num_features_draws_a_seeded_random_truth():
         ("+model.module.biass=true", "model.module.biass=True .*torch.nn.Linear takes no"),
         ("+dataset.seeds=1", "dataset.seeds=1 .*takes no argument 'seeds'"),
         ("+optimizer.params=[]", "optimizer.params=[] .*takes no argument 'params'"),
+        # types, from the targets' own signatures
+        ("optimizer.lr=abc", "optimizer.lr=abc .*torch.optim.SGD takes a number"),
+        ("trainer.shuffle=maybe", "trainer.shuffle=maybe .*true or false"),
+        ("trainer.epochs=1.5", "trainer.epochs=1.5 .*an integer"),
+        ("dataset.true_w=[1,a]", "a list of numbers or null"),
+        ("trainer.device=gpu", "trainer.device=gpu .*auto, cpu, cuda"),
+        ("trainer.engine=fast", "trainer.engine=fast .*auto, analytic, autograd"),
+        ("trainer.threads=100000", "trainer.threads=100000 .*1 to 1024"),
+        ("tracking.log_plots=2", "tracking.log_plots=2 .*true or false"),
+        ("optimizer._target_=torch.optim.AdamW", "optimizer.momentum=0.0 .*AdamW takes no"),
     ],
 )
 def test_bad_values_name_the_setting(override, message):
@@ -131,8 +141,8 @@ def test_sweep_check_takes_each_job_as_a_whole(task, refused):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from linreg_lab.config.sweep_check import check_sweep
     from linreg_lab.config.validate import ConfigError
+    from linreg_lab.sweep.check import check_sweep
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", return_hydra_config=True)
@@ -147,7 +157,7 @@ def test_sweep_check_takes_each_job_as_a_whole(task, refused):
 
 
 def test_sample_jobs_covers_every_value_when_the_grid_is_too_large(monkeypatch):
-    from linreg_lab.config import sweep_check
+    from linreg_lab.sweep import check as sweep_check
 
     swept = {"a": ["a=1", "a=2", "a=3"], "b": ["b=1", "b=2"]}
     assert len(sweep_check.sample_jobs(swept)) == 6
@@ -156,79 +166,87 @@ def test_sample_jobs_covers_every_value_when_the_grid_is_too_large(monkeypatch):
     assert jobs == [("a=1", "b=1"), ("a=2", "b=1"), ("a=3", "b=1"), ("a=1", "b=2")]
 
 
-JOB_SEQUENCES = [
-    # recomposed from the first job: plain values only
-    (1, [["optimizer.lr=0.1", "trainer.batch_size=10"],
-         ["optimizer.lr=0.01", "trainer.batch_size=32"],
-         ["optimizer.lr=1e-3", "trainer.batch_size=10"],
-         ["optimizer.lr='${optimizer.momentum}'", "trainer.batch_size=7"]]),
-    # a string that parses as a float, a bool, an experiment preset kept, a forced add kept
-    (1, [["experiment=lr_batch_grid", "++trainer.epochs=1", "tracking.run_name=a",
-          "optimizer.nesterov=false"],
-         ["experiment=lr_batch_grid", "++trainer.epochs=1", "tracking.run_name=1.5",
-          "optimizer.nesterov=true"]]),
-    # composed by Hydra: a forced add, a config group, a value the schema rejects, a hydra key
-    (2, [["++trainer.epochs=1"], ["++trainer.epochs=2"]]),
-    (2, [["optimizer=sgd", "optimizer.lr=0.1"], ["optimizer=adam", "optimizer.lr=0.1"]]),
-    (2, [["optimizer.lr=0.1"], ["optimizer.lr=abc"]]),
-    (2, [["hydra.job.chdir=false", "optimizer.lr=0.1"],
-         ["hydra.job.chdir=true", "optimizer.lr=0.2"]]),
-]  # fmt: skip
+def _target_defaults(target: str) -> dict:
+    import inspect
+
+    from hydra.utils import get_object
+
+    function = get_object(target)
+    return {
+        name: p.default for name, p in inspect.signature(function).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }  # fmt: skip
 
 
-@pytest.mark.parametrize("compositions,jobs", JOB_SEQUENCES)
-def test_recomposed_jobs_are_what_hydra_composes(compositions, jobs):
-    """Each job's config, recomposed from an earlier one or not, equals Hydra's composition."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException
-    from hydra.types import RunMode
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS[:-1] for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_setting_is_defined_once_where_code_has_a_default_too(group, option):
+    """The YAML is the source of every default; our own targets' defaults (for use without
+    Hydra) must say the same, and every value must be one its target's signature accepts.
+    (torch's defaults are torch's: the tutorial's lr for Adam is ours to choose.)"""
     from omegaconf import OmegaConf
 
-    from linreg_lab.launcher.compose_once import compose_each_job_once
+    from linreg_lab.config.validate import check_arguments
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
-        hydra_compose = loader.load_sweep_config
-        composed = []
+    def nodes(node, path):
+        if isinstance(node, dict):
+            if "_target_" in node:
+                yield path, node
+            for key, value in node.items():
+                yield from nodes(value, f"{path}.{key}")
 
-        def counted(master_config, overrides):
-            composed.append(overrides)
-            return hydra_compose(master_config, overrides)
-
-        loader.load_sweep_config = counted
-        compose_each_job_once(loader)
-        for overrides in jobs:
-            try:
-                expected = OmegaConf.to_yaml(hydra_compose(master, overrides))
-            except ConfigCompositionException:
-                with pytest.raises(ConfigCompositionException):
-                    loader.load_sweep_config(master, overrides)
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    check_arguments(raw, group)  # every key is an argument, of the declared type
+    for path, node in nodes(raw, group):
+        if not node["_target_"].startswith("linreg_lab."):
+            continue
+        defaults = _target_defaults(node["_target_"])
+        for key, value in node.items():
+            if key.startswith("_") or key not in defaults or isinstance(value, dict):
                 continue
-            got = loader.load_sweep_config(master, overrides)
-            assert OmegaConf.to_yaml(got) == expected, overrides
-            assert OmegaConf.to_yaml(loader.load_sweep_config(master, overrides)) == expected
-        assert len(composed) == compositions
+            if isinstance(value, str) and ("${" in value or value == "???"):
+                continue
+            code = defaults[key]
+            code = list(code) if isinstance(code, tuple) else code
+            assert value == code, f"{path}.{key}: YAML says {value!r}, the code {code!r}"
 
 
-def test_a_pickled_config_loader_leaves_its_kept_configs_behind():
-    """joblib and submitit send the config loader to their workers: without the configs."""
-    import pickle
+@pytest.mark.parametrize(
+    "overrides,optimizer",
+    [
+        (["optimizer=adam", "optimizer._target_=torch.optim.AdamW"], torch.optim.AdamW),
+        (
+            [
+                "optimizer._target_=torch.optim.RMSprop",
+                "~optimizer.dampening",
+                "~optimizer.nesterov",
+                "+optimizer.alpha=0.9",
+            ],
+            torch.optim.RMSprop,
+        ),
+        (
+            [
+                "optimizer._target_=torch.optim.LBFGS",
+                "~optimizer.momentum",
+                "~optimizer.dampening",
+                "~optimizer.nesterov",
+                "~optimizer.weight_decay",
+                "+optimizer.max_iter=5",
+            ],
+            torch.optim.LBFGS,
+        ),
+    ],
+)
+def test_any_torch_optimizer_works_from_the_command_line(overrides, optimizer):
+    cfg = make(*overrides)
+    validate(cfg)
+    built = build.optimizer_factory(cfg)(build.model(cfg, 3).parameters())
+    assert type(built) is optimizer
 
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
 
-    from linreg_lab.launcher.compose_once import compose_each_job_once
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
-        bare = len(pickle.dumps(loader))
-        compose_each_job_once(loader)
-        for lr in (0.1, 0.2, 0.3, 0.4):  # validated, not launched yet: all four kept
-            loader.load_sweep_config(master, [f"optimizer.lr={lr}"])
-        blob = pickle.dumps(loader)
-        assert len(blob) < 1.2 * bare
-        worker = pickle.loads(blob)
-        master = worker.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
-        assert worker.load_sweep_config(master, ["optimizer.lr=0.5"]).optimizer.lr == 0.5
+def test_a_key_can_be_deleted():
+    cfg = make("~optimizer.nesterov")
+    validate(cfg)
+    assert "nesterov" not in cfg.optimizer
+    assert build.engine(cfg) == "analytic"  # SGD's own default for nesterov

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from linreg_lab.data import make_synthetic_regression
+from linreg_lab.engines.least_squares import least_squares
 from linreg_lab.tracking.dataset import digest, generator_params, log_dataset
 from linreg_lab.tracking.plots import (
     LOSS_PLOT,
@@ -20,7 +21,6 @@ from linreg_lab.tracking.plots import (
     parameters_figure,
     png_images,
 )
-from linreg_lab.training.evaluate import least_squares
 
 SPEC = {
     "_target_": "linreg_lab.data.make_synthetic_regression",

@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing
-import os
-import sys
-import threading
-from collections import Counter
 
 import numba
 import numpy as np
@@ -16,12 +12,11 @@ import pytest
 import torch
 
 from linreg_lab.data import make_synthetic_regression
+from linreg_lab.engines import EngineError, analytic, choose_engine, fit
+from linreg_lab.engines.kernels import permutation
+from linreg_lab.engines.least_squares import least_squares, mse
+from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import init_linear
-from linreg_lab.training import analytic
-from linreg_lab.training.engine import EngineError, choose_engine, fit
-from linreg_lab.training.evaluate import least_squares, mse
-from linreg_lab.training.settings import TrainerSettings, batch_orders, seeded_orders
-from linreg_lab.training.shuffle import permutation
 
 
 def train(data, optimizer=None, **settings):
@@ -63,9 +58,10 @@ def test_engines_agree(sgd, batch_size, monkeypatch):
     data = make_synthetic_regression(num_samples=2000, num_features=5)
     optimizer = functools.partial(torch.optim.SGD, **sgd)
     results = {}
-    for engine, path in [("autograd", None), ("analytic", "compiled"), ("analytic", "blas")]:
-        monkeypatch.setattr(analytic, "_FORCE_PATH", path)  # the analytic engine's two paths
-        model, _, used = train(data, optimizer, engine=engine, batch_size=batch_size, epochs=2)
+    for engine, path in [("autograd", None), ("analytic", "true"), ("analytic", "false")]:
+        model, _, used = train(
+            data, optimizer, engine=engine, batch_size=batch_size, epochs=2, compiled=path or "auto"
+        )  # the analytic engine's two paths
         results[(used, path)] = params(model)
     reference = results[("autograd", None)]
     for key, value in results.items():
@@ -140,11 +136,10 @@ def test_losses_stay_exact_when_the_features_are_far_from_zero_mean():
 
 def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypatch):
     # 70 000 samples: batch_orders uses shuffle.permutation, the kernel prefetches rows.
-    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
     data = make_synthetic_regression(num_samples=70_000, num_features=5)
     sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
     results = [
-        params(train(data, sgd, engine=engine, batch_size=1000, epochs=2)[0])
+        params(train(data, sgd, engine=engine, batch_size=1000, epochs=2, compiled="true")[0])
         for engine in ("autograd", "analytic")
     ]
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
@@ -153,50 +148,32 @@ def test_engines_agree_at_large_n_with_the_cached_shuffle_and_prefetch(monkeypat
 @pytest.mark.parametrize("sgd", SGD_VARIANTS, ids=str)
 def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch):
     # The parallel loop large data takes, forced onto small data.
-    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
     monkeypatch.setattr(analytic, "_PARALLEL_MIN_BYTES", 0)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert analytic._kernel_threads(1, 500) == 2
+        two = analytic.kernels().usable_threads(2)
+        assert analytic._kernel_threads(1, 500) == two
         assert analytic._kernel_threads(1, 16) == 1  # small batches stay on one thread
-        # Beyond the caches a thread's share of a batch may be smaller.
-        assert analytic._kernel_threads(1 << 27, 32) == 2
-        assert analytic._kernel_threads(1 << 26, 32) == 1
         data = make_synthetic_regression(num_samples=6000, num_features=5)
         optimizer = functools.partial(torch.optim.SGD, **sgd)
         results = [
-            params(train(data, optimizer, engine=engine, batch_size=500, epochs=2)[0])
-            for engine in ("autograd", "analytic")
+            params(train(data, optimizer, engine=e, batch_size=500, epochs=2, compiled="true")[0])
+            for e in ("autograd", "analytic")
         ]
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
 
 
-def test_more_threads_than_cores_train_the_same_parameters():
-    # Waiting threads yield their core to the ones they wait for (not spin out a time slice).
-    from linreg_lab.training.thread_team import sgd_steps_on_threads
-
-    data = make_synthetic_regression(num_samples=20_000, num_features=5)
-    X, y = analytic.compiled_arrays(data.X, data.y)
-    order = permutation(20_000, seed=1)
-    thetas = []
-    for threads in (1, (os.cpu_count() or 1) + 2):
-        theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-        sgd_steps_on_threads(
-            X, y, order, 0, 20_000, 64, theta, buf, False, 0.05, 0.5, 0, 0, 0, threads
-        )
-        thetas.append(theta)
-    np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(thetas[0][:5], data.true_w.numpy(), atol=0.01)
-
-
 def _train_on_two_threads(X, y, order):
-    from linreg_lab.training.thread_team import sgd_steps_on_threads
+    from linreg_lab.engines import kernels
 
+    kernels.set_threads(2)
     theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-    sgd_steps_on_threads(X, y, order, 0, len(order), 500, theta, buf, False, 0.05, 0, 0, 0, 0, 2)
+    kernels.sgd_steps_parallel(
+        X, y, order, 0, len(order), 500, theta, buf, False, 0.05, 0, 0, 0, False, 2
+    )
     return theta
 
 
@@ -205,11 +182,16 @@ def _check_trains_equal(X, y, order, expected):
 
 
 def test_a_forked_process_trains_on_threads_of_its_own():
-    # A forked child inherits the parent's thread pool object but none of its threads.
+    # A forked child (a launcher's worker) inherits numba's thread pool, not its threads.
     data = make_synthetic_regression(num_samples=5000, num_features=5)
     X, y = analytic.compiled_arrays(data.X, data.y)
     order = permutation(5000, seed=2)
     expected = _train_on_two_threads(X, y, order)  # the parent's pool now exists
+    serial, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    analytic.kernels().sgd_steps(
+        X, y, order, 0, 5000, 500, serial, buf, False, 0.05, 0, 0, 0, False, True
+    )
+    np.testing.assert_allclose(expected, serial, rtol=1e-5, atol=1e-6)  # the same steps
     fork = multiprocessing.get_context("fork")
     child = fork.Process(target=_check_trains_equal, args=(X, y, order, expected))
     child.start()
@@ -219,109 +201,19 @@ def test_a_forked_process_trains_on_threads_of_its_own():
     assert child.exitcode == 0
 
 
-def test_a_failing_thread_stops_its_team_and_its_error_reaches_the_caller(monkeypatch):
-    from linreg_lab.training import sgd_kernels
-    from linreg_lab.training.thread_team import sgd_steps_on_threads
-
-    real = sgd_kernels.sgd_steps_share
-
-    def failing_for_thread_2(*args):
-        if args[14] == 2:  # the thread argument
-            raise RuntimeError("thread 2 failed")
-        return real(*args)
-
-    monkeypatch.setattr(sgd_kernels, "sgd_steps_share", failing_for_thread_2)
-    data = make_synthetic_regression(num_samples=5000, num_features=5)
-    X, y = analytic.compiled_arrays(data.X, data.y)
-    order = permutation(5000, seed=3)
-    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-    threads_before = threading.active_count()
-    with pytest.raises(RuntimeError, match="thread 2 failed"):
-        sgd_steps_on_threads(X, y, order, 0, 5000, 500, theta, buf, False, 0.05, 0, 0, 0, 0, 3)
-    assert threading.active_count() == threads_before  # threads 0 and 1 left the barrier
-    assert not theta.any()  # and applied no half-summed gradient
-
-
-def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():
-    from linreg_lab.training.sgd_kernels import sgd_steps_share
-
-    data = make_synthetic_regression(num_samples=2000, num_features=5)
-    X, y = analytic.compiled_arrays(data.X, data.y)
-    order = np.arange(2000, dtype=np.int32)
-    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-    shares = np.zeros((2, 2, 32), np.float32)
-    arrivals = np.array([0, 1], np.int64)  # thread 1 never comes, and says so
-    hyper = (0.01, 0.0, 0.0, 0.0, False)
-    loss, _ = sgd_steps_share(
-        X, y, order, 0, 2000, 100, theta, buf, False, *hyper, 0, 2, shares, arrivals
-    )
-    assert arrivals[0] == 1 and np.isnan(loss)  # thread 0 left at the first barrier
-    assert not theta.any()  # and applied no half-summed gradient
-
-
-def test_batch_orders_are_permutations_reproducible_from_the_seed():
-    for n in (10, 1 << 16, 300_000):  # torch.randperm below 2^16, shuffle.permutation above
-        first = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
-        again = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
-        assert all(torch.equal(torch.sort(o).values, torch.arange(n)) for o in first)
-        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-        assert not torch.equal(first[0], first[1])
-
-
-def test_seeded_orders_are_batch_orders_of_a_fresh_generator():
-    # fit() takes its orders here: kept for small runs, drawn afresh for large ones.
-    for n, shuffle in [(1000, True), (1000, False), (70_000, True)]:
-        expected = list(batch_orders(n, 3, shuffle, torch.Generator().manual_seed(7)))
-        for _ in range(2):  # the second call of a small run is served from the cache
-            got = list(seeded_orders(n, 3, shuffle, 7))
-            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-    assert seeded_orders(1000, 3, True, 7) is seeded_orders(1000, 3, True, 7)
-    assert not torch.equal(seeded_orders(1000, 3, True, 8)[0], seeded_orders(1000, 3, True, 7)[0])
-
-
-def test_cached_shuffle_is_uniform():
-    counts = Counter(tuple(permutation(4, seed)) for seed in range(24_000))
-    assert len(counts) == 24 and all(800 < c < 1200 for c in counts.values())
-    # Many buckets: where index 0 lands is uniform over the positions.
-    n = 1 << 17
-    positions = [int(np.flatnonzero(permutation(n, seed) == 0)[0]) for seed in range(400)]
-    assert 0.4 * n < np.mean(positions) < 0.6 * n
-
-
-def test_a_failing_callback_still_leaves_the_trained_parameters_in_the_model():
-    data = make_synthetic_regression()
-    model = init_linear(torch.nn.Linear(3, 1))
-
-    def stop(epoch, loss, w, b):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(model, functools.partial(torch.optim.SGD, lr=0.03), data, TrainerSettings(), stop)
-    assert torch.linalg.vector_norm(params(model)[:3] - data.true_w) < 0.1
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("engine", ["analytic", "autograd"])
-def test_cuda_matches_cpu(engine):
-    data = make_synthetic_regression(num_samples=5000, num_features=5)
-    sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
-    cpu, _, _ = train(data, sgd, engine=engine, device="cpu", batch_size=100)
-    gpu, _, used = train(data, sgd, engine=engine, device="cuda", batch_size=100)
-    assert used == engine and gpu.weight.device.type == "cuda"
-    torch.testing.assert_close(params(gpu).cpu(), params(cpu), rtol=1e-4, atol=1e-5)
-
-
 def test_short_runs_skip_loading_the_compiled_kernel():
     cpu = torch.device("cpu")
     assert analytic.uses_blas(torch.device("cuda"), 10**9, 10**12)
     assert not analytic.uses_blas(cpu, analytic._KERNEL_LOAD_IN_STEPS, 1000)
     assert not analytic.uses_blas(cpu, 10_000, 10**7 * 101)  # one epoch at N 10^7, D 100
-    loaded = analytic._KERNEL_MODULE in sys.modules  # once loaded, every run uses it
+    loaded = analytic._kernels_loaded  # once loaded, every run uses it
     assert analytic.uses_blas(cpu, 300, 12_000) is not loaded  # the default experiment
+    assert analytic.uses_blas(cpu, 10**9, 10**12, compiled="false")
+    assert not analytic.uses_blas(cpu, 300, 12_000, compiled="true")
 
 
 def test_a_large_run_after_a_small_one_gets_the_machines_threads_back():
-    from linreg_lab.training import settings
+    from linreg_lab.engines import settings
 
     before = torch.get_num_threads()
     trainer = TrainerSettings()
@@ -335,8 +227,8 @@ def test_a_large_run_after_a_small_one_gets_the_machines_threads_back():
 
 
 def test_divergence_is_caught_when_float32_overflows_before_the_float64_loss():
-    from linreg_lab.training.evaluate import least_squares
-    from linreg_lab.training.monitor import Diverged, EpochMonitor
+    from linreg_lab.engines.least_squares import least_squares
+    from linreg_lab.engines.monitor import Diverged, EpochMonitor
 
     data = make_synthetic_regression(num_samples=100)
     monitor = EpochMonitor(data, least_squares(data.X, data.y))
@@ -356,47 +248,38 @@ def test_the_cached_shuffle_does_not_depend_on_the_thread_count():
     assert not np.array_equal(permutation(70_000, 11), permutation(70_000, 12))
 
 
-def test_large_runs_preload_the_compiled_shuffle_beside_the_data():
-    from linreg_lab.training import preload, shuffle
-
-    assert preload.compiled_shuffle_in_background(1000, True) is None
-    assert preload.compiled_shuffle_in_background(1 << 20, False) is None
-    thread = preload.compiled_shuffle_in_background(1 << 20, True)
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    # the int32 orders of a real run find their machine code loaded
-    assert any(sig[0].dtype.name == "int32" for sig in shuffle._scatter_shuffle.signatures)
-
-
 def test_the_kept_dataset_is_freed_before_a_different_one_is_built(monkeypatch):
     """Even when a finished job's frames still hold it in a reference cycle."""
     import weakref
 
     from omegaconf import OmegaConf
 
-    from linreg_lab import dataset_cache
+    from linreg_lab.sweep import reuse
 
     def cfg(num_samples):
         return OmegaConf.create({"dataset": {"num_samples": num_samples, "seed": 0}})
 
-    monkeypatch.setattr(dataset_cache, "_COLLECT_MIN_BYTES", 0)  # large data only, in use
-    data = make_synthetic_regression(num_samples=1000)
-    first = dataset_cache.key_of(cfg(1000), "auto")
-    dataset_cache.keep(first, data, least_squares(data.X, data.y))
-    cycle = {"data": data}
+    def build(cfg, trainer):
+        data = make_synthetic_regression(num_samples=cfg.dataset.num_samples)
+        return data, least_squares(data.X, data.y)
+
+    monkeypatch.setattr(reuse, "_COLLECT_MIN_BYTES", 0)  # large data only, in use
+    kept = reuse.DataReuse()
+    first, again = kept.get(cfg(1000), TrainerSettings(), build), None
+    x = weakref.ref(first[0].X)
+    cycle = {"data": first}
     cycle["self"] = cycle  # what a caught exception's traceback frames do
-    x = weakref.ref(data.X)
-    del data, cycle
-    assert dataset_cache.kept(first) is not None  # the same config: reused
-    assert dataset_cache.kept(dataset_cache.key_of(cfg(1000), 2)) is None  # threads differ
+    del first, cycle
+    again = kept.get(cfg(1000), TrainerSettings(), lambda *_: pytest.fail("built again"))
+    assert again[0].X is x()  # the same config: reused
+    del again
+    kept.get(cfg(1000), TrainerSettings(threads=2), build)  # threads differ: built anew
     assert x() is None
-    assert dataset_cache.kept(first) is None
 
 
 def test_targets_packed_beside_the_features_train_as_separate_arrays(monkeypatch):
     from linreg_lab.data import packed_rows
 
-    monkeypatch.setattr(analytic, "_FORCE_PATH", "compiled")
     data = make_synthetic_regression(num_samples=5000, num_features=7)
     rows = packed_rows(data.X, data.y)
     assert rows is not None and rows.shape == (5000, 8) and rows.flags.c_contiguous
@@ -405,7 +288,7 @@ def test_targets_packed_beside_the_features_train_as_separate_arrays(monkeypatch
     assert packed_rows(X, y) is None and packed_rows(data.X[:, 1:], data.y) is None
     fitted = []
     for features, targets in ((data.X, data.y), (X, y)):
-        settings = TrainerSettings(epochs=2, batch_size=16, seed=5)
+        settings = TrainerSettings(epochs=2, batch_size=16, seed=5, compiled="true")
         torch.manual_seed(0)
         model = init_linear(torch.nn.Linear(7, 1))
         sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from linreg_lab.launcher.grouping import group_jobs
+from linreg_lab.sweep.grouping import group_jobs
 from tests.test_config import make
 
 pytestmark = pytest.mark.slow
@@ -81,20 +81,18 @@ def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
     import torch
 
     from linreg_lab.data import make_synthetic_regression
+    from linreg_lab.engines import analytic, fit, sgd_hyper, vectorized
+    from linreg_lab.engines.orders import batch_orders
+    from linreg_lab.engines.settings import TrainerSettings
+    from linreg_lab.engines.vectorized import train_vectorized
     from linreg_lab.model import init_linear
-    from linreg_lab.training import analytic, vectorized
-    from linreg_lab.training.engine import fit, sgd_hyper
-    from linreg_lab.training.settings import TrainerSettings, batch_orders
-    from linreg_lab.training.vectorized import train_vectorized
 
-    monkeypatch.setattr(analytic, "_FORCE_PATH", path.removesuffix("-threads"))
+    compiled = "false" if path == "blas" else "true"
     if path == "compiled-threads":  # the models split between two threads (2 and 3 models)
-        import numba
-
-        two = min(2, numba.config.NUMBA_NUM_THREADS)
+        two = analytic.kernels().usable_threads(2)
         monkeypatch.setattr(vectorized, "_model_threads", lambda models, work: two)
     data = make_synthetic_regression(num_samples=3000, num_features=4)
-    settings = TrainerSettings(epochs=2, batch_size=7, seed=3)
+    settings = TrainerSettings(epochs=2, batch_size=7, seed=3, compiled=compiled)
     optimizers = [
         functools.partial(torch.optim.SGD, lr=0.01),
         functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.01),
@@ -117,6 +115,7 @@ def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
         theta, [sgd_hyper(o) for o in optimizers], data.X, data.y,
         batch_orders(3000, 2, True, torch.Generator().manual_seed(settings.seed)),
         settings.batch_size, lambda epoch, losses, th: epochs_seen.append(epoch), settings.epochs,
+        compiled,
     )  # fmt: skip
     assert epochs_seen == [1, 2]
     for k, expected in enumerate(separate[:-1]):

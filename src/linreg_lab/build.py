@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from linreg_lab.data import RegressionData
-from linreg_lab.tracking.store import TrackingSettings
-from linreg_lab.training.engine import choose_engine
-from linreg_lab.training.settings import TrainerSettings
+from linreg_lab.engines import choose_engine
+from linreg_lab.engines.settings import TrainerSettings
+from linreg_lab.tracking import TrackingSettings
 
 
 def plain_config(cfg: DictConfig) -> dict:

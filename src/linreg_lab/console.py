@@ -83,20 +83,9 @@ def browse_command(tracking) -> str:
 def job_line(job: str, outcome) -> None:
     """One line per finished sweep job: no bars interleaving between parallel workers.
 
-    A run the MLflow helper has not created yet gets its line from the helper, once it has:
-    the sweep goes on meanwhile.
+    Printed by the MLflow helper once it has created the run (it knows the id): the sweep goes
+    on meanwhile.
     """
     loss = outcome.metrics.get("train/loss", float("nan"))
-    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {RUN_ID}"
-    if outcome.store is not None:
-        outcome.store.post(print_with_run_id, line, outcome.run_ref)
-    else:
-        print_with_run_id(None, line, outcome.run_id)
-
-
-RUN_ID = "{run_id}"
-
-
-def print_with_run_id(client, line: str, run_id: str) -> None:
-    """Print line with RUN_ID replaced (in the MLflow helper, which knows the id)."""
-    print(line.replace(RUN_ID, run_id), flush=True)
+    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {{run_id}}"
+    outcome.run.store.announce(line, outcome.run)

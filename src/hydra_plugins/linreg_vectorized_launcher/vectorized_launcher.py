@@ -18,7 +18,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from linreg_lab.interrupts import Interrupted, exit_code_for
+from linreg_lab.signals import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,11 @@ class VectorizedLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        from linreg_lab.launcher.compose_once import compose_each_job_once
-
-        compose_each_job_once(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from linreg_lab.launcher.grouping import group_jobs
+        from linreg_lab.sweep.grouping import group_jobs
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -78,9 +75,9 @@ class VectorizedLauncher(Launcher):
             if len(group) > 1:
                 try:
                     task = self._replay(group, configs, job_overrides)
-                except (KeyboardInterrupt, Interrupted) as error:
+                except Interrupted as error:
                     # As a single job's task exits: the group's runs already ended KILLED.
-                    sys.exit(exit_code_for(error))
+                    sys.exit(error.exit_code)
             for index in group:
                 returns[index] = run_job(
                     hydra_context=self.hydra_context,
@@ -95,14 +92,18 @@ class VectorizedLauncher(Launcher):
     @staticmethod
     def _replay(group, configs, job_overrides) -> TaskFunction:
         """Train the group now; each job's task then reports its own share of the result."""
-        from linreg_lab import console
-        from linreg_lab.launcher.group_run import train_group
+        from linreg_lab import build, console, sweep
+        from linreg_lab.config.errors import exit_on_user_error
+        from linreg_lab.experiment.group import train_group
 
         members = [configs[index] for index in group]
         overrides = [list(job_overrides[index]) for index in group]
-        outcomes = {
-            id(cfg): outcome for cfg, outcome in zip(members, train_group(members, overrides))
-        }
+        with exit_on_user_error():
+            job = sweep.job(build.tracking(members[0]))
+            arguments = {} if job is None else job.run_arguments()
+            arguments.pop("wait", None)
+            trained = train_group(members, overrides, **arguments)
+        outcomes = {id(cfg): outcome for cfg, outcome in zip(members, trained)}
         by_number = {cfg.hydra.job.num: outcomes[id(cfg)] for cfg in members}
 
         def report(cfg: DictConfig) -> float:

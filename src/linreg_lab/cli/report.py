@@ -30,10 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from linreg_lab.cli.errors import exit_on_user_error
+    from linreg_lab.config.errors import exit_on_user_error
     from linreg_lab.tracking import report
-    from linreg_lab.tracking.run import TAG_SWEEP
     from linreg_lab.tracking.store import TrackingError
+    from linreg_lab.tracking.tags import TAG_SWEEP
 
     with exit_on_user_error("linreg-report"):
         client = _open(args.uri)

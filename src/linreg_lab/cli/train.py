@@ -8,53 +8,55 @@ linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib
 
 from __future__ import annotations
 
-import atexit
+import math
 import os
-import signal
 import sys
 import threading
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from linreg_lab import signals
 
-from linreg_lab.config.schema import register_schemas
-from linreg_lab.paths import CONF_DIR, PROJECT_ROOT
-from linreg_lab.tracking import sweep
+# Before anything slow is imported: a Ctrl-C during start-up is a stop request, not a traceback.
+signals.record_signals()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from linreg_lab.paths import CONF_DIR, PROJECT_ROOT  # noqa: E402
 
 OmegaConf.register_new_resolver("linreg.root", lambda: str(PROJECT_ROOT), replace=True)
-register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def train(cfg: DictConfig) -> float:
-    from linreg_lab import console
-    from linreg_lab.cli.errors import exit_on_user_error
+    from linreg_lab import build, console, sweep
+    from linreg_lab.config.errors import exit_on_user_error
     from linreg_lab.experiment import run_experiment
-    from linreg_lab.interrupts import Interrupted, exit_code_for
-    from linreg_lab.tracking.run import FINISHED
+    from linreg_lab.tracking import FINISHED
 
     hydra_cfg = HydraConfig.get()
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    if in_sweep and sweep.in_worker_process():
+    with exit_on_user_error():
+        job = sweep.job(build.tracking(cfg)) if hydra_cfg.mode.name == "MULTIRUN" else None
+    if job is not None and not job.in_sweep_process:
         # Ctrl-C reaches the whole process group; the sweep's process decides and stops us.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if in_sweep and sweep.stop_requested():
-        print(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted", flush=True)
-        sys.exit(130)
+        signals.ignore(signals.signal.SIGINT)
+    if signals.stop_requested():  # before the run exists: nothing to record
+        if job is not None:
+            print(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted", flush=True)
+        if job is None or job.in_sweep_process:
+            sys.exit(128 + (signals.received() or signals.signal.SIGTERM))
+        return math.inf
     # Unresolved: an override may hold an ${...} that names nothing (validation says so).
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    arguments = job.run_arguments() if job is not None else {}
     try:
         with exit_on_user_error():
-            outcome = run_experiment(cfg, overrides, quiet=in_sweep)
-    except (KeyboardInterrupt, Interrupted) as error:
-        if in_sweep and sweep.in_worker_process():
-            # A pool worker (joblib's) would take this exit for the job's result and wait for
-            # the next job, while the sweep's process waits for it to end.
-            _exit_now(exit_code_for(error), teardown=False)
-        sys.exit(exit_code_for(error))  # the run already ended KILLED
-    if in_sweep:
+            outcome = run_experiment(cfg, overrides, quiet=job is not None, **arguments)
+    except signals.Interrupted as error:  # the run ended KILLED
+        if job is not None and not job.in_sweep_process:
+            return math.inf  # a worker: its sweep's process decides how the sweep ends
+        sys.exit(error.exit_code)
+    if job is not None:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
     elif outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
         sys.exit(1)
@@ -67,30 +69,36 @@ _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", 
 
 
 def main() -> None:
-    if _NO_RUN_FLAGS.isdisjoint(sys.argv[1:]):
-        from linreg_lab.tracking import service
+    from linreg_lab import sweep
+    from linreg_lab.tracking import helper
 
-        service.start()  # MLflow's imports run beside Hydra's and torch's
+    if _NO_RUN_FLAGS.isdisjoint(sys.argv[1:]):
+        helper.helper()  # MLflow's imports run beside Hydra's and torch's
     try:
         train()
         code = 0
     except SystemExit as exit:
         code = exit.code
-    _exit_now(code)
+    # This process owns the sweep and the helper: end them, whatever ended the command.
+    sweep.finish("the sweep stopped before its end")
+    helper.close()
+    received = signals.received()
+    if received is not None and code in (0, 1, None):  # launchers turn a stop into an error
+        code = 128 + received
+    _exit(code)
 
 
-def _exit_now(code, teardown: bool = True) -> None:
+def _exit(code) -> None:
     """Exit as sys.exit(code) would, minus the interpreter's teardown of torch, numba and
-    matplotlib (~0.7 s that nobody waits for): exit handlers run, output is flushed.
+    matplotlib (~0.7 s that nobody waits for): everything of ours has ended by now.
 
-    teardown=False: even when other threads run (a pool worker's), which the teardown stops.
+    With other threads running (joblib's executor) the teardown stops them: sys.exit then.
     """
-    if teardown and threading.active_count() > 1:  # e.g. joblib's executor: it must stop
+    if threading.active_count() > 1:
         sys.exit(code)
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
-    atexit._run_exitfuncs()  # the runs' ends and MLflow's helper are waited for here
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)

@@ -1,7 +1,10 @@
-"""Value checks on the composed config, run before anything is created.
+"""Checks on the composed config, run before anything is created.
 
-Types are already enforced by the schemas; these catch values a type cannot express. Each
-failure is one line: the setting, the value given, what is allowed.
+The YAML files in conf/ are the one source of every default. Types come from the targets
+themselves: each key of a node with a `_target_` must be an argument of that target, with a
+value its signature's annotation accepts (torch.optim's own, TrainerSettings' fields, ...). The
+value checks below catch what a type cannot express. Each failure is one line: the setting,
+the value given, what is allowed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from linreg_lab.engines.settings import COMPILED, DEVICES, ENGINES
 
 # Instantiation is limited to these modules: a config file cannot run arbitrary code.
 ALLOWED_TARGET_PREFIXES = ("torch.nn.", "torch.optim.", "linreg_lab.")
@@ -44,74 +49,136 @@ def _number(cfg: DictConfig, key: str, low: float, *, strict: bool, integer: boo
         _fail(key, value, f"must be {kind} {'>' if strict else '>='} {low:g}")
 
 
-def check_targets(cfg: DictConfig, path: str = "") -> None:
-    """Every _target_ in cfg must name something in torch.nn, torch.optim or linreg_lab."""
-    for key, node in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
-        full_key = f"{path}.{key}" if path else str(key)
-        if key == "_target_" and not str(node).startswith(ALLOWED_TARGET_PREFIXES):
-            _fail(
-                full_key, node, "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated"
-            )
-        elif isinstance(node, DictConfig):
-            check_targets(node, full_key)
-
-
-def check_arguments(cfg: DictConfig, path: str = "") -> None:
-    """Every key of a node with a _target_ must be an argument its target takes.
-
-    The schemas refuse a misspelled key, but not one added with `+` (`+optimizer.lrr=0.1`),
-    which would otherwise fail as a TypeError once the run has started. A target is imported
-    only for keys its schema does not list (torch.optim alone takes ~1 s to import).
-    """
-    if not isinstance(cfg, DictConfig):
-        return
-    target = cfg.get("_target_") if "_target_" in cfg else None
-    keys = [str(k) for k in cfg.keys() if not str(k).startswith("_")]
-    if target is not None and not set(keys) <= _schema_arguments().get(str(target), set()):
-        accepted = _arguments_of(str(target))
-        for key in keys:
-            if accepted is not None and key not in accepted:
-                full_key = f"{path}.{key}" if path else key
+def check_targets(node, path: str = "") -> None:
+    """Every _target_ in node (a plain, unresolved container) must name something in torch.nn,
+    torch.optim or linreg_lab."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            full_key = f"{path}.{key}" if path else str(key)
+            if key == "_target_" and not str(value).startswith(ALLOWED_TARGET_PREFIXES):
                 _fail(
-                    full_key, cfg._get_node(key)._value(),  # unresolved: it may be ??? or ${..}
-                    f"{target} takes no argument {key!r}; it takes {', '.join(sorted(accepted))}",
+                    full_key, value,
+                    "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated",
                 )  # fmt: skip
-    for key in cfg.keys():
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig):
-            check_arguments(node, f"{path}.{key}" if path else str(key))
+            check_targets(value, full_key)
+
+
+def check_arguments(node, path: str = "") -> None:
+    """Every key of a node with a _target_ must be an argument its target takes, with a value
+    of the type the target declares (its signature's annotations).
+
+    A key the target does not take would otherwise fail as a TypeError once the run has
+    started; node is the plain config, unresolved (a value may be ??? or ${...})."""
+    if not isinstance(node, dict):
+        return
+    target = node.get("_target_")
+    if target is not None:
+        _check_node(str(target), node, path)
+    for key, value in node.items():
+        check_arguments(value, f"{path}.{key}" if path else str(key))
+
+
+def _check_node(target: str, node: dict, path: str) -> None:
+    signature = _signature_of(target)
+    if signature is None:  # not importable, or no signature: instantiation will say so
+        return
+    accepted, hints = signature
+    keys = [str(k) for k in node if not str(k).startswith("_")]
+    unknown = [k for k in keys if accepted is not None and k not in accepted]
+    if unknown:
+        where = f"{path}." if path else ""
+        removal = " ".join(f"~{where}{k}" for k in unknown)
+        _fail(
+            f"{where}{unknown[0]}", node[unknown[0]],
+            f"{target} takes no argument {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(sorted(accepted))} (remove with {removal})",
+        )  # fmt: skip
+    for key in keys:
+        value = node[key]
+        if key in hints and not _unresolved(value) and not _accepts(hints[key], value):
+            full_key = f"{path}.{key}" if path else key
+            _fail(full_key, value, f"{target} takes {_describe(hints[key])} for {key!r}")
+
+
+def _unresolved(value) -> bool:
+    return isinstance(value, str) and (value == "???" or "${" in value)
 
 
 @functools.cache
-def _schema_arguments() -> dict[str, set[str]]:
-    """The arguments each schema's target is known to take (its fields), by target."""
-    from dataclasses import fields
-
-    from linreg_lab.config.schema import SCHEMAS
-
-    known: dict[str, set[str]] = {}
-    for schema in SCHEMAS.values():
-        names = {f.name for f in fields(schema) if not f.name.startswith("_")}
-        known.setdefault(schema._target_, set()).update(names)
-    return known
-
-
-def _arguments_of(target: str) -> set[str] | None:
-    """The keyword arguments target accepts; None when it takes any (**kwargs) or cannot say."""
+def _signature_of(target: str):
+    """(the keyword arguments target accepts, or None for **kwargs; their annotations), or None
+    when target cannot be imported or inspected."""
     import inspect
+    import typing
 
     from hydra.utils import get_object
 
     try:
-        parameters = inspect.signature(get_object(target)).parameters.values()
-    except Exception:  # not importable, or no signature: instantiation will say so itself
+        function = get_object(target)
+        parameters = inspect.signature(function).parameters.values()
+    except Exception:
         return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    positional_only = inspect.Parameter.POSITIONAL_ONLY
+    try:
+        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
+    except Exception:  # annotations naming what cannot be resolved here: types unchecked
+        hints = {}
     # An optimizer's params are the model's, given when it is built: never a setting.
     given = {"self", "params"} if target.startswith("torch.optim.") else {"self"}
-    return {p.name for p in parameters if p.kind is not positional_only and p.name not in given}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        accepted = None
+    else:
+        accepted = {
+            p.name for p in parameters
+            if p.kind is not inspect.Parameter.POSITIONAL_ONLY and p.name not in given
+        }  # fmt: skip
+    return accepted, {k: v for k, v in hints.items() if k not in given and k != "return"}
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether a YAML value (None, bool, int, float, str, list or dict) fits annotation."""
+    import types
+    import typing
+
+    if annotation is typing.Any or isinstance(value, dict):  # a dict: a nested config
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(option, value) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and len(args) > 1:
+            return len(value) == len(args) and all(map(_accepts, args, value))
+        return not args or all(_accepts(args[0], v) for v in value)
+    return False  # a tensor, a callable, a class: no YAML value is one
+
+
+def _describe(annotation) -> str:
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+        names = [_describe(a) for a in typing.get_args(annotation)]
+        return " or ".join(n for n in names if n)
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) in (list, tuple, typing.Sequence):
+        args = typing.get_args(annotation) or (None,)
+        plural = {float: "numbers", int: "integers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], 'values')}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -123,9 +190,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    without_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    check_targets(without_hydra)
-    check_arguments(without_hydra)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw.pop("hydra", None)
+    check_targets(raw)
+    check_arguments(raw)
     _check_dataset(cfg)
     _check_model(cfg)
     _check_optimizer(cfg)
@@ -184,9 +252,13 @@ def _check_trainer(cfg: DictConfig) -> None:
     _number(cfg, "trainer.epochs", 1, strict=False, integer=True)
     _number(cfg, "trainer.batch_size", 1, strict=False, integer=True)
     threads = cfg.trainer.threads
-    if threads != "auto" and not (str(threads).isdigit() and int(threads) >= 1):
-        _fail("trainer.threads", threads, "auto or an integer >= 1")
-    if str(cfg.trainer.device) in ("cuda", "Device.cuda"):
+    if threads != "auto" and not (str(threads).isdigit() and 1 <= int(threads) <= 1024):
+        _fail("trainer.threads", threads, "auto or an integer from 1 to 1024")
+    for key, allowed in (("engine", ENGINES), ("device", DEVICES), ("compiled", COMPILED)):
+        value = str(OmegaConf.select(cfg, f"trainer.{key}", default="auto")).lower()
+        if value not in allowed:
+            _fail(f"trainer.{key}", value, f"one of {', '.join(allowed)}")
+    if str(cfg.trainer.device) == "cuda":
         import torch
 
         if not torch.cuda.is_available():

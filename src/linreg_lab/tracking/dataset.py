@@ -73,8 +73,9 @@ def digest(params: Mapping[str, object]) -> str:
 def dataset_input(spec: Mapping[str, object], data: DataFacts):
     """An mlflow.entities.DatasetInput for the run: name, digest, source, schema and profile."""
     import numpy as np
+    from mlflow.data import from_numpy
+    from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.types import Schema, TensorSpec
 
     if not isinstance(data, DataFacts):
         data = DataFacts.of(data)
@@ -84,23 +85,19 @@ def dataset_input(spec: Mapping[str, object], data: DataFacts):
     if "true_w" in shown and len(shown["true_w"]) > _LISTED_WEIGHTS:
         shown["true_w"] = f"{len(shown['true_w'])} values (see the run's parameters.json)"
     dtype = np.dtype(data.dtype)
-    features = Schema([TensorSpec(dtype, (-1, d), "X")])
-    targets = Schema([TensorSpec(dtype, (-1, 1), "y")])
-    schema = {"mlflow_tensorspec": {"features": features.to_json(), "targets": targets.to_json()}}
-    profile = {
+    # MLflow's own NumPy dataset, on empty arrays of the data's shape: its name, schema and
+    # source as MLflow writes them, without sending the data to this process.
+    entry = from_numpy(
+        np.empty((0, d), dtype), targets=np.empty((0, 1), dtype),
+        source=CodeDatasetSource(tags=shown), name=f"synthetic-D{d}-N{n}", digest=digest(params),
+    ).to_dict()  # fmt: skip
+    entry["profile"] = json.dumps({
         "num_rows": n,
         "features_shape": [n, d],
         "targets_shape": [n, 1],
         "features_nbytes": data.features_nbytes,
-    }
-    dataset = Dataset(
-        name=f"synthetic-D{d}-N{n}",
-        digest=digest(params),
-        source_type=SOURCE_TYPE,
-        source=json.dumps({"tags": shown}),
-        schema=json.dumps(schema),
-        profile=json.dumps(profile),
-    )
+    })  # fmt: skip
+    dataset = Dataset(**entry)
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", CONTEXT)])
 
 
@@ -111,11 +108,10 @@ def log_dataset(client, run_id: str, spec: Mapping[str, object], data: DataFacts
         try:
             client.log_inputs(run_id, datasets=[entry])
             break
-        except Exception as error:
-            # Parallel jobs on one sqlite store race to insert the same dataset row; the
-            # loser's retry finds the row and links to it.
-            duplicate = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
-            if attempt == 2 or not any(text in str(error) for text in duplicate):
+        except Exception:
+            # Parallel jobs on one store race to insert the same dataset row; the loser's
+            # retry finds the row and links to it. Any other error fails again.
+            if attempt == 2:
                 raise
             time.sleep(0.05 * (attempt + 1))
     return entry.dataset.digest

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from linreg_lab.tracking import writes
-from linreg_lab.tracking.run import FAILED, TAG_HOST, TAG_PID
+from linreg_lab.tracking import records
+from linreg_lab.tracking.tags import FAILED, TAG_HOST, TAG_PID
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
     from mlflow import MlflowClient
@@ -41,7 +41,7 @@ def close_dead_runs(client: MlflowClient, runs: list[Run], status: str, why: str
         if not pid.isdigit() or owner_alive(int(pid), run.info.start_time):
             continue
         reason = f"process {pid} on {host} ended without closing this run ({why})"
-        writes.end_run(client, run.info.run_id, status, reason)
+        records.end_run(client, run.info.run_id, status, reason)
         closed.append(run.info.run_id)
     return closed
 

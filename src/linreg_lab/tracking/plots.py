@@ -4,8 +4,8 @@ matplotlib is imported only here, when plotting (it costs ~0.5 s). Figures are b
 matplotlib.figure.Figure rather than pyplot: they render through Agg without switching the
 caller's backend (a notebook keeps its own) and need no closing.
 
-The plots are drawn from PlotInputs, plain numbers: by the MLflow helper process when it is idle
-(the training process goes on to the next job), else by the training process itself.
+The plots are drawn from PlotInputs, plain numbers, by the MLflow helper process: the training
+process goes on to the next job meanwhile.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from linreg_lab.tracking import records
 
 LOSS_PLOT = "plots/loss.png"
 PARAMETERS_PLOT = "plots/parameters.png"
@@ -233,27 +234,6 @@ def figures(inputs: PlotInputs) -> dict[str, object]:
     return _draw_all(inputs, lambda key, layout, *args: layout(*args))
 
 
-# png_images draws every run on one kept figure per layout: a figure's renderer remembers the
-# size of every text it laid out (ticks, titles, labels), and building the axes is a third of
-# the work, so a sweep's later runs draw in about half the time. Same pixels as a new figure.
-_kept: dict[tuple, object] = {}
-_kept_lock = threading.Lock()
-
-
-def _kept_figure(key: tuple, layout, *args):
-    fig = _kept.get(key)
-    if fig is None:
-        fig = _kept[key] = layout(*args)
-        return fig
-    for ax in fig.axes:
-        for line in list(ax.lines):
-            line.remove()
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-        ax.relim()  # forget the last run's data limits (a new line rescales the view)
-    return fig
-
-
 def warm_up() -> None:
     """Load matplotlib, its fonts and its PNG writer (~0.5 s once), so a first plot is fast."""
     fig = _figure(2.0, 2.0)
@@ -267,11 +247,10 @@ def warm_up() -> None:
 def png_images(inputs: PlotInputs) -> dict[str, bytes]:
     """The figures rendered as PNG bytes, by artifact path."""
     images = {}
-    with _kept_lock:
-        for path, fig in _draw_all(inputs, _kept_figure).items():
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", pil_kwargs=_PNG_OPTIONS)
-            images[path] = buffer.getvalue()
+    for path, fig in figures(inputs).items():
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", pil_kwargs=_PNG_OPTIONS)
+        images[path] = buffer.getvalue()
     return images
 
 
@@ -282,12 +261,10 @@ def log_plots(client, run_id: str, inputs: PlotInputs) -> list[str]:
     """
     if not inputs.history:
         return []
-    from linreg_lab.tracking.writes import log_image_bytes
-
     try:
         drawn = png_images(inputs)
         for path, png in drawn.items():
-            log_image_bytes(client, run_id, png, path)
+            records.log_image_bytes(client, run_id, png, path)
     except Exception as error:  # matplotlib or the artifact store; neither should fail the run
         log.warning("could not log the plots of run %s: %s", run_id, error)
         return []

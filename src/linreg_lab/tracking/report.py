@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from linreg_lab.tracking import writes
-from linreg_lab.tracking.run import FAILED, FINISHED, KILLED, TAG_FAILURE
+from linreg_lab.tracking import records
+from linreg_lab.tracking.tags import FAILED, FINISHED, KILLED, TAG_FAILURE
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
     from mlflow import MlflowClient
@@ -179,7 +179,7 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
     if not log or not rows:
         return rows
     run_id = parent.info.run_id
-    writes.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
+    records.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
     try:
         fig, name = plot(rows, keys)
         if fig is not None:
@@ -190,7 +190,7 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
     if best.status == FINISHED:
         now = int(time.time() * 1000)
         best_metrics = {"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}
-        writes.log_batch(
+        records.log_batch(
             client, run_id,
             metrics=[(key, value, now, 0) for key, value in best_metrics.items()],
             tags=[("linreg.best_run_id", best.run_id), ("linreg.best_run", best.name)],
@@ -219,6 +219,6 @@ def finish_sweep(
     failed = [row for row in rows if row.status != FINISHED]
     if failed and not reason:
         reason = f"{len(failed)} of {len(rows)} runs did not finish"
-    writes.end_run(client, parent_run_id, status, reason)
+    records.end_run(client, parent_run_id, status, reason)
     print(f"MLflow parent run {parent_run_id} ended {status}" + (f": {reason}" if reason else ""))
     return status

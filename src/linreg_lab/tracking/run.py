@@ -1,4 +1,4 @@
-"""One MLflow run as the training process writes it: posted to the helper, always ended."""
+"""A store and its runs as the training process sees them: every write goes to the helper."""
 
 from __future__ import annotations
 
@@ -8,59 +8,100 @@ import socket
 import time
 from collections.abc import Mapping
 
-from linreg_lab.tracking import writes
-from linreg_lab.tracking.service import Store
-from linreg_lab.tracking.tags import TAG_FAILURE, TAG_HOST, TAG_PID, TAG_SWEEP  # noqa: F401
-
-# MLflow's RunStatus names, without importing mlflow here.
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+from linreg_lab.tracking.helper import Handle, helper
+from linreg_lab.tracking.store import TrackingSettings
+from linreg_lab.tracking.tags import TAG_HOST, TAG_PID
 
 
-class RunRecorder:
-    """Writes one run; metrics are buffered and posted at most every flush_seconds."""
+class Store:
+    """One tracking store and experiment. Cheap to make: it holds settings and ids or handles."""
 
-    def __init__(self, store: Store, run_ref: str, flush_seconds: float = 1.0):
-        self.store, self.run_ref = store, run_ref
-        self._run_id: str | None = None
+    def __init__(self, settings: TrackingSettings, experiment: str | Handle):
+        self.settings = settings
+        self._experiment = experiment
+
+    @classmethod
+    def open(cls, settings: TrackingSettings, experiment_id: str | None = None) -> Store:
+        """The store and its experiment (created if missing), opened in the helper while the
+        caller goes on; a failure surfaces at check(). With experiment_id: one opened before."""
+        if experiment_id is not None:
+            helper()  # start this process's helper now: its imports overlap the caller's
+            return cls(settings, experiment_id)
+        handle = helper().new_handle()
+        helper().post("open_experiment", settings, settings, binds=handle)
+        # Runs a dead process left RUNNING on this host are marked FAILED (see orphans.py).
+        helper().post("fail_orphans", settings, handle)
+        return cls(settings, handle)
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id (waits for the helper to have opened it)."""
+        return self._resolve(self._experiment)
+
+    def start_run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | Handle | None = None,
+        flush_seconds: float = 1.0,
+    ) -> Run:
+        """Post the run's creation; the run is returned at once."""
+        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
+        if parent_run_id is not None:
+            tags["mlflow.parentRunId"] = parent_run_id
+        handle = helper().new_handle()
+        started = int(time.time() * 1000)
+        helper().post(
+            "create_run", self.settings, self._experiment, run_name, tags, started, binds=handle
+        )
+        return Run(self, handle, flush_seconds)
+
+    def announce(self, line: str, run: Run | str) -> None:
+        """Print line, with {run_id} as the run's id, once the helper has written what is before."""
+        helper().post("announce", None, line, run.handle if isinstance(run, Run) else run)
+
+    def finish_sweep(self, parent_run_id: str, failure: str | None, interrupted: str | None):
+        """Compare a sweep's children on its parent, then end the parent (waits)."""
+        return helper().call("finish_sweep", self.settings, parent_run_id, failure, interrupted)
+
+    def check(self) -> None:
+        """Raise the first failure of a write posted so far (TrackingError: the user's)."""
+        helper().check()
+
+    def sync(self) -> None:
+        """Wait until everything posted is written; raise the first failure."""
+        helper().call("sync", None)
+
+    def _resolve(self, value: str | Handle) -> str:
+        return helper().call("resolve", None, value) if isinstance(value, Handle) else value
+
+
+class Run:
+    """One run: params, metrics (buffered, posted at most every flush_seconds), artifacts, end."""
+
+    def __init__(self, store: Store, handle: Handle, flush_seconds: float = 1.0):
+        self.store, self.handle = store, handle
+        self._id: str | None = None
         self._pending: list[tuple[str, float, int, int]] = []
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self.has_ended = False
 
-    @classmethod
-    def start(
-        cls,
-        store: Store,
-        experiment_id: str,
-        run_name: str,
-        tags: Mapping[str, str],
-        parent_run_id: str | None = None,
-        flush_seconds: float = 1.0,
-    ) -> RunRecorder:
-        """Post the run's creation; experiment_id and parent_run_id may be references."""
-        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        ref = store.new_ref()
-        started = int(time.time() * 1000)
-        store.mark_run_start()
-        store.post(writes.create_run, ref, experiment_id, run_name, tags, started)
-        return cls(store, ref, flush_seconds)
-
     @property
-    def run_id(self) -> str:
+    def id(self) -> str:
         """The run's MLflow id (waits until the helper has created the run)."""
-        if self._run_id is None:
-            self._run_id = self.store.resolve(self.run_ref)
-        return self._run_id
+        if self._id is None:
+            self._id = self.store._resolve(self.handle)
+        return self._id
+
+    def _post(self, verb: str, *args) -> None:
+        helper().post(verb, self.store.settings, self.handle, *args)
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        items = [(k, str(v)[:6000]) for k, v in params.items()]
-        self.store.post(writes.log_batch, self.run_ref, params=items)
+        self._post("log_batch", [], [(k, str(v)[:6000]) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        items = [(k, str(v)) for k, v in tags.items()]
-        self.store.post(writes.log_batch, self.run_ref, tags=items)
+        self._post("log_batch", [], [], [(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -70,15 +111,23 @@ class RunRecorder:
 
     def flush(self) -> None:
         if self._pending:
-            self.store.post(writes.log_batch, self.run_ref, metrics=self._pending)
+            self._post("log_batch", self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.store.post(writes.log_text, self.run_ref, text, artifact_file)
+        self._post("log_text", text, artifact_file)
 
     def log_json(self, data: object, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2), artifact_file)
+
+    def log_dataset(self, spec: Mapping[str, object], facts) -> None:
+        """The data the run trained on (tracking.dataset.DataFacts) as its dataset input."""
+        self._post("log_dataset", dict(spec), facts)
+
+    def log_plots(self, inputs) -> None:
+        """The run's loss and parameter plots (tracking.plots.PlotInputs), drawn by the helper."""
+        self._post("log_plots", inputs)
 
     def end(self, status: str, failure: str | None = None) -> None:
         """Post what is pending, then the run's end; a failure reason becomes a tag.
@@ -91,4 +140,4 @@ class RunRecorder:
         try:
             self.flush()
         finally:
-            self.store.post(writes.end_run, self.run_ref, status, failure)
+            self._post("end_run", status, failure)

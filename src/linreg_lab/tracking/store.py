@@ -91,7 +91,7 @@ def mlflow_version() -> str:
     return version("mlflow")
 
 
-def experiment_id(client, settings: TrackingSettings) -> str:
+def open_experiment(client, settings: TrackingSettings) -> str:
     """The id of settings.experiment_name, created (with our artifact folder) if missing."""
     experiment = _call(client.get_experiment_by_name, settings, settings.experiment_name)
     if experiment is not None:
@@ -103,7 +103,9 @@ def experiment_id(client, settings: TrackingSettings) -> str:
         return experiment.experiment_id
     artifact_location = None
     db = sqlite_path(settings.uri)
-    if settings.artifact_location and not settings.is_server:
+    if settings.artifact_location and "://" in settings.artifact_location:
+        artifact_location = settings.artifact_location  # a remote store (s3://, gs://, ...)
+    elif settings.artifact_location and not settings.is_server:
         artifact_location = Path(settings.artifact_location).resolve().as_uri()
     elif db is not None:  # keep a store's files together: mlruns/mlflow.db, mlruns/artifacts
         artifact_location = (db.parent / "artifacts").resolve().as_uri()
@@ -115,15 +117,6 @@ def experiment_id(client, settings: TrackingSettings) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def bind_experiment(client, ref: str, settings: TrackingSettings) -> str:
-    """In the MLflow helper: experiment_id, bound to ref for the calls that follow."""
-    from linreg_lab.tracking import service
-
-    found = experiment_id(client, settings)
-    service.bind_ref(ref, found)
-    return found
 
 
 def _check_server(uri: str) -> None:

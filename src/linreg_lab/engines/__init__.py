@@ -1,4 +1,10 @@
-"""Pick the engine for a model and optimizer, and run it with the shared batch order."""
+"""The engines: what trains a model on data, given plain settings.
+
+fit() picks the engine for a model and optimizer (analytic: a linear model under MSE with SGD,
+the gradient in closed form; autograd: anything else) and runs it with the shared batch order
+(orders.py). vectorized.py trains K such models in one pass. kernels.py holds every compiled
+loop. Nothing here knows about configs, MLflow or sweeps.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import torch
 from torch import nn
 
 from linreg_lab.data import RegressionData
+from linreg_lab.engines.analytic import SGDHyper, train_analytic
+from linreg_lab.engines.orders import seeded_orders
+from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import linear_parameters
-from linreg_lab.training.analytic import SGDHyper, train_analytic
-from linreg_lab.training.settings import TrainerSettings, seeded_orders
 
 # on_epoch_end(epoch, last_batch_loss, w, b): w and b are the model's values after the epoch.
 EpochCallback = Callable[[int, float, torch.Tensor, float], None]
@@ -68,12 +75,12 @@ def fit(
     engine = _choose(settings.engine, model, hyper)
     device = settings.torch_device()
     data = data.to(device)
-    # The same seed gives every engine the same orders (cached for small runs: never written to).
+    # The same seed gives every engine the same orders.
     orders = seeded_orders(data.num_samples, settings.epochs, settings.shuffle, settings.seed)
     if engine == "analytic":
         _fit_analytic(model, hyper, data, orders, settings, on_epoch_end)
     else:
-        from linreg_lab.training.autograd_loop import train_autograd
+        from linreg_lab.engines.autograd import train_autograd
 
         def report(epoch: int, last_batch_loss: float) -> None:
             params = linear_parameters(model)
@@ -103,7 +110,9 @@ def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallb
 
     try:
         epochs = settings.epochs
-        train_analytic(theta, hyper, X, data.y, orders, settings.batch_size, report, epochs)
+        train_analytic(
+            theta, hyper, X, data.y, orders, settings.batch_size, report, epochs, settings.compiled
+        )
     finally:  # also when a callback stops training (divergence, Ctrl-C)
         weight.copy_(w)
         bias.copy_(b_slot)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 
 import torch
 from omegaconf import DictConfig
 
-from linreg_lab.experiment import (
+from linreg_lab.engines import sgd_hyper
+from linreg_lab.engines.monitor import Diverged, EpochMonitor
+from linreg_lab.engines.orders import batch_orders
+from linreg_lab.engines.vectorized import train_vectorized
+from linreg_lab.experiment.run import (
+    DataSource,
     Outcome,
     build_model,
     end_quietly,
@@ -19,19 +23,25 @@ from linreg_lab.experiment import (
     record_start,
     set_up,
 )  # fmt: skip
-from linreg_lab.tracking.run import FAILED, FINISHED
-from linreg_lab.training.engine import sgd_hyper
-from linreg_lab.training.monitor import Diverged, EpochMonitor
-from linreg_lab.training.settings import batch_orders
-from linreg_lab.training.vectorized import train_vectorized
+from linreg_lab.tracking import FAILED, FINISHED, Store
 
 ENGINE = "vectorized"
 
 
-def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]]) -> list[Outcome]:
-    """One pass over the shared data for every config; each gets its own run and outcome."""
-    shared = set_up(configs[0])
-    setups = [shared] + [set_up(cfg, shared) for cfg in configs[1:]]
+def train_group(
+    configs: Sequence[DictConfig],
+    overrides: Sequence[Sequence[str]],
+    *,
+    store: Store | None = None,
+    parent_run_id=None,
+    data_source: DataSource | None = None,
+) -> list[Outcome]:
+    """One pass over the shared data for every config; each gets its own run and outcome.
+
+    The configs must share everything but per-model settings (sweep.grouping decides)."""
+    shared = set_up(configs[0], store, parent_run_id, data_source)
+    same = _Same(shared)
+    setups = [shared] + [set_up(cfg, shared.store, parent_run_id, same) for cfg in configs[1:]]
     built = [build_model(setup) for setup in setups]
     models = [model for model, _ in built]
     hypers = [sgd_hyper(factory) for _, factory in built]
@@ -39,8 +49,8 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
     monitors = [
         EpochMonitor(shared.data, shared.optimum, s.tracking.log_weights_up_to) for s in setups
     ]
-    # Metrics wait for the end of the group (or its failure): one log_batch per run.
-    runs = [open_run(s, o, flush_seconds=math.inf) for s, o in zip(setups, overrides)]
+    # Metrics are posted every few seconds, as a single run's are: a crash loses at most those.
+    runs = [open_run(s, o) for s, o in zip(setups, overrides)]
     with ExitStack() as stack:
         statuses = [stack.enter_context(ended(run)) for run in runs]
         for run, setup, job_overrides in zip(runs, setups, overrides):
@@ -71,8 +81,9 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
             torch.Generator().manual_seed(trainer.seed),
         )  # fmt: skip
         train_vectorized(
-            theta, hypers, data.X, data.y, orders, trainer.batch_size, on_epoch_end, trainer.epochs
-        )
+            theta, hypers, data.X, data.y, orders, trainer.batch_size, on_epoch_end,
+            trainer.epochs, trainer.compiled,
+        )  # fmt: skip
         for k, (model, run, setup, monitor, status) in enumerate(
             zip(models, runs, setups, monitors, statuses)
         ):
@@ -81,11 +92,19 @@ def train_group(configs: Sequence[DictConfig], overrides: Sequence[Sequence[str]
                 model.bias.copy_(theta[d:, k])
             status.engine = ENGINE
             if status.status == FINISHED:
-                # The group's runs all end now: the helper draws every other run's plots, this
-                # process the rest, rather than this process nearly all (the helper is behind).
-                record_end(run, setup, model, monitor, ENGINE, draw_here=k % 2 == 1)
+                record_end(run, setup, model, monitor, ENGINE)
     shared.store.check()
     return [
-        Outcome(run.run_ref, status.status, monitor.final, ENGINE, shared.store)
+        Outcome(run, status.status, monitor.final, ENGINE)
         for run, status, monitor in zip(runs, statuses, monitors)
     ]
+
+
+class _Same:
+    """The group's other members train on the first one's data."""
+
+    def __init__(self, first) -> None:
+        self._first = first
+
+    def get(self, cfg, trainer, build):
+        return self._first.data, self._first.optimum

@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from linreg_lab.training.analytic import (
+from linreg_lab import signals
+from linreg_lab.engines.analytic import (
     _WORK_PER_CALL,
     SGDHyper,
     compiled_arrays,
-    compiled_threads,
+    kernels,
     uses_blas,
 )
 
-_KERNEL_MODULE = "linreg_lab.training.vectorized_kernels"
 # Multiply-adds per epoch from which the models are split between threads (a fraction of a
 # second of work: starting the threads costs ~10 us a call).
 _PARALLEL_MIN_EPOCH_WORK = 1 << 24
@@ -39,6 +39,7 @@ def train_vectorized(
     batch_size: int,
     on_epoch_end: GroupCallback,
     epochs: int,
+    compiled: str = "auto",
 ) -> None:
     """Train every column of theta (updated in place) over the batches of each order.
 
@@ -47,7 +48,7 @@ def train_vectorized(
     """
     n, d = X.shape
     work = epochs * n * (d + 1) * theta.shape[1]
-    if uses_blas(X.device, epochs * -(-n // batch_size), work, _KERNEL_MODULE):
+    if uses_blas(X.device, epochs * -(-n // batch_size), work, compiled):
         _train_blas(theta, hypers, X, y, orders, batch_size, on_epoch_end)
     else:
         _train_compiled(theta, hypers, X, y, orders, batch_size, on_epoch_end)
@@ -65,8 +66,7 @@ def per_model_settings(hypers: Sequence[SGDHyper]) -> tuple[np.ndarray, ...]:
 
 
 def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) -> None:
-    from linreg_lab.training import vectorized_kernels
-
+    loops = kernels()
     n, d = X.shape
     k = theta.shape[1]
     rows = np.ascontiguousarray(theta.numpy().T)  # (K, D + 1): each model's weights contiguous
@@ -78,17 +78,16 @@ def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) 
     has_buf = False
     threads = _model_threads(k, n * (d + 1) * k)
     if threads > 1:
-        import numba
-
-        numba.set_num_threads(threads)
-        steps = functools.partial(vectorized_kernels.sgd_steps_many_parallel, threads=threads)
+        loops.set_threads(threads)
+        steps = functools.partial(loops.sgd_steps_many_parallel, threads=threads)
     else:
-        steps = vectorized_kernels.sgd_steps_many
+        steps = loops.sgd_steps_many
     # Whole batches per call, returning to Python often enough for Ctrl-C to act promptly.
     span = max(1, _WORK_PER_CALL // ((d + 1) * k * batch_size)) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
         for begin in range(0, n, span):
+            signals.check()  # a stop request acts between calls
             has_buf = steps(
                 X_np, y_np, order_np, begin, min(begin + span, n), batch_size,
                 rows, buf, has_buf, lr, momentum, keep, weight_decay, nesterov, last_loss,
@@ -102,7 +101,7 @@ def _model_threads(models: int, epoch_work: int) -> int:
     enough to repay starting them, at most one per model."""
     if models < 2 or epoch_work < _PARALLEL_MIN_EPOCH_WORK:
         return 1
-    return min(models, compiled_threads())
+    return min(models, kernels().usable_threads(torch.get_num_threads()))
 
 
 @torch.no_grad()
@@ -138,6 +137,8 @@ def _train_blas(
     for epoch, order in enumerate(orders, start=1):
         order = order.to(X.device)
         for start in range(0, n, batch_size):
+            if start % 4096 < batch_size:
+                signals.check()
             batch = order[start : start + batch_size]
             count = batch.shape[0]
             xb = torch.index_select(X, 0, batch, out=X_batch[:count])

@@ -6,14 +6,13 @@ GPU each step is two BLAS calls into reused buffers.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from linreg_lab import signals
 from linreg_lab.data import packed_rows
 
 # On CPU the compiled loop beat the BLAS path at every shape measured (`make bench`, "paths"
@@ -25,23 +24,28 @@ from linreg_lab.data import packed_rows
 # experiment has 300 steps and 12 000 multiply-adds.
 _KERNEL_LOAD_IN_STEPS = 20_000
 _KERNEL_LOAD_IN_WORK = 1 << 26
-_KERNEL_MODULE = "linreg_lab.training.sgd_kernels"
-# Tests pin a path: "compiled" or "blas".
-_FORCE_PATH: str | None = None
-# Multiply-adds per compiled call: the loop returns to Python this often (~10-50 ms), so Ctrl-C
-# acts promptly.
+# Multiply-adds per compiled call: the loop returns to Python this often (~10-50 ms), so a
+# signal's stop request is acted on promptly.
 _WORK_PER_CALL = 1 << 24
 # Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
 _PREFETCH_MIN_BYTES = 1 << 18
-# Split each batch's rows between torch's threads once X outgrows the L2 caches and each thread's
-# share of a batch repays the threads' meeting after it (~1 us): shuffled rows beyond the L3
-# cache are memory latency bound, and two cores keep twice as many reads in flight. Measured on
-# 2 cores, D 100: beyond the L3 (N 4 x 10^6), 1.8x at batch 32 and 1000, 1.2x at batch 16,
-# slower from batch 10 down; within it (N 25 000 to 10^5), 1.2-1.7x at batch 1000, slower at 32.
-_PARALLEL_MIN_BYTES = 1 << 24
+# Split each batch's rows between torch's threads once X outgrows the L2 caches and batches are
+# large enough to repay numba's parallel region (~5-10 us a batch): shuffled rows beyond the
+# caches are memory latency bound, and two cores keep twice as many reads in flight (N 10^7,
+# D 100, batch 1000: ~1.6x on 2 cores).
+_PARALLEL_MIN_BYTES = 1 << 27
 _PARALLEL_MIN_BATCH = 256
-_UNCACHED_BYTES = 1 << 27
-_PARALLEL_MIN_BATCH_UNCACHED = 32
+COMPILED_CHOICES = ("auto", "true", "false")
+_kernels_loaded = False  # this process has loaded the compiled loops: no load left to repay
+
+
+def kernels():
+    """The compiled loops (linreg_lab.engines.kernels), loaded on first use."""
+    global _kernels_loaded
+    from linreg_lab.engines import kernels as module
+
+    _kernels_loaded = True
+    return module
 
 
 @dataclass(frozen=True)
@@ -55,20 +59,16 @@ class SGDHyper:
     nesterov: bool = False
 
 
-def uses_blas(
-    device: torch.device, total_steps: int, total_work: int, kernel_module: str = _KERNEL_MODULE
-) -> bool:
-    """Whether the BLAS path runs: on GPUs, and for CPU runs too short to repay loading numba.
-
-    total_work: multiply-adds of the whole run, epochs * N * (D + 1); kernel_module: the
-    compiled loop's module (loaded already: no load to repay).
-    """
-    if _FORCE_PATH is not None:
-        return _FORCE_PATH == "blas"
-    if device.type != "cpu":
+def uses_blas(device: torch.device, total_steps: int, total_work: int, compiled="auto") -> bool:
+    """Whether the BLAS path runs: on GPUs, with compiled "false", and for CPU runs too short
+    to repay loading numba (compiled "auto"); total_work: epochs * N * (D + 1) multiply-adds."""
+    compiled = str(compiled).lower()
+    if device.type != "cpu" or compiled == "false":
         return True
+    if compiled == "true":
+        return False
     short = total_steps < _KERNEL_LOAD_IN_STEPS and total_work < _KERNEL_LOAD_IN_WORK
-    return short and kernel_module not in sys.modules
+    return short and not _kernels_loaded
 
 
 def train_analytic(
@@ -80,14 +80,15 @@ def train_analytic(
     batch_size: int,
     on_epoch_end: Callable[[int, float, float], None],
     epochs: int,
+    compiled: str = "auto",
 ) -> None:
     """Train theta = [w, b] (float32, updated in place) for every order in orders.
 
-    on_epoch_end(epoch, last_batch_loss, b) runs after each epoch.
+    on_epoch_end(epoch, last_batch_loss, b) runs after each epoch; compiled: see uses_blas.
     """
     n, d = X.shape
     y = y.view(-1)
-    if not uses_blas(X.device, epochs * -(-n // batch_size), epochs * n * (d + 1)):
+    if not uses_blas(X.device, epochs * -(-n // batch_size), epochs * n * (d + 1), compiled):
         _train_compiled(theta, hyper, X, y, orders, batch_size, on_epoch_end)
         return
     run_epoch = _BlasEpochs(theta, X, y, batch_size, hyper)
@@ -101,8 +102,7 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
 
     Each step is in the kernel; this loop is the whole per-fit overhead, so it stays lean.
     """
-    from linreg_lab.training.sgd_kernels import sgd_steps  # compiles/loads only when used
-
+    loops = kernels()
     n, d = X.shape
     theta_np, X_np, y_np = theta.numpy(), *compiled_arrays(X, y)
     buf = np.zeros(d + 1, theta_np.dtype)
@@ -110,29 +110,23 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
     hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
     threads = _kernel_threads(X_np.nbytes, batch_size)
     if threads > 1:  # the same steps, each batch's rows split between threads
-        from linreg_lab.training.thread_team import sgd_steps_on_threads
-
-        steps, last = sgd_steps_on_threads, threads
+        loops.set_threads(threads)
+        steps, last = loops.sgd_steps_parallel, threads
     else:
-        steps, last = sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
-    # Whole batches per call, so batch boundaries do not depend on the call size. Threads share
-    # a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
-    work = _WORK_PER_CALL * (4 * threads if threads > 1 else 1)
+        steps, last = loops.sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
+    # Whole batches per call, so batch boundaries do not depend on the call size.
+    work = _WORK_PER_CALL * threads
     span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
         count = order_np.shape[0]
         loss = np.nan
-        if count <= span:  # the usual case: the whole epoch in one call
+        for begin in range(0, count, span):
+            signals.check()  # a stop request (Ctrl-C, SIGTERM) acts between calls
             loss, has_buf = steps(
-                X_np, y_np, order_np, 0, count, batch_size, theta_np, buf, has_buf, *hyper, last
-            )
-        else:
-            for begin in range(0, count, span):
-                loss, has_buf = steps(
-                    X_np, y_np, order_np, begin, min(begin + span, count), batch_size,
-                    theta_np, buf, has_buf, *hyper, last,
-                )  # fmt: skip
+                X_np, y_np, order_np, begin, min(begin + span, count), batch_size,
+                theta_np, buf, has_buf, *hyper, last,
+            )  # fmt: skip
         on_epoch_end(epoch, float(loss), float(theta_np[d]))
 
 
@@ -146,23 +140,10 @@ def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 
 def _kernel_threads(x_bytes: int, batch_size: int) -> int:
-    """Threads for the compiled loop: torch's count (set from trainer.threads) on large data.
-
-    One on systems without POSIX's sched_yield, which the threads' barrier calls.
-    """
-    if os.name != "posix":
-        return 1
-    uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
-    if uncached or (x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH):
-        return max(1, torch.get_num_threads())
+    """Threads for the compiled loop: torch's count (set from trainer.threads) on large data."""
+    if x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH:
+        return kernels().usable_threads(torch.get_num_threads())
     return 1
-
-
-def compiled_threads() -> int:
-    """Threads a compiled loop may use: torch's count (set from trainer.threads), within numba's."""
-    import numba
-
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 class _BlasEpochs:
@@ -186,6 +167,8 @@ class _BlasEpochs:
         w, b, grad_w, grad_b = theta[:d], theta[d:], grad[:d], grad[d:]
         residual = torch.empty(0, dtype=X.dtype, device=X.device)
         for start in range(0, n, self._batch_size):
+            if start % 4096 < self._batch_size:
+                signals.check()
             batch = order[start : start + self._batch_size]
             count = batch.shape[0]
             X_batch = torch.index_select(X, 0, batch, out=self._X_batch[:count])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from linreg_lab.data import RegressionData
-from linreg_lab.training.evaluate import LeastSquares
+from linreg_lab.engines.least_squares import LeastSquares
 
 
 class Diverged(RuntimeError):

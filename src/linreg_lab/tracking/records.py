@@ -1,11 +1,12 @@
-"""What the MLflow helper process does for a run: each function takes the client first and
-plain arguments (the training process never imports mlflow)."""
+"""The writes of one run, in MLflow's terms: each takes an MlflowClient first, plain arguments
+after, and runs in the MLflow helper process (the training process never imports mlflow)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 
-from linreg_lab.tracking import service
 from linreg_lab.tracking.tags import TAG_FAILURE
 
 _MAX_PARAMS_PER_BATCH = 100
@@ -13,12 +14,10 @@ _MAX_METRICS_PER_BATCH = 1000
 
 
 def create_run(
-    client, ref: str, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int
+    client, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int
 ) -> str:
-    """Create the run (started at start_time, ms) and bind ref to its id."""
+    """Create the run (started at start_time, ms); returns its id."""
     run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
-    service.bind_ref(ref, run.info.run_id)
-    service.run_opened(run.info.run_id, client)
     return run.info.run_id
 
 
@@ -47,10 +46,7 @@ def log_text(client, run_id: str, text: str, artifact_file: str) -> None:
 
 
 def log_image_bytes(client, run_id: str, png: bytes, artifact_file: str) -> None:
-    """A PNG drawn elsewhere, stored as the run's artifact_file."""
-    import os
-    import tempfile
-
+    """A PNG drawn in memory, stored as the run's artifact_file."""
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, os.path.basename(artifact_file))
         with open(local, "wb") as file:
@@ -65,4 +61,8 @@ def end_run(client, run_id: str, status: str, failure: str | None = None) -> Non
             client.set_tag(run_id, TAG_FAILURE, failure[:5000])
     finally:
         client.set_terminated(run_id, status=status)
-        service.run_closed(run_id)
+
+
+def announce(client, line: str, run_id: str) -> None:
+    """Print line with {run_id} replaced: from the helper, which knows the id once it exists."""
+    print(line.replace("{run_id}", run_id), flush=True)

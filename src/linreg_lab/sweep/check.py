@@ -111,7 +111,7 @@ def _check_engine(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "trainer.engine") != "analytic":
         return
     from linreg_lab import build
-    from linreg_lab.training.engine import EngineError
+    from linreg_lab.engines import EngineError
 
     try:
         build.engine(cfg)

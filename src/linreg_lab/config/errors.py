@@ -7,8 +7,8 @@ import sys
 from contextlib import contextmanager
 
 from linreg_lab.config.validate import ConfigError
+from linreg_lab.engines import EngineError
 from linreg_lab.tracking.store import TrackingError
-from linreg_lab.training.engine import EngineError
 
 USER_ERRORS = (ConfigError, TrackingError, EngineError)
 EXIT_USER_ERROR = 2

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from linreg_lab import build
 from linreg_lab.config.validate import validate
-from linreg_lab.training.analytic import SGDHyper
+from linreg_lab.engines.analytic import SGDHyper
 
 PER_MODEL_KEYS = {
     "optimizer": {field.name for field in dataclasses.fields(SGDHyper)},

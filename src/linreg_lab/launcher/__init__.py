@@ -1,1 +1,0 @@
-"""The vectorized launcher's logic: which sweep jobs share a pass, and training them together."""

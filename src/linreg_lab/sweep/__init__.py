@@ -1,0 +1,63 @@
+"""Sweeps: Hydra's multirun with one MLflow parent run, checked before it starts.
+
+callback.py is the Hydra callback (parent run, pre-check, interruption); check.py checks every
+job's settings before any run exists; reuse.py keeps the last dataset for the next job;
+grouping.py decides which jobs the vectorized launcher trains in one pass. job() tells a job
+what its sweep passes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from linreg_lab import signals
+from linreg_lab.sweep import callback
+from linreg_lab.sweep.reuse import DataReuse
+from linreg_lab.tracking import Store, TrackingSettings
+
+
+@dataclass
+class Job:
+    """What a sweep job receives from its sweep: where to record, where data comes from."""
+
+    store: Store
+    parent_run_id: object
+    data_source: DataReuse
+    in_sweep_process: bool  # False: a launcher's worker process, on this host or another
+
+    def run_arguments(self) -> dict:
+        """run_experiment's keyword arguments for this job."""
+        return {
+            "store": self.store,
+            "parent_run_id": self.parent_run_id,
+            "data_source": self.data_source,
+            # A worker's writes must be in the store before it reports the job done.
+            "wait": not self.in_sweep_process,
+        }
+
+
+_worker_reuse: DataReuse | None = None  # a worker's own, across the jobs it runs
+
+
+def job(tracking: TrackingSettings) -> Job | None:
+    """The sweep this process runs a job of, or None when it runs no sweep.
+
+    A job also stops (signals.check) once the sweep's stop file exists."""
+    global _worker_reuse
+    stop_file = os.environ.get(callback.ENV_STOP_FILE)
+    if stop_file is None:
+        return None
+    signals.stop_when_exists(stop_file)
+    sweep = callback.current()
+    if sweep is not None and os.environ.get(callback.ENV_SWEEP_PID) == str(os.getpid()):
+        return Job(sweep.store, sweep.parent_run_id, sweep.reuse, in_sweep_process=True)
+    if _worker_reuse is None:
+        _worker_reuse = DataReuse()
+    store = Store.open(tracking, os.environ[callback.ENV_EXPERIMENT_ID])
+    return Job(store, os.environ[callback.ENV_PARENT_RUN_ID], _worker_reuse, False)
+
+
+def finish(failure: str | None) -> None:
+    """End this process's sweep, if one is open: its parent run gets the comparison."""
+    callback.finish(failure)

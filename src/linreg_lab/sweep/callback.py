@@ -1,0 +1,141 @@
+"""One MLflow parent run per Hydra multirun; every job's run is its child.
+
+The sweep's process checks the sweep, creates the store, the experiment and the parent run
+before any job starts (new sqlite stores and experiments must not be created by racing workers),
+and hands their ids to the jobs through the environment, which every Hydra launcher passes on
+to its workers. A signal to the sweep's process creates the sweep's stop file: jobs not started
+yet do not start, running ones end KILLED at their next step, wherever they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from linreg_lab import build, signals
+from linreg_lab.config.errors import exit_on_user_error
+from linreg_lab.sweep.check import check_launcher, check_sweep
+from linreg_lab.sweep.reuse import DataReuse
+from linreg_lab.tracking import FAILED, Run, Store, TrackingError
+from linreg_lab.tracking.tags import TAG_SWEEP
+
+ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
+ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
+ENV_SWEEP_PID = "LINREG_SWEEP_PID"
+ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
+ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE)
+# Launchers (hydra/launcher choices) whose jobs run in the sweep's own process: they share its
+# MLflow helper, so the sweep need not wait for the parent run's id before they start.
+IN_PROCESS_LAUNCHERS = {"basic", "vectorized"}
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sweep:
+    """What lives across a sweep's jobs in the sweep's own process."""
+
+    store: Store
+    parent: Run
+    parent_run_id: object  # what its jobs name the parent by: its id, or its handle in here
+    stop_file: Path
+    reuse: DataReuse = field(default_factory=DataReuse)
+
+
+_current: Sweep | None = None
+
+
+def current() -> Sweep | None:
+    """The sweep this process runs, if it is the sweep's own process."""
+    return _current
+
+
+def sweep_name(config: DictConfig) -> str:
+    preset = OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)
+    overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+    name = " ".join(o for o in overrides if not o.startswith("experiment="))
+    return f"sweep {preset or ''} {name}".replace("  ", " ").strip()
+
+
+class SweepCallback(Callback):
+    """Opens the parent run at on_multirun_start; ends it at on_multirun_end (or finish())."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _current
+
+        with exit_on_user_error():
+            check_launcher(config)
+            check_sweep(config)
+            tracking = build.tracking(config)
+        store = Store.open(tracking)
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "")
+        parent = store.start_run(
+            sweep_name(config),
+            tags={
+                TAG_SWEEP: "true",
+                "linreg.sweep_dir": str(config.hydra.sweep.dir),
+                "linreg.launcher": launcher,
+            },
+        )
+        params = {f"sweep.override.{i}": o for i, o in enumerate(overrides)}
+        if sweep_params:
+            params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
+        parent.log_params(params)
+        stop_file = Path(config.hydra.sweep.dir).absolute() / ".linreg-stop"
+        if launcher in IN_PROCESS_LAUNCHERS:
+            # The jobs share this process's MLflow helper, which knows the handles: the sweep
+            # starts while MLflow opens.
+            _current = Sweep(store, parent, parent.handle, stop_file)
+        else:  # workers need the ids themselves
+            with exit_on_user_error():
+                _current = Sweep(store, parent, parent.id, stop_file)
+                os.environ[ENV_PARENT_RUN_ID] = parent.id
+                os.environ[ENV_EXPERIMENT_ID] = store.experiment_id
+        os.environ[ENV_SWEEP_PID] = str(os.getpid())
+        os.environ[ENV_STOP_FILE] = str(stop_file)
+        signals.on_signal(_stop_the_jobs)
+        store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        finish(None)
+
+
+def _stop_the_jobs(signum: int) -> None:
+    """In the signal handler: forbid new jobs and stop running ones, on any launcher or host
+    that shares the sweep's folder."""
+    if _current is not None:
+        _current.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        _current.stop_file.touch()
+
+
+def finish(failure: str | None) -> None:
+    """Compare the children, then end the parent: FINISHED only if every child finished.
+
+    failure: why the sweep ended before its end (None: it ran to its end)."""
+    global _current
+    if _current is None:
+        return
+    sweep, _current = _current, None
+    sweep.reuse.clear()  # no job is left to reuse the data
+    signals.forget_hooks()
+    for name in ENV_NAMES:
+        os.environ.pop(name, None)
+    received = signals.received()
+    interrupted = signals.signal_name(received) if received else None
+    try:
+        sweep.store.finish_sweep(sweep.parent.id, failure, interrupted)
+    except TrackingError:
+        pass  # the store itself failed: a job has said so, and nothing can be written
+    except Exception as error:  # the parent must still be ended
+        log.error("could not compare the sweep's runs: %s", error)
+        try:
+            sweep.parent.end(FAILED, str(error)[:500])
+            sweep.store.sync()
+        except Exception as again:
+            log.error("could not end the sweep's parent run: %s", again)

@@ -1,0 +1,315 @@
+"""MLflow in a helper process, so that its start-up and writes overlap training.
+
+Importing mlflow and opening a sqlite store costs ~4 s, more than the whole tutorial script;
+training needs none of it. Each process that logs starts one helper (`python -m
+linreg_lab.tracking.helper`) and sends it verbs over a pipe: a fixed set (VERBS below), each a
+function of an MlflowClient and plain arguments. The helper runs them in order. Most are posted
+(the sender goes on); a few wait for their result. A verb that creates something (a run, an
+experiment) may be given a Handle that later verbs use in its place before its id is known.
+
+The helper ignores SIGINT and SIGTERM: the training process decides how its runs end, and the
+helper writes that down. It exits when told to, or when the training process is gone; runs it
+created and nobody ended are then ended FAILED, so a crash never leaves a run RUNNING.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
+
+from linreg_lab.tracking import dataset, orphans, plots, records, report, store
+from linreg_lab.tracking.store import TrackingError, TrackingSettings
+from linreg_lab.tracking.tags import FAILED
+
+MODULE = "linreg_lab.tracking.serve"  # the helper's entry point: python -m MODULE
+
+
+def _nothing(client) -> None:
+    return None
+
+
+def _same(client, value: str) -> str:
+    return value  # the helper replaced a Handle by its id before the call
+
+
+# The helper's whole vocabulary: name -> function(client, *args). A client is opened only for
+# the verbs that need the store (not for the last three).
+VERBS = {
+    "open_experiment": store.open_experiment,
+    "fail_orphans": orphans.fail_orphaned_runs,
+    "create_run": records.create_run,
+    "log_batch": records.log_batch,
+    "log_text": records.log_text,
+    "log_image": records.log_image_bytes,
+    "log_dataset": dataset.log_dataset,
+    "log_plots": plots.log_plots,
+    "end_run": records.end_run,
+    "finish_sweep": report.finish_sweep,
+    "announce": records.announce,
+    "resolve": _same,
+    "sync": _nothing,
+}
+_STORELESS = {"announce", "resolve", "sync"}
+
+
+class HelperError(RuntimeError):
+    """A verb failed in the helper with an error that is not the user's (a traceback follows)."""
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What a posted verb creates (a run, an experiment), named before its id exists."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class _Message:
+    seq: int
+    verb: str
+    settings: TrackingSettings | None
+    args: tuple
+    binds: Handle | None  # the result is what this handle stands for
+    wants_result: bool
+
+
+class Helper:
+    """The sending side: one helper process, started once per process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        ours, theirs = Pipe(duplex=True)
+        self._conn: Connection = ours
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._seq = itertools.count(1)
+        self._handles = itertools.count(1)
+        self._posted = 0
+        self._errors: list[tuple[str, str]] = []
+        self._raised = 0  # errors already raised to the caller
+        self._closed = False
+
+    def new_handle(self) -> Handle:
+        return Handle(f"{self.pid}-{next(self._handles)}")
+
+    def post(self, verb: str, settings, *args, binds: Handle | None = None) -> None:
+        """Queue verb(client, *args) in the helper; its errors surface at check()."""
+        self._send(_Message(next(self._seq), verb, settings, args, binds, False))
+
+    def call(self, verb: str, settings, *args, binds: Handle | None = None):
+        """Run verb(client, *args) after everything posted before it; its result."""
+        seq = next(self._seq)
+        self._send(_Message(seq, verb, settings, args, binds, True))
+        while True:
+            message = self._receive()
+            if message[0] in ("result", "raise") and message[1] == seq:
+                self.check()
+                if message[0] == "raise":
+                    raise _rebuild(message[2], message[3])
+                return message[2]
+
+    def check(self) -> None:
+        """Raise the first failure of a posted verb not raised yet (TrackingError: the user's)."""
+        if not self._closed:
+            self._drain()
+        if self._raised < len(self._errors):
+            first = self._errors[self._raised]
+            self._raised = len(self._errors)  # the rest usually follow from the first
+            raise _rebuild(*first)
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Let the helper finish its queue and exit; unreported failures are printed."""
+        if self._closed or os.getpid() != self.pid:  # a forked child's copy is not its own
+            return
+        self._closed = True
+        if self._posted == 0:  # nothing to write: no need to wait for its imports
+            self._process.kill()
+            self._process.wait()
+            return
+        try:
+            self._send_now(("close",))
+            while True:
+                self._note(self._conn.recv())
+        except (EOFError, OSError):  # the helper is done
+            pass
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"linreg-lab: the MLflow helper did not finish in {timeout:.0f} s; stopping it",
+                  file=sys.stderr)  # fmt: skip
+            self._process.kill()
+        for text in dict.fromkeys(text for _, text in self._errors[self._raised :]):
+            print(f"linreg-lab: MLflow: {text}", file=sys.stderr)
+
+    def _send(self, message: _Message) -> None:
+        if self._closed:
+            raise HelperError("the MLflow helper is closed")
+        self._drain()  # replies never pile up: the helper never blocks on them
+        try:
+            self._send_now(message)
+        except (BrokenPipeError, ConnectionResetError):
+            raise HelperError(
+                f"the MLflow helper process {self._process.pid} is gone "
+                f"(exit code {self._process.poll()})"
+            ) from None
+        self._posted = message.seq
+
+    def _send_now(self, message) -> None:
+        """One whole message: no signal handler runs in the middle of it."""
+        held = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            self._conn.send(message)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _drain(self) -> None:
+        """Take in every reply that has arrived, without waiting."""
+        while self._conn.poll(0):
+            self._receive()
+
+    def _receive(self):
+        try:
+            message = self._conn.recv()
+        except EOFError:
+            code = self._process.wait()
+            raise HelperError(f"the MLflow helper process ended (exit code {code})") from None
+        return self._note(message)
+
+    def _note(self, message):
+        if message[0] == "error":
+            self._errors.append((message[2], message[3]))
+        return message
+
+
+def _rebuild(kind: str, text: str) -> Exception:
+    return TrackingError(text) if kind == "TrackingError" else HelperError(text)
+
+
+_helper: Helper | None = None
+
+
+def helper() -> Helper:
+    """This process's helper, started on first use (a forked or spawned worker gets its own)."""
+    global _helper
+    if _helper is None or _helper.pid != os.getpid():
+        _helper = Helper()
+        atexit.register(_helper.close)  # for library use; linreg-train closes it itself
+    return _helper
+
+
+def close() -> None:
+    """Wait for this process's helper to write everything it was sent, and let it exit."""
+    if _helper is not None:
+        _helper.close()
+
+
+def is_helper(cmdline: list[str]) -> bool:
+    return MODULE in cmdline
+
+
+# ---- the helper's side ---------------------------------------------------------------------
+
+
+class _Served:
+    """What the helper knows: the ids its handles stand for, the runs it opened."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Handle, str] = {}
+        self.open_runs: dict[str, object] = {}  # run id -> client
+
+    def substitute(self, value):
+        if isinstance(value, Handle):
+            if value not in self.ids:
+                raise TrackingError("a run or experiment it refers to could not be created")
+            return self.ids[value]
+        if isinstance(value, list | tuple):
+            return type(value)(self.substitute(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.substitute(v) for k, v in value.items()}
+        return value
+
+    def run(self, message: _Message):
+        client = None
+        if message.verb not in _STORELESS:
+            client = store.open_client(message.settings)
+        args = [self.substitute(a) for a in message.args]
+        result = VERBS[message.verb](client, *args)
+        if message.binds is not None:
+            self.ids[message.binds] = result
+        if message.verb == "create_run":
+            self.open_runs[result] = client
+        elif message.verb in ("end_run", "finish_sweep"):  # both end the run args[0]
+            self.open_runs.pop(args[0], None)
+        return result
+
+    def end_abandoned(self, owner_pid: int) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        reason = f"process {owner_pid} ended without closing this run (found at {when})"
+        for run_id, client in list(self.open_runs.items()):
+            try:
+                records.end_run(client, run_id, FAILED, reason)
+            except Exception as error:
+                print(f"linreg-lab: could not end run {run_id}: {error}", file=sys.stderr)
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    if isinstance(error, TrackingError):
+        return "TrackingError", str(error)
+    import traceback
+
+    return type(error).__name__, "".join(traceback.format_exception(error)).rstrip()
+
+
+def serve(conn: Connection, owner_pid: int) -> None:
+    """Run verbs until told to close, or until the owner is gone (then end its open runs)."""
+    import mlflow  # noqa: F401  # the slow import, done while the owner is busy too
+
+    if not conn.poll(0):  # nothing to do yet (a sweep composing its jobs): ready the plots
+        plots.warm_up()
+    served = _Served()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            served.end_abandoned(owner_pid)
+            return
+        if message == ("close",):
+            conn.close()
+            return
+        try:
+            result = served.run(message)
+        except BaseException as error:  # reported to the owner, who decides
+            kind, text = _describe(error)
+            _reply(conn, ("raise" if message.wants_result else "error", message.seq, kind, text))
+            continue
+        if message.wants_result:
+            _reply(conn, ("result", message.seq, result))
+
+
+def _reply(conn: Connection, message) -> None:
+    try:
+        conn.send(message)
+    except (BrokenPipeError, ConnectionResetError, OSError):
+        pass  # the owner is gone; the next recv ends the loop
+
+
+def main(argv: list[str]) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    serve(Connection(int(argv[0])), int(argv[1]))
+    # Every write is committed by now; skip the interpreter's teardown of MLflow (~1-2 s).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
