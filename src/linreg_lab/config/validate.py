@@ -95,9 +95,24 @@ def _check_node(target: str, node: dict, path: str) -> None:
         )  # fmt: skip
     for key in keys:
         value = node[key]
+        full_key = f"{path}.{key}" if path else key
         if key in hints and not _unresolved(value) and not _accepts(hints[key], value):
-            full_key = f"{path}.{key}" if path else key
             _fail(full_key, value, f"{target} takes {_describe(hints[key])} for {key!r}")
+        _check_range(full_key, value)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_range(key: str, value) -> None:
+    """Numbers must fit what they become: float32 weights and rates, int64 counts and seeds."""
+    if isinstance(value, list):
+        for item in value:
+            _check_range(key, item)
+    elif isinstance(value, float) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        _fail(key, value, "a number within float32's range (|x| <= 3.4e38)")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        _fail(key, value, "an integer within int64's range (|x| < 2^63)")
 
 
 def _unresolved(value) -> bool:
@@ -216,9 +231,28 @@ def _check_dataset(cfg: DictConfig) -> None:
             )
     if true_w is not None and not all(math.isfinite(v) for v in true_w):
         _fail("dataset.true_w", true_w, "every weight must be a finite number")
-    size = cfg.dataset.num_samples * (num_features or len(true_w))
-    if size > 4 * 10**9:
-        _fail("dataset.num_samples", cfg.dataset.num_samples, "num_samples x num_features <= 4e9")
+    n, d = cfg.dataset.num_samples, num_features or len(true_w)
+    memory = _memory_bytes()
+    data_bytes = 4 * n * (d + 1)  # float32 rows with their targets
+    if data_bytes > memory:
+        _fail(
+            "dataset.num_samples", n,
+            f"num_samples x (num_features + 1) float32 values need {data_bytes / 2**30:.1f} GiB; "
+            f"this machine has {memory / 2**30:.1f} GiB",
+        )  # fmt: skip
+    normal_equations = 3 * 8 * (d + 1) ** 2  # the float64 Gram matrix, its solve and a copy
+    if normal_equations > memory / 2:
+        _fail(
+            "dataset.num_features", d,
+            f"the least-squares reference's {d + 1} x {d + 1} float64 normal equations need "
+            f"{normal_equations / 2**30:.1f} GiB; this machine has {memory / 2**30:.1f} GiB",
+        )  # fmt: skip
+
+
+def _memory_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def _check_model(cfg: DictConfig) -> None:

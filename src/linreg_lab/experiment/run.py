@@ -7,6 +7,7 @@ opens the store itself and builds its own data.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import subprocess
@@ -180,18 +181,25 @@ def run_experiment(
     model, optimizer_factory = build_model(setup)
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
     run = open_run(setup, overrides)
-    with ended(run) as outcome:
-        record_start(run, setup, overrides)
-        with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
+    try:
+        with ended(run) as outcome:
+            record_start(run, setup, overrides)
+            with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
 
-            def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float) -> None:
-                metrics = monitor.measure(epoch, last_batch_loss, w, b)
-                run.log_metrics(metrics, step=epoch)
-                progress(epoch, metrics["train/loss"])
-                setup.store.check()  # a store that failed to open stops training here
+                def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float) -> None:
+                    metrics = monitor.measure(epoch, last_batch_loss, w, b)
+                    run.log_metrics(metrics, step=epoch)
+                    progress(epoch, metrics["train/loss"])
+                    setup.store.check()  # a store that failed to open stops training here
 
-            outcome.engine = fit(model, optimizer_factory, setup.data, setup.trainer, on_epoch_end)
-        record_end(run, setup, model, monitor, outcome.engine)
+                trainer = setup.trainer
+                outcome.engine = fit(model, optimizer_factory, setup.data, trainer, on_epoch_end)
+            record_end(run, setup, model, monitor, outcome.engine)
+    except BaseException:
+        if wait:  # the run's end is in the store before the error goes on (errors: its own)
+            with contextlib.suppress(Exception):
+                setup.store.sync()
+        raise
     if wait:
         setup.store.sync()  # the run is in the store when this returns
     else:

@@ -9,6 +9,9 @@ what its sweep passes it.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 
 from linreg_lab import signals
@@ -52,8 +55,10 @@ def job(tracking: TrackingSettings) -> Job | None:
     sweep = callback.current()
     if sweep is not None and os.environ.get(callback.ENV_SWEEP_PID) == str(os.getpid()):
         return Job(sweep.store, sweep.parent_run_id, sweep.reuse, in_sweep_process=True)
-    if _worker_reuse is None:
+    if _worker_reuse is None:  # this worker's first job
         _worker_reuse = DataReuse()
+        sweep_pid = int(os.environ[callback.ENV_SWEEP_PID])
+        threading.Thread(target=_outlive_no_sweep, args=(sweep_pid,), daemon=True).start()
     store = Store.open(tracking, os.environ[callback.ENV_EXPERIMENT_ID])
     return Job(store, os.environ[callback.ENV_PARENT_RUN_ID], _worker_reuse, False)
 
@@ -61,3 +66,19 @@ def job(tracking: TrackingSettings) -> Job | None:
 def finish(failure: str | None) -> None:
     """End this process's sweep, if one is open: its parent run gets the comparison."""
     callback.finish(failure)
+
+
+# How long a worker whose sweep is gone waits for its job to end KILLED before it exits.
+_ORPHAN_GRACE_SECONDS = 10.0
+
+
+def _outlive_no_sweep(sweep_pid: int) -> None:
+    """In a launcher's worker: once the sweep's process is gone (SIGKILL, a crash), stop the
+    running job (its run ends KILLED) and end this worker, which its launcher cannot do now."""
+    import psutil
+
+    while psutil.pid_exists(sweep_pid):
+        time.sleep(1.0)
+    signals.request_stop(signal.SIGTERM)
+    time.sleep(_ORPHAN_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)  # its MLflow helper writes what it was sent, then ends

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, Pipe
 
 from linreg_lab.tracking import dataset, orphans, plots, records, report, store
 from linreg_lab.tracking.store import TrackingError, TrackingSettings
-from linreg_lab.tracking.tags import FAILED
+from linreg_lab.tracking.tags import FAILED, FINISHED
 
 MODULE = "linreg_lab.tracking.serve"  # the helper's entry point: python -m MODULE
 
@@ -57,6 +57,8 @@ VERBS = {
     "sync": _nothing,
 }
 _STORELESS = {"announce", "resolve", "sync"}
+# Writes of a run's records: if one fails, the run cannot end FINISHED (its store would lie).
+_RUN_WRITES = {"log_batch", "log_text", "log_image", "log_dataset"}
 
 
 class HelperError(RuntimeError):
@@ -228,6 +230,7 @@ class _Served:
     def __init__(self) -> None:
         self.ids: dict[Handle, str] = {}
         self.open_runs: dict[str, object] = {}  # run id -> client
+        self.lost: dict[str, str] = {}  # run id -> why a write of its records failed
 
     def substitute(self, value):
         if isinstance(value, Handle):
@@ -245,7 +248,17 @@ class _Served:
         if message.verb not in _STORELESS:
             client = store.open_client(message.settings)
         args = [self.substitute(a) for a in message.args]
-        result = VERBS[message.verb](client, *args)
+        if message.verb == "end_run" and args[1] == FINISHED and args[0] in self.lost:
+            args = [args[0], FAILED, f"some of its records were not written: {self.lost[args[0]]}"]
+        try:
+            result = VERBS[message.verb](client, *args)
+        except Exception as error:
+            if message.verb not in _RUN_WRITES or isinstance(error, TrackingError):
+                raise
+            why = (str(error).strip().split("\n")[0] or type(error).__name__)[:300]
+            self.lost.setdefault(args[0], why)
+            where = message.settings.uri if message.settings else "the store"
+            raise TrackingError(f"could not write run {args[0]} to {where}: {why}") from None
         if message.binds is not None:
             self.ids[message.binds] = result
         if message.verb == "create_run":

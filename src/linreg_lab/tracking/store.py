@@ -71,18 +71,49 @@ def _open_client(settings: TrackingSettings):
     elif settings.is_server:
         _check_server(settings.uri)
     try:
-        client = MlflowClient(tracking_uri=settings.uri)
-        client.search_experiments(max_results=1)  # the client is lazy: open the store now
+        if db is None:
+            return _opened(MlflowClient(tracking_uri=settings.uri))
+        # A new sqlite store is created (its tables, then MLflow's migrations) by one process
+        # at a time: two commands racing on it left it half-made for good.
+        from filelock import FileLock
+
+        with FileLock(f"{db}.lock", timeout=600):
+            return _opened(MlflowClient(tracking_uri=settings.uri))
     except Exception as error:  # MLflow raises several kinds for a bad or foreign store
         message = _first_line(error)
-        if "schema" in message or "revision" in message.lower():
-            message += (
-                f" (this store was written by another MLflow version than {mlflow_version()}: "
-                "upgrade an older store with `mlflow db upgrade <uri>`, or use the MLflow "
-                "that wrote it)"
-            )
+        if db is not None and db.exists():
+            message += _sqlite_diagnosis(db, settings.uri)
         raise TrackingError(f"tracking.uri={settings.uri}: {message}") from None
+
+
+def _opened(client):
+    client.search_experiments(max_results=1)  # the client is lazy: open the store now
     return client
+
+
+def _sqlite_diagnosis(db: Path, uri: str) -> str:
+    """Why an existing sqlite store does not open, read from the file itself."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            tables = {row[0] for row in connection.execute("select name from sqlite_master")}
+            revision = None
+            if "alembic_version" in tables:
+                row = connection.execute("select version_num from alembic_version").fetchone()
+                revision = row[0] if row else None
+    except sqlite3.Error:
+        return f" ({db} is not an MLflow sqlite store)"
+    if revision is None or any(name.startswith("_alembic_tmp") for name in tables):
+        return (
+            f" ({db} is half-made: its creation was interrupted. Move it away, e.g. "
+            f"`mv {db} {db}.broken`, and run again; a new store is created)"
+        )
+    return (
+        f" (this store's schema is revision {revision}, written by another MLflow version than "
+        f"{mlflow_version()}: upgrade an older store with `mlflow db upgrade {uri}`, or use the "
+        "MLflow that wrote it)"
+    )
 
 
 def mlflow_version() -> str:
