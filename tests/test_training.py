@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing
+import os
+import threading
+from collections import Counter
 
 import numba
 import numpy as np
@@ -15,6 +18,7 @@ from linreg_lab.data import make_synthetic_regression
 from linreg_lab.engines import EngineError, analytic, choose_engine, fit
 from linreg_lab.engines.kernels import permutation
 from linreg_lab.engines.least_squares import least_squares, mse
+from linreg_lab.engines.orders import batch_orders, seeded_orders
 from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import init_linear
 
@@ -166,39 +170,149 @@ def test_engines_agree_when_each_batch_is_split_between_threads(sgd, monkeypatch
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
 
 
-def _train_on_two_threads(X, y, order):
-    from linreg_lab.engines import kernels
-
-    kernels.set_threads(2)
-    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-    kernels.sgd_steps_parallel(
-        X, y, order, 0, len(order), 500, theta, buf, False, 0.05, 0, 0, 0, False, 2
-    )
-    return theta
+def _fit_large_batches(data) -> torch.Tensor:
+    """The compiled loop with each batch split between two threads (where the process may)."""
+    analytic._PARALLEL_MIN_BYTES = 0
+    torch.set_num_threads(2)
+    return params(train(data, batch_size=500, epochs=2, compiled="true")[0])
 
 
-def _check_trains_equal(X, y, order, expected):
-    assert np.array_equal(_train_on_two_threads(X, y, order), expected)
+def _check_trains_alike(data, expected, queue):
+    try:
+        torch.testing.assert_close(_fit_large_batches(data), expected, rtol=1e-5, atol=1e-6)
+        queue.put("ok")
+    except BaseException as error:
+        queue.put(repr(error))
 
 
-def test_a_forked_process_trains_on_threads_of_its_own():
-    # A forked child (a launcher's worker) inherits numba's thread pool, not its threads.
-    data = make_synthetic_regression(num_samples=5000, num_features=5)
-    X, y = analytic.compiled_arrays(data.X, data.y)
-    order = permutation(5000, seed=2)
-    expected = _train_on_two_threads(X, y, order)  # the parent's pool now exists
-    serial, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
-    analytic.kernels().sgd_steps(
-        X, y, order, 0, 5000, 500, serial, buf, False, 0.05, 0, 0, 0, False, True
-    )
-    np.testing.assert_allclose(expected, serial, rtol=1e-5, atol=1e-6)  # the same steps
+def test_a_forked_process_trains_too(monkeypatch):
+    # numba's OpenMP threads are not a forked child's (a launcher's worker forked after a run):
+    # the child trains serially, to the same parameters (up to rounding).
+    monkeypatch.setattr(analytic, "_PARALLEL_MIN_BYTES", analytic._PARALLEL_MIN_BYTES)
+    previous = torch.get_num_threads()
+    data = make_synthetic_regression(num_samples=70_000, num_features=5)  # the compiled shuffle
+    try:
+        expected = _fit_large_batches(data)  # the parent's threads have run
+    finally:
+        torch.set_num_threads(previous)
     fork = multiprocessing.get_context("fork")
-    child = fork.Process(target=_check_trains_equal, args=(X, y, order, expected))
+    queue = fork.Queue()
+    child = fork.Process(target=_check_trains_alike, args=(data, expected, queue))
     child.start()
     child.join(timeout=120)
     if child.is_alive():
         child.kill()
-    assert child.exitcode == 0
+    assert child.exitcode == 0 and queue.get(timeout=5) == "ok"
+
+
+def test_more_threads_than_cores_train_the_same_parameters():
+    # Waiting threads yield their core to the ones they wait for (not spin out a time slice).
+    from linreg_lab.engines.thread_team import sgd_steps_on_threads
+
+    data = make_synthetic_regression(num_samples=20_000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = permutation(20_000, seed=1)
+    thetas = []
+    for threads in (1, (os.cpu_count() or 1) + 2):
+        theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+        sgd_steps_on_threads(
+            X, y, order, 0, 20_000, 64, theta, buf, False, 0.05, 0.5, 0, 0, 0, threads
+        )
+        thetas.append(theta)
+    np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(thetas[0][:5], data.true_w.numpy(), atol=0.01)
+
+
+def test_a_failing_thread_stops_its_team_and_its_error_reaches_the_caller(monkeypatch):
+    from linreg_lab.engines import kernels as sgd_kernels
+    from linreg_lab.engines.thread_team import sgd_steps_on_threads
+
+    real = sgd_kernels.sgd_steps_share
+
+    def failing_for_thread_2(*args):
+        if args[14] == 2:  # the thread argument
+            raise RuntimeError("thread 2 failed")
+        return real(*args)
+
+    monkeypatch.setattr(sgd_kernels, "sgd_steps_share", failing_for_thread_2)
+    data = make_synthetic_regression(num_samples=5000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = permutation(5000, seed=3)
+    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    threads_before = threading.active_count()
+    with pytest.raises(RuntimeError, match="thread 2 failed"):
+        sgd_steps_on_threads(X, y, order, 0, 5000, 500, theta, buf, False, 0.05, 0, 0, 0, 0, 3)
+    assert threading.active_count() == threads_before  # threads 0 and 1 left the barrier
+    assert not theta.any()  # and applied no half-summed gradient
+
+
+def test_a_thread_that_fails_to_start_does_not_leave_the_others_waiting():
+    from linreg_lab.engines.kernels import sgd_steps_share
+
+    data = make_synthetic_regression(num_samples=2000, num_features=5)
+    X, y = analytic.compiled_arrays(data.X, data.y)
+    order = np.arange(2000, dtype=np.int32)
+    theta, buf = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    shares = np.zeros((2, 2, 32), np.float32)
+    arrivals = np.array([0, 1], np.int64)  # thread 1 never comes, and says so
+    hyper = (0.01, 0.0, 0.0, 0.0, False)
+    loss, _ = sgd_steps_share(
+        X, y, order, 0, 2000, 100, theta, buf, False, *hyper, 0, 2, shares, arrivals
+    )
+    assert arrivals[0] == 1 and np.isnan(loss)  # thread 0 left at the first barrier
+    assert not theta.any()  # and applied no half-summed gradient
+
+
+def test_batch_orders_are_permutations_reproducible_from_the_seed():
+    for n in (10, 1 << 16, 300_000):  # torch.randperm below 2^16, shuffle.permutation above
+        first = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
+        again = list(batch_orders(n, 2, True, torch.Generator().manual_seed(3)))
+        assert all(torch.equal(torch.sort(o).values, torch.arange(n)) for o in first)
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+        assert not torch.equal(first[0], first[1])
+
+
+def test_seeded_orders_are_batch_orders_of_a_fresh_generator():
+    # fit() takes its orders here: kept for small runs, drawn afresh for large ones.
+    for n, shuffle in [(1000, True), (1000, False), (70_000, True)]:
+        expected = list(batch_orders(n, 3, shuffle, torch.Generator().manual_seed(7)))
+        for _ in range(2):  # the second call of a small run is served from the cache
+            got = list(seeded_orders(n, 3, shuffle, 7))
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert seeded_orders(1000, 3, True, 7) is seeded_orders(1000, 3, True, 7)
+    assert not torch.equal(seeded_orders(1000, 3, True, 8)[0], seeded_orders(1000, 3, True, 7)[0])
+
+
+def test_cached_shuffle_is_uniform():
+    counts = Counter(tuple(permutation(4, seed)) for seed in range(24_000))
+    assert len(counts) == 24 and all(800 < c < 1200 for c in counts.values())
+    # Many buckets: where index 0 lands is uniform over the positions.
+    n = 1 << 17
+    positions = [int(np.flatnonzero(permutation(n, seed) == 0)[0]) for seed in range(400)]
+    assert 0.4 * n < np.mean(positions) < 0.6 * n
+
+
+def test_a_failing_callback_still_leaves_the_trained_parameters_in_the_model():
+    data = make_synthetic_regression()
+    model = init_linear(torch.nn.Linear(3, 1))
+
+    def stop(epoch, loss, w, b):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, functools.partial(torch.optim.SGD, lr=0.03), data, TrainerSettings(), stop)
+    assert torch.linalg.vector_norm(params(model)[:3] - data.true_w) < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("engine", ["analytic", "autograd"])
+def test_cuda_matches_cpu(engine):
+    data = make_synthetic_regression(num_samples=5000, num_features=5)
+    sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
+    cpu, _, _ = train(data, sgd, engine=engine, device="cpu", batch_size=100)
+    gpu, _, used = train(data, sgd, engine=engine, device="cuda", batch_size=100)
+    assert used == engine and gpu.weight.device.type == "cuda"
+    torch.testing.assert_close(params(gpu).cpu(), params(cpu), rtol=1e-4, atol=1e-5)
 
 
 def test_short_runs_skip_loading_the_compiled_kernel():

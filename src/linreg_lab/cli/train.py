@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> float:
     from linreg_lab.tracking import FINISHED
 
     hydra_cfg = HydraConfig.get()
+    _paths_from_where_the_user_stands(cfg)
     with exit_on_user_error():
         job = sweep.job(build.tracking(cfg)) if hydra_cfg.mode.name == "MULTIRUN" else None
     if job is not None and not job.in_sweep_process:
@@ -63,23 +64,39 @@ def train(cfg: DictConfig) -> float:
     return outcome.objective
 
 
+def _paths_from_where_the_user_stands(cfg: DictConfig) -> None:
+    """Relative store paths name files from where the user started the command, also in a job
+    that Hydra runs in its own folder (hydra.job.chdir=true)."""
+    from hydra.utils import to_absolute_path
+    from omegaconf import open_dict
+
+    uri = OmegaConf.select(cfg, "tracking.uri", default=None)
+    location = OmegaConf.select(cfg, "tracking.artifact_location", default=None)
+    with open_dict(cfg):
+        if isinstance(uri, str) and uri.startswith("sqlite:///") and uri[10:11] != "/":
+            cfg.tracking.uri = "sqlite:///" + to_absolute_path(uri.removeprefix("sqlite:///"))
+        if isinstance(location, str) and location and "://" not in location:
+            cfg.tracking.artifact_location = to_absolute_path(location)
+
+
 # Arguments after which linreg-train trains nothing: no MLflow helper for them.
 _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
                  "--shell-completion", "-sc"}  # fmt: skip
 
 
 def main() -> None:
-    from linreg_lab import sweep
     from linreg_lab.tracking import helper
 
     if _NO_RUN_FLAGS.isdisjoint(sys.argv[1:]):
-        helper.helper()  # MLflow's imports run beside Hydra's and torch's
+        helper.helper()  # first: MLflow's imports run beside Hydra's and torch's
     try:
         train()
         code = 0
     except SystemExit as exit:
         code = exit.code
     # This process owns the sweep and the helper: end them, whatever ended the command.
+    from linreg_lab import sweep
+
     sweep.finish("the sweep stopped before its end")
     helper.close()
     received = signals.received()

@@ -6,6 +6,7 @@ GPU each step is two BLAS calls into reused buffers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -29,12 +30,15 @@ _KERNEL_LOAD_IN_WORK = 1 << 26
 _WORK_PER_CALL = 1 << 24
 # Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
 _PREFETCH_MIN_BYTES = 1 << 18
-# Split each batch's rows between torch's threads once X outgrows the L2 caches and batches are
-# large enough to repay numba's parallel region (~5-10 us a batch): shuffled rows beyond the
-# caches are memory latency bound, and two cores keep twice as many reads in flight (N 10^7,
-# D 100, batch 1000: ~1.6x on 2 cores).
-_PARALLEL_MIN_BYTES = 1 << 27
+# Split each batch's rows between torch's threads once X outgrows the L2 caches and each thread's
+# share of a batch repays the threads' meeting after it (~1 us): shuffled rows beyond the L3
+# cache are memory latency bound, and two cores keep twice as many reads in flight. Measured on
+# 2 cores, D 100: beyond the L3 (N 4 x 10^6), 1.8x at batch 32 and 1000, 1.2x at batch 16,
+# slower from batch 10 down; within it (N 25 000 to 10^5), 1.2-1.7x at batch 1000, slower at 32.
+_PARALLEL_MIN_BYTES = 1 << 24
 _PARALLEL_MIN_BATCH = 256
+_UNCACHED_BYTES = 1 << 27
+_PARALLEL_MIN_BATCH_UNCACHED = 32
 COMPILED_CHOICES = ("auto", "true", "false")
 _kernels_loaded = False  # this process has loaded the compiled loops: no load left to repay
 
@@ -110,12 +114,14 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
     hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
     threads = _kernel_threads(X_np.nbytes, batch_size)
     if threads > 1:  # the same steps, each batch's rows split between threads
-        loops.set_threads(threads)
-        steps, last = loops.sgd_steps_parallel, threads
+        from linreg_lab.engines.thread_team import sgd_steps_on_threads
+
+        steps, last = sgd_steps_on_threads, threads
     else:
         steps, last = loops.sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
-    # Whole batches per call, so batch boundaries do not depend on the call size.
-    work = _WORK_PER_CALL * threads
+    # Whole batches per call, so batch boundaries do not depend on the call size. Threads share
+    # a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
+    work = _WORK_PER_CALL * (4 * threads if threads > 1 else 1)
     span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
@@ -141,8 +147,11 @@ def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 def _kernel_threads(x_bytes: int, batch_size: int) -> int:
     """Threads for the compiled loop: torch's count (set from trainer.threads) on large data."""
-    if x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH:
-        return kernels().usable_threads(torch.get_num_threads())
+    if os.name != "posix":  # the threads' barrier yields with POSIX's sched_yield
+        return 1
+    uncached = x_bytes >= _UNCACHED_BYTES and batch_size >= _PARALLEL_MIN_BATCH_UNCACHED
+    if uncached or (x_bytes >= _PARALLEL_MIN_BYTES and batch_size >= _PARALLEL_MIN_BATCH):
+        return max(1, torch.get_num_threads())
     return 1
 
 

@@ -22,9 +22,11 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-# numba's own work queue for its parallel loops, unless NUMBA_THREADING_LAYER says otherwise:
-# GNU OpenMP (the layer numba would pick here) kills a forked child that trains on threads
-# (a launcher's worker), and these loops are only ever called from one thread at a time.
+# numba's own work queue for its few coarse parallel loops (the shuffle, the vectorized
+# engine's models), unless NUMBA_THREADING_LAYER says otherwise: GNU OpenMP, the layer numba
+# would pick here, stops a child forked after its threads ran (a launcher's worker). The split
+# of each batch between threads (sgd_steps_share) runs on threads of our own (thread_team.py):
+# numba's parallel loop per batch cost 20% of an epoch at N 2 x 10^6 on OpenMP, 6x on the queue.
 if os.environ.get("NUMBA_THREADING_LAYER") is None:
     numba.config.THREADING_LAYER = "workqueue"
 
@@ -71,41 +73,54 @@ def sgd_steps(
     return last_loss, has_buf
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
-def sgd_steps_parallel(
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def sgd_steps_share(
     X, y, order, begin, end, batch_size, theta, buf, has_buf,
-    lr, momentum, dampening, weight_decay, nesterov, threads,
+    lr, momentum, dampening, weight_decay, nesterov, thread, threads, shares, arrivals,
 ):  # fmt: skip
-    """sgd_steps with each batch's rows split between threads (large, uncached X).
+    """One thread's part of sgd_steps with each batch's rows split between threads (large,
+    uncached X): run by each of threads threads at once, thread = 0 .. threads - 1.
 
-    Each thread sums its share of the gradient (numba's parallel loop, one region per batch);
-    the shares are added in thread order, so the result depends on the thread count only
-    through float32 rounding. Returns (last batch loss, has_buf).
+    Every thread sums its share of the batch's gradient into shares[batch % 2, thread], then
+    waits at a barrier (barrier.arrive_and_wait) until all shares are in, and applies the
+    same update to its own theta and buf: the sums are added in thread order, so every copy
+    stays equal, and the result depends on the thread count only through float32 rounding.
+    Two slots of shares: a thread writes a slot again only after all have left it (they all
+    met at the barrier in between). arrivals[1] != 0: a thread failed and will not come; stop.
+    Returns (last batch loss, has_buf).
     """
     lr, momentum = np.float32(lr), np.float32(momentum)
     keep, weight_decay = np.float32(1.0 - dampening), np.float32(weight_decay)
     d = theta.shape[0] - 1
-    # Each thread's share on cache lines of its own, a line apart: rows that shared a line at
-    # their boundary bounced it between the cores on every row (~0.25 s an epoch at N 10^7).
-    stride = (d + 1 + _LINE_FLOATS - 1) // _LINE_FLOATS * _LINE_FLOATS + _LINE_FLOATS
-    shares = np.zeros((threads, stride), np.float32)
     grad = np.empty(d + 1, np.float32)
-    squares = np.zeros(threads, np.float32)
     last_loss = np.float32(np.nan)
+    batch = 0
     for start in range(begin, end, batch_size):
         stop = min(start + batch_size, end)
         count = stop - start
-        for t in numba.prange(threads):
-            lo = start + t * count // threads
-            hi = start + (t + 1) * count // threads
-            shares[t, :] = 0
-            squares[t] = _share_gradient(X, y, order, lo, hi, theta, shares[t])
+        lo = start + thread * count // threads
+        hi = start + (thread + 1) * count // threads
+        # The next batch's share: its first rows are prefetched while this one ends.
+        next_count = min(stop + batch_size, end) - stop
+        next_lo = stop + thread * next_count // threads
+        next_hi = stop + (thread + 1) * next_count // threads
+        slot = shares[batch % 2]
+        slot[thread, :] = 0
+        slot[thread, d + 1] = _share_gradient(
+            X, y, order, lo, hi, next_lo, next_hi, theta, slot[thread]
+        )
+        batch += 1
+        if not arrive_and_wait(arrivals, threads, batch):
+            return last_loss, has_buf
+        squares = np.float32(0)
+        for t in range(threads):
+            squares += slot[t, d + 1]
+        last_loss = squares / count
         scale = np.float32(2.0 / count)
-        last_loss = squares.sum() / count
         for j in range(d + 1):
             g = np.float32(0)
             for t in range(threads):
-                g += shares[t, j]
+                g += slot[t, j]
             grad[j] = g * scale
         _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov)
         has_buf = True
@@ -124,8 +139,10 @@ def _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nes
 
 
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
-def _share_gradient(X, y, order, lo, hi, theta, share):
+def _share_gradient(X, y, order, lo, hi, next_lo, next_hi, theta, share):
     """share += the unscaled MSE gradient over rows order[lo:hi]; returns their squared residuals.
+
+    Rows are prefetched _AHEAD samples early, running on into order[next_lo:next_hi].
 
     Four rows at a time: their loads and dot products are independent, so more memory reads are
     in flight while the core computes (1.5-1.9x at N 10^7, D 100 on 2 threads).
@@ -135,10 +152,14 @@ def _share_gradient(X, y, order, lo, hi, theta, share):
     total = np.float32(0)
     k = lo
     while k + 3 < hi:
-        if k + _AHEAD + 3 < hi:
-            for a in range(4):
-                prefetch_row(X, order[k + _AHEAD + a])
-                prefetch_row(y, order[k + _AHEAD + a])
+        for a in range(4):
+            ahead = k + _AHEAD + a
+            if ahead >= hi:
+                ahead += next_lo - hi
+                if ahead >= next_hi:
+                    break
+            prefetch_row(X, order[ahead])
+            prefetch_row(y, order[ahead])
         x1, x2, x3, x4 = X[order[k]], X[order[k + 1]], X[order[k + 2]], X[order[k + 3]]
         r1, r2 = bias - y[order[k]], bias - y[order[k + 1]]
         r3, r4 = bias - y[order[k + 2]], bias - y[order[k + 3]]
@@ -407,10 +428,11 @@ def permutation(n: int, seed: int, threads: int | None = None) -> np.ndarray:
     # Each index's bucket, drawn once: one or two bytes written and read back are cheaper
     # than drawing it again.
     bucket_of = np.empty(n, np.uint8 if buckets <= 1 << 8 else np.uint16)
+    args = (out, bucket_of, np.uint64(seed), buckets.bit_length() - 1, chunks)
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(usable_threads(threads or previous))
     try:
-        _scatter_shuffle(out, bucket_of, np.uint64(seed), buckets.bit_length() - 1, chunks)
+        _scatter_shuffle(*args)
     finally:
         numba.set_num_threads(previous)
     return out
@@ -485,3 +507,80 @@ def _scatter_shuffle(out, bucket_of, seed, bits, chunks):
         for i in range(starts[k + 1] - begin - 1, 0, -1):
             state, j = _below(state, i + 1)
             out[begin + i], out[begin + j] = out[begin + j], out[begin + i]
+
+
+# ---- the threads' meeting point after each batch (sgd_steps_share) ----------------------
+# numba has no atomics of its own; these are LLVM's (through numba's extension API), so the
+# compiler neither keeps a spun-on value in a register nor moves the threads' other reads and
+# writes across them. A waiting thread spins a few microseconds (the usual wait: the others are
+# running), then yields its core: with more threads than free cores (a parallel sweep,
+# trainer.threads above the core count) a spinning thread would hold the core the thread it
+# waits for needs, ~100x slower.
+
+# Reads of the arrival count before a waiting thread starts yielding (~5-20 us).
+_SPINS = 1 << 12
+
+
+def _element_pointer(context, builder, array_type, array, index, index_type):
+    view = context.make_array(array_type)(context, builder, array)
+    index = context.cast(builder, index, index_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, view, [index], wraparound=False)
+
+
+@intrinsic
+def atomic_add(typingctx, array, index, value):
+    """array[index] += value as one atomic step (sequentially consistent); returns the old value."""
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, value_type = signature.args
+        pointer = _element_pointer(context, builder, array_type, args[0], args[1], index_type)
+        value = context.cast(builder, args[2], value_type, array_type.dtype)
+        return builder.atomic_rmw("add", pointer, value, "seq_cst")
+
+    return array.dtype(array, index, value), codegen
+
+
+@intrinsic
+def atomic_read(typingctx, array, index):
+    """array[index], read afresh from memory every time (acquire: later reads see what the
+    writer wrote before its atomic_add)."""
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        pointer = _element_pointer(context, builder, array_type, args[0], args[1], index_type)
+        size = context.get_abi_sizeof(context.get_value_type(array_type.dtype))
+        return builder.load_atomic(pointer, "acquire", size)
+
+    return array.dtype(array, index), codegen
+
+
+@intrinsic
+def yield_core(typingctx):
+    """sched_yield(): let another thread run on this core (POSIX; resolved when loaded)."""
+
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield"
+        )
+        builder.call(function, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@numba.njit(nogil=True, inline="always")
+def arrive_and_wait(arrivals, threads, meeting):
+    """Count this thread in at barrier number meeting (1, 2, ...) and wait for the others.
+
+    arrivals[0]: arrivals so far; arrivals[1] != 0: a thread failed and will not come. Returns
+    whether all came.
+    """
+    atomic_add(arrivals, 0, 1)
+    spins = 0
+    while atomic_read(arrivals, 0) < threads * meeting:
+        if atomic_read(arrivals, 1) != 0:
+            return False
+        spins += 1
+        if spins > _SPINS:
+            yield_core()
+    return True

@@ -8,6 +8,7 @@ opens the store itself and builds its own data.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
 from linreg_lab.tracking.dataset import DataFacts, log_model
 from linreg_lab.tracking.params import flatten, run_name_from_overrides
-from linreg_lab.tracking.plots import PlotInputs
+from linreg_lab.tracking.plots import PlotInputs, png_images
 
 
 class DataSource(Protocol):
@@ -152,15 +153,32 @@ def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
 
 
-def record_end(run: Run, setup: Setup, model, monitor: EpochMonitor, engine: str) -> None:
-    """Log what training produced: engine, parameters, plots (drawn by the MLflow helper while
-    this process goes on), and the model if asked."""
+def record_end(
+    run: Run, setup: Setup, model, monitor: EpochMonitor, engine: str, draw_here: bool = False
+) -> None:
+    """Log what training produced: engine, parameters, plots, and the model if asked.
+
+    The plots are drawn by the MLflow helper while this process goes on, or here (draw_here)
+    when this process will wait for the helper anyway: meanwhile the helper is still busy."""
     run.set_tags({"linreg.engine": engine})
     run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots and monitor.history:
-        run.log_plots(PlotInputs.of(monitor.history, setup.data, setup.optimum))
+        inputs = PlotInputs.of(monitor.history, setup.data, setup.optimum)
+        if draw_here:
+            run.log_images(_drawn(inputs))
+        else:
+            run.log_plots(inputs)
     if setup.tracking.log_model:
         log_model(setup.tracking.uri, run.id, model, setup.data.X)
+
+
+def _drawn(inputs: PlotInputs) -> dict[str, bytes]:
+    """The plots as PNGs drawn here; none (and a warning) if matplotlib fails."""
+    try:
+        return png_images(inputs)
+    except Exception as error:  # the trained run is worth keeping without pictures
+        logging.getLogger(__name__).warning("could not draw the plots: %s", error)
+        return {}
 
 
 def run_experiment(
@@ -194,7 +212,7 @@ def run_experiment(
 
                 trainer = setup.trainer
                 outcome.engine = fit(model, optimizer_factory, setup.data, trainer, on_epoch_end)
-            record_end(run, setup, model, monitor, outcome.engine)
+            record_end(run, setup, model, monitor, outcome.engine, draw_here=wait)
     except BaseException:
         if wait:  # the run's end is in the store before the error goes on (errors: its own)
             with contextlib.suppress(Exception):

@@ -14,12 +14,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, signals
 from linreg_lab.config.errors import exit_on_user_error
 from linreg_lab.sweep.check import check_launcher, check_sweep
+from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
 from linreg_lab.tracking.tags import TAG_SWEEP
@@ -67,6 +69,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _current
 
+        if GlobalHydra.instance().is_initialized():
+            compose_each_job_once(GlobalHydra.instance().config_loader())
         with exit_on_user_error():
             check_launcher(config)
             check_sweep(config)

@@ -151,8 +151,9 @@ class Helper:
             print(f"linreg-lab: the MLflow helper did not finish in {timeout:.0f} s; stopping it",
                   file=sys.stderr)  # fmt: skip
             self._process.kill()
-        for text in dict.fromkeys(text for _, text in self._errors[self._raised :]):
-            print(f"linreg-lab: MLflow: {text}", file=sys.stderr)
+        if self._raised == 0:  # once one was raised, the rest usually follow from it
+            for text in dict.fromkeys(text for _, text in self._errors):
+                print(f"linreg-lab: MLflow: {text}", file=sys.stderr)
 
     def _send(self, message: _Message) -> None:
         if self._closed:

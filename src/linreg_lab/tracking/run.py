@@ -125,6 +125,11 @@ class Run:
         """The data the run trained on (tracking.dataset.DataFacts) as its dataset input."""
         self._post("log_dataset", dict(spec), facts)
 
+    def log_images(self, images: Mapping[str, bytes]) -> None:
+        """PNG images drawn by the caller, by artifact path."""
+        for path, png in images.items():
+            self._post("log_image", png, path)
+
     def log_plots(self, inputs) -> None:
         """The run's loss and parameter plots (tracking.plots.PlotInputs), drawn by the helper."""
         self._post("log_plots", inputs)
