@@ -64,7 +64,9 @@ def summary(outcome, data, model, tracking) -> None:
         f"error/b_abs {metrics.get('error/b_abs', float('nan')):.2e}, "
         f"error/excess_loss {metrics.get('error/excess_loss', float('nan')):.2e}"
     )
-    console.print(f"MLflow run {outcome.run_id} in {tracking.uri}")
+    from linreg_lab.tracking.store import mask_secrets
+
+    console.print(f"MLflow run {outcome.run_id} in {mask_secrets(tracking.uri)}")
     console.print(f"Browse it: {browse_command(tracking)}; plots under the run's Artifacts, plots/")
 
 

@@ -61,3 +61,40 @@ def test_an_artifact_store_it_cannot_write_fails_the_run(store):
     (run,) = store.runs()
     assert run.info.status == "FAILED"  # never FINISHED with records missing
     assert run.data.tags["linreg.failure"]
+
+
+def test_a_remote_artifact_location_stays_a_uri(store):
+    """s3://... used to become a local folder named s3%3A under the working directory."""
+    result = store.train("tracking.artifact_location=s3://bucket/x", "trainer.epochs=1",
+                         check=False)  # fmt: skip
+    experiment = store.client.get_experiment_by_name("linreg")
+    if experiment is not None:
+        assert experiment.artifact_location == "s3://bucket/x"
+    assert not (store.root / "s3%3A").exists() and not (store.root / "s3:").exists()
+    if result.returncode != 0:  # no boto3 here: refused before any run, in one line
+        assert result.returncode == 2 and "boto3" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert experiment is None or not store.runs()
+
+
+def test_a_password_in_the_uri_is_never_printed(store):
+    uri = "postgresql://mlflow:s3cret-pw@127.0.0.1:1/mlflow"
+    result = store.train(f"tracking.uri={uri}", check=False, MLFLOW_TRACKING_URI=uri)
+    assert result.returncode != 0
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert "mlflow:***@127.0.0.1" in result.stderr, result.stderr
+
+
+def test_a_sweep_into_a_deleted_experiment_is_one_line(store):
+    store.train("trainer.epochs=1", "tracking.experiment_name=gone")
+    experiment = store.client.get_experiment_by_name("gone")
+    store.client.delete_experiment(experiment.experiment_id)
+    for launcher in ([], ["hydra/launcher=joblib"]):
+        result = store.train(
+            "-m", "optimizer.lr=0.01,0.02", "trainer.epochs=1", "tracking.experiment_name=gone",
+            *launcher, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "ref:" not in result.stdout
+        (line,) = [x for x in result.stderr.strip().splitlines() if "linreg" in x]
+        assert "deleted" in line

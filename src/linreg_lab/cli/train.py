@@ -96,8 +96,13 @@ def main() -> None:
         code = exit.code
     # This process owns the sweep and the helper: end them, whatever ended the command.
     from linreg_lab import sweep
+    from linreg_lab.config.errors import exit_on_user_error
 
-    sweep.finish("the sweep stopped before its end")
+    try:
+        with exit_on_user_error():
+            sweep.finish("the sweep stopped before its end")
+    except SystemExit as exit:  # the store failed: one line, exit 2 (unless already failing)
+        code = exit.code if code in (0, None) else code
     helper.close()
     received = signals.received()
     if received is not None and code in (0, 1, None):  # launchers turn a stop into an error

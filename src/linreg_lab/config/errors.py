@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from linreg_lab.config.validate import ConfigError
 from linreg_lab.engines import EngineError
-from linreg_lab.tracking.store import TrackingError
+from linreg_lab.tracking.store import TrackingError, mask_secrets
 
 USER_ERRORS = (ConfigError, TrackingError, EngineError)
 EXIT_USER_ERROR = 2
@@ -21,5 +21,5 @@ def exit_on_user_error(program: str = "linreg-train"):
     except USER_ERRORS as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{program}: error: {error}", file=sys.stderr, flush=True)
+        print(f"{program}: error: {mask_secrets(error)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -256,6 +256,12 @@ def _memory_bytes() -> int:
 
 
 def _check_model(cfg: DictConfig) -> None:
+    raw = OmegaConf.to_container(cfg.model, resolve=False) if "model" in cfg else {}
+    in_features = (
+        raw.get("module", {}).get("in_features", "???") if isinstance(raw, dict) else "???"
+    )
+    if in_features != "???":
+        _fail("model.module.in_features", in_features, "??? (it comes from the dataset's features)")
     out_features = OmegaConf.select(cfg, "model.module.out_features", default=1)
     if out_features != 1:
         _fail("model.module.out_features", out_features, "1: the dataset has one target")
@@ -299,12 +305,33 @@ def _check_trainer(cfg: DictConfig) -> None:
             _fail("trainer.device", "cuda", "auto or cpu: no CUDA device is available here")
 
 
+# MLflow's artifact stores by URI scheme: the module each needs, and its package.
+_ARTIFACT_PACKAGES = {
+    "s3": ("boto3", "boto3"),
+    "gs": ("google.cloud.storage", "google-cloud-storage"),
+    "wasbs": ("azure.storage.blob", "azure-storage-blob"),
+}
+
+
 def _check_tracking(cfg: DictConfig) -> None:
     uri = cfg.tracking.uri
     if not uri or not any(
         uri.startswith(s) for s in ("sqlite:///", "http://", "https://", "postgresql", "mysql")
     ):
         _fail("tracking.uri", uri, "sqlite:///<path>, http(s)://<server> or a database URL")
+    location = OmegaConf.select(cfg, "tracking.artifact_location", default=None)
+    scheme = str(location).split("://", 1)[0] if location and "://" in str(location) else None
+    needed = _ARTIFACT_PACKAGES.get(scheme)
+    if needed is not None:
+        import importlib.util
+
+        module, package = needed
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            _fail(
+                "tracking.artifact_location", location,
+                f"{scheme}:// artifacts need {package} installed (.venv/bin/pip install "
+                f"{package}), or let a tracking server proxy them (tracking=server)",
+            )  # fmt: skip
     if not cfg.tracking.experiment_name:
         _fail("tracking.experiment_name", cfg.tracking.experiment_name, "a non-empty name")
     _number(cfg, "tracking.log_weights_up_to", 0, strict=False, integer=True)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, signals
 from linreg_lab.config.errors import exit_on_user_error
-from linreg_lab.sweep.check import check_launcher, check_sweep
+from linreg_lab.sweep.check import check_launcher, check_sweep, task_overrides
 from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
@@ -46,6 +46,7 @@ class Sweep:
     parent_run_id: object  # what its jobs name the parent by: its id, or its handle in here
     stop_file: Path
     reuse: DataReuse = field(default_factory=DataReuse)
+    ran_to_its_end: bool = False
 
 
 _current: Sweep | None = None
@@ -58,7 +59,7 @@ def current() -> Sweep | None:
 
 def sweep_name(config: DictConfig) -> str:
     preset = OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)
-    overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+    overrides = task_overrides(config)
     name = " ".join(o for o in overrides if not o.startswith("experiment="))
     return f"sweep {preset or ''} {name}".replace("  ", " ").strip()
 
@@ -76,8 +77,9 @@ class SweepCallback(Callback):
             check_sweep(config)
             tracking = build.tracking(config)
         store = Store.open(tracking)
-        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        sweep_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        overrides = task_overrides(config)
+        node = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        sweep_params = OmegaConf.to_container(node, resolve=False) if node is not None else None
         launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "")
         parent = store.start_run(
             sweep_name(config),
@@ -107,7 +109,10 @@ class SweepCallback(Callback):
         store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        finish(None)
+        # Ended by linreg-train itself right after (finish), where a failing store can be
+        # reported as one line and an exit code: Hydra would only warn about an error here.
+        if _current is not None:
+            _current.ran_to_its_end = True
 
 
 def _stop_the_jobs(signum: int) -> None:
@@ -121,11 +126,14 @@ def _stop_the_jobs(signum: int) -> None:
 def finish(failure: str | None) -> None:
     """Compare the children, then end the parent: FINISHED only if every child finished.
 
-    failure: why the sweep ended before its end (None: it ran to its end)."""
+    failure: why the sweep ended before its end, unless Hydra said it ran to its end. Raises
+    TrackingError when the store itself failed."""
     global _current
     if _current is None:
         return
     sweep, _current = _current, None
+    if sweep.ran_to_its_end:
+        failure = None
     sweep.reuse.clear()  # no job is left to reuse the data
     signals.forget_hooks()
     for name in ENV_NAMES:
@@ -135,7 +143,7 @@ def finish(failure: str | None) -> None:
     try:
         sweep.store.finish_sweep(sweep.parent.id, failure, interrupted)
     except TrackingError:
-        pass  # the store itself failed: a job has said so, and nothing can be written
+        raise  # the store itself failed: nothing can be written; the user hears why
     except Exception as error:  # the parent must still be ended
         log.error("could not compare the sweep's runs: %s", error)
         try:

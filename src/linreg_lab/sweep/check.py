@@ -13,6 +13,7 @@ import itertools
 import math
 
 from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,13 +25,24 @@ _MAX_JOBS_CHECKED = 1000
 
 def swept_overrides(config: DictConfig) -> tuple[list[str], dict[str, list[str]]]:
     """(fixed overrides, 'key=value' per swept value by key) from the command line and preset."""
-    arguments = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+    arguments = task_overrides(config)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{key}={value}" for key, value in params.items()] + arguments
     fixed: dict[str, str] = {}
     swept: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
+    sweeper = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/sweeper", default="basic"))
+    # With the config loader, a glob over a config group lists the group's options.
+    loader = (
+        GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    )
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
         key = override.get_key_element()
+        if override.is_sweep_override() and sweeper == "basic" and not override.is_discrete_sweep():
+            raise ConfigError(
+                f"{override.input_line} is not allowed: Hydra's basic sweeper takes lists "
+                "(a,b,c), range() and glob(); interval() and tag() need hydra/sweeper=optuna "
+                "(as experiment=lr_batch_optuna does)"
+            )
         if override.is_sweep_override() and override.is_discrete_sweep():
             swept[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
             fixed.pop(key, None)
@@ -38,6 +50,12 @@ def swept_overrides(config: DictConfig) -> tuple[list[str], dict[str, list[str]]
             fixed[key] = f"{key}={override.get_value_element_as_str()}"
             swept.pop(key, None)
     return list(fixed.values()), swept
+
+
+def task_overrides(config: DictConfig) -> list[str]:
+    """The sweep's overrides as typed: ${...} in them is each job's, not resolved here."""
+    node = OmegaConf.select(config, "hydra.overrides.task", default=None)
+    return list(OmegaConf.to_container(node, resolve=False)) if node is not None else []
 
 
 def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:

@@ -288,7 +288,14 @@ def _describe(error: BaseException) -> tuple[str, str]:
 
 def serve(conn: Connection, owner_pid: int) -> None:
     """Run verbs until told to close, or until the owner is gone (then end its open runs)."""
+    import logging
+
     import mlflow  # noqa: F401  # the slow import, done while the owner is busy too
+
+    # Failures reach the owner as one line each; MLflow's own logs (tracebacks included) and
+    # its migrations' progress would only repeat them.
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     if not conn.poll(0):  # nothing to do yet (a sweep composing its jobs): ready the plots
         plots.warm_up()

@@ -12,6 +12,13 @@ from linreg_lab.tracking.helper import Handle, helper
 from linreg_lab.tracking.store import TrackingSettings
 from linreg_lab.tracking.tags import TAG_HOST, TAG_PID
 
+_PARAM_LIMIT = 6000  # MLflow's longest param value
+_CUT = " ... (cut at MLflow's limit; the whole value is in config.yaml)"
+
+
+def _fitted(value: str) -> str:
+    return value if len(value) <= _PARAM_LIMIT else value[: _PARAM_LIMIT - len(_CUT)] + _CUT
+
 
 class Store:
     """One tracking store and experiment. Cheap to make: it holds settings and ids or handles."""
@@ -98,7 +105,8 @@ class Run:
         helper().post(verb, self.store.settings, self.handle, *args)
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        self._post("log_batch", [], [(k, str(v)[:6000]) for k, v in params.items()])
+        """Params as strings; one beyond MLflow's 6000 characters is cut, and says so."""
+        self._post("log_batch", [], [(k, _fitted(str(v))) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         self._post("log_batch", [], [], [(k, str(v)) for k, v in tags.items()])

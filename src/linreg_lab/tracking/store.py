@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,8 +17,19 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
+_SECRET = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]+):[^@\s]+@")
+
+
+def mask_secrets(text: str) -> str:
+    """text with the password of every URI in it masked: postgresql://user:***@host/db."""
+    return _SECRET.sub(r"\1:***@", str(text))
+
+
 class TrackingError(RuntimeError):
-    pass
+    """The store cannot be used; the message never shows a URI's password."""
+
+    def __init__(self, message: str):
+        super().__init__(mask_secrets(message))
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,12 @@ def _open_client(settings: TrackingSettings):
         from filelock import FileLock
 
         with FileLock(f"{db}.lock", timeout=600):
+            half_made = _half_made(db)
+            if half_made:
+                raise TrackingError(f"tracking.uri={settings.uri}: {half_made}")
             return _opened(MlflowClient(tracking_uri=settings.uri))
+    except TrackingError:
+        raise
     except Exception as error:  # MLflow raises several kinds for a bad or foreign store
         message = _first_line(error)
         if db is not None and db.exists():
@@ -89,6 +106,28 @@ def _open_client(settings: TrackingSettings):
 def _opened(client):
     client.search_experiments(max_results=1)  # the client is lazy: open the store now
     return client
+
+
+def _half_made(db: Path) -> str | None:
+    """Why db is a store whose creation was interrupted (a race, a full disk), or None."""
+    import sqlite3
+
+    if not db.exists() or db.stat().st_size == 0:
+        return None  # a new store: MLflow creates it
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            tables = {row[0] for row in connection.execute("select name from sqlite_master")}
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute("select version_num from alembic_version").fetchone()
+    except sqlite3.Error:
+        return f"{db} is not an MLflow sqlite store"
+    if tables and (revision is None or any(t.startswith("_alembic_tmp") for t in tables)):
+        return (
+            f"{db} is half-made: its creation was interrupted. Move it away, e.g. "
+            f"`mv {db} {db}.broken`, and run again; a new store is created"
+        )
+    return None
 
 
 def _sqlite_diagnosis(db: Path, uri: str) -> str:

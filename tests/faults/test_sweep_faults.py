@@ -1,0 +1,85 @@
+"""Faults of sweeps: crashes mid-group, a dead sweep process, odd sweep syntax."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.test_failures import start_in_group, wait_for_metric
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_killed_vectorized_group_keeps_its_epochs(store):
+    """A group's metrics reach MLflow while it trains, as a single run's do."""
+    process = start_in_group(
+        store, "-m", "dataset.num_samples=20000", "trainer.epochs=100000",
+        "optimizer.lr=0.01,0.02", "hydra/launcher=vectorized",
+    )  # fmt: skip
+    try:
+        wait_for_metric(store, "linreg", count=2)
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    children = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
+    assert len(children) == 2
+    for child in children:
+        assert len(store.client.get_metric_history(child.info.run_id, "train/loss")) >= 2
+
+
+def test_no_worker_outlives_a_killed_joblib_sweep(store):
+    process = start_in_group(
+        store, "-m", "dataset.num_samples=20000", "trainer.epochs=100000",
+        "trainer.engine=autograd", "trainer.seed=1,2,3,4", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )  # fmt: skip
+    try:
+        wait_for_metric(store, "linreg")
+        others = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGKILL)  # the sweep's process alone
+        process.wait(timeout=30)
+        _, alive = psutil.wait_procs(others, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing of the group left: as it should
+            os.killpg(process.pid, signal.SIGKILL)
+    assert alive == [], [p.cmdline()[:3] for p in alive if p.is_running()]
+    statuses = {r.info.status for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"}
+    assert "RUNNING" not in statuses
+
+
+@pytest.mark.parametrize(
+    "override,allowed",
+    [("optimizer.lr=interval(0.01,0.1)", "hydra/sweeper=optuna"),
+     ("optimizer.lr=tag(log,interval(0.01,0.1))", "hydra/sweeper=optuna")],
+)  # fmt: skip
+def test_a_sweep_syntax_the_sweeper_does_not_take_is_one_line(store, override, allowed):
+    result = store.train("-m", override, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert override in line and allowed in line
+    assert store.client.get_experiment_by_name("linreg") is None or not store.runs()
+
+
+def test_a_glob_sweep_over_a_group_has_its_parent(store):
+    result = store.train("-m", "optimizer=glob(*)", "trainer.epochs=1")
+    runs = store.runs()
+    parents = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    assert len(parents) == 1 and len(runs) == 3, result.stderr
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_interpolations_in_swept_overrides_are_each_jobs(store):
+    store.train("-m", "trainer.epochs=${dataset.seed}", "dataset.seed=1,2")
+    runs = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
+    assert sorted(r.data.params["trainer.epochs"] for r in runs) == ["1", "2"]
+    store.train("-m", "trainer.epochs=1,${trainer.batch_size}", "trainer.batch_size=3",
+                "tracking.experiment_name=second")  # fmt: skip
+    parent = next(r for r in store.runs("second") if r.data.tags.get("linreg.sweep") == "true")
+    assert "trainer.epochs=1,${trainer.batch_size}" in parent.data.params.values()
