@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from linreg_lab.data import RegressionData
+from linreg_lab.data import DataError, RegressionData
 from linreg_lab.engines import choose_engine
 from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.tracking import TrackingSettings
@@ -31,7 +31,13 @@ def tracking(cfg: DictConfig) -> TrackingSettings:
 
 
 def dataset(cfg: DictConfig) -> RegressionData:
-    return instantiate(cfg.dataset, _convert_="all")
+    """The data; a DataError (a missing file, a bad column) is raised as itself, not wrapped."""
+    try:
+        return instantiate(cfg.dataset, _convert_="all")
+    except Exception as error:
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise
 
 
 def model(cfg: DictConfig, in_features: int) -> nn.Module:

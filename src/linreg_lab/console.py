@@ -32,8 +32,9 @@ def epoch_progress(epochs: int, quiet: bool) -> Iterator[Callable[[int, float], 
         yield advance
 
 
-def summary(outcome, data, model, tracking) -> None:
-    """Final loss, true vs recovered parameters, the run id and how to open the UI."""
+def summary(outcome, data, model, tracking, fitted=None) -> None:
+    """Final loss, true (or least-squares) vs recovered parameters, the run id and how to open
+    the UI; fitted: the least-squares (w list, b)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -47,23 +48,31 @@ def summary(outcome, data, model, tracking) -> None:
     title = f"{outcome.status} ({outcome.engine} engine)"
     if outcome.failure:  # the engine may not have said which it was before the failure
         title = f"{outcome.status}: {outcome.failure}"
+    truth = data.has_truth
     table = Table(title=title)
     table.add_column("parameter")
-    table.add_column("true", justify="right")
+    table.add_column("true" if truth else "least squares", justify="right")
     table.add_column("recovered", justify="right")
+    reference = data.true_w.tolist() if truth else fitted[0]
+    names = data.feature_names or [f"w_{i}" for i in range(len(w))]
     for i in range(shown):
-        table.add_row(f"w_{i}", f"{float(data.true_w[i]):.4f}", f"{w[i]:.4f}")
+        table.add_row(names[i], f"{float(reference[i]):.4f}", f"{w[i]:.4f}")
     if shown < len(w):
         table.add_row(f"... {len(w) - shown} more", "", "")
-    table.add_row("b", f"{data.true_b:.4f}", f"{b:.4f}")
+    table.add_row("b", f"{(data.true_b if truth else fitted[1]):.4f}", f"{b:.4f}")
     console.print(table)
-    loss = metrics.get("train/loss", float("nan"))
-    console.print(
-        f"train/loss {loss:.4e} (noise floor {data.noise_std**2:.1e}), "
-        f"error/w_l2 {metrics.get('error/w_l2', float('nan')):.2e}, "
-        f"error/b_abs {metrics.get('error/b_abs', float('nan')):.2e}, "
-        f"error/excess_loss {metrics.get('error/excess_loss', float('nan')):.2e}"
-    )
+    nan = float("nan")
+    loss = metrics.get("train/loss", nan)
+    parts = [f"train/loss {loss:.4e}"]
+    if truth:
+        parts[0] += f" (noise floor {data.noise_std**2:.1e})"
+        parts += [f"error/w_l2 {metrics.get('error/w_l2', nan):.2e}",
+                  f"error/b_abs {metrics.get('error/b_abs', nan):.2e}"]  # fmt: skip
+    for key in ("val/loss", "test/loss", "error/lsq_l2"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4e}")
+    parts.append(f"error/excess_loss {metrics.get('error/excess_loss', nan):.2e}")
+    console.print(", ".join(parts))
     from linreg_lab.tracking.store import mask_secrets
 
     console.print(f"MLflow run {outcome.run_id} in {mask_secrets(tracking.uri)}")

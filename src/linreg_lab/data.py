@@ -1,7 +1,9 @@
-"""The synthetic regression problem y = X w + b + noise, with its truth kept beside the data."""
+"""RegressionData, what every engine trains on, and the synthetic problem y = X w + b + noise
+(its truth kept beside the data). Real tables are read by linreg_lab.tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -18,16 +20,84 @@ _CHUNK_ROWS = 1 << 18
 _DRAW_ROWS = 1 << 12
 
 
+class DataError(ValueError):
+    """Data that cannot be trained on; str() is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    val: float = 0.2
+    test: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How features and target were standardized (training rows' statistics): a model's
+    parameters in original units are w / x_scale * y_scale, and b accordingly."""
+
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: float = 0.0
+    y_scale: float = 1.0
+
+    def original_units(self, w: np.ndarray, b: float) -> tuple[np.ndarray, float]:
+        """(w, b) of a model on the scaled data, as parameters on the original columns."""
+        w_original = np.asarray(w, np.float64) / self.x_scale * self.y_scale
+        b_original = b * self.y_scale + self.y_mean - float(w_original @ self.x_mean)
+        return w_original, b_original
+
+    @property
+    def is_identity(self) -> bool:
+        return (
+            not self.x_mean.any() and (self.x_scale == 1).all()
+            and self.y_mean == 0 and self.y_scale == 1
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Split:
+    """The held-out rows: validation and test (either may have no rows)."""
+
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    val: float  # the fractions asked for, and the permutation's seed
+    test: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """Where real data came from: what MLflow's dataset entry says."""
+
+    name: str
+    path: str
+    digest: str
+    kind: str  # "csv", "parquet", "sklearn"
+
+
 @dataclass(frozen=True)
 class RegressionData:
-    """Features X (N, D), targets y (N, 1) and the parameters that generated them."""
+    """Training features X (N, D) and targets y (N, 1); for synthetic data the parameters that
+    generated them (true_w, true_b, noise_std), for a table its source; held-out rows in split."""
 
     X: torch.Tensor
     y: torch.Tensor
-    true_w: torch.Tensor  # (D,)
-    true_b: float
-    noise_std: float
+    true_w: torch.Tensor | None  # (D,); None: no truth is known (real data)
+    true_b: float | None
+    noise_std: float | None
     seed: int
+    feature_names: tuple[str, ...] | None = None
+    split: Split | None = None
+    scaling: Scaling | None = None
+    source: TableSource | None = None
+    dropped_rows: int = 0
+
+    @property
+    def has_truth(self) -> bool:
+        return self.true_w is not None
 
     @property
     def num_samples(self) -> int:
@@ -37,11 +107,18 @@ class RegressionData:
     def num_features(self) -> int:
         return self.X.shape[1]
 
+    @property
+    def has_validation(self) -> bool:
+        return self.split is not None and self.split.X_val.shape[0] > 0
+
+    @property
+    def has_test(self) -> bool:
+        return self.split is not None and self.split.X_test.shape[0] > 0
+
     def to(self, device: torch.device) -> RegressionData:
         if self.X.device == device:
             return self
-        X, y = self.X.to(device), self.y.to(device)
-        return RegressionData(X, y, self.true_w, self.true_b, self.noise_std, self.seed)
+        return dataclasses.replace(self, X=self.X.to(device), y=self.y.to(device))
 
 
 def _draw_parts(start: int, stop: int, d: int):
@@ -96,6 +173,7 @@ def make_synthetic_regression(
     num_samples: int = 1000,
     noise_std: float = 0.01,
     seed: int = 0,
+    split: dict | None = None,
 ) -> RegressionData:
     """Draw X ~ N(0, 1) and y = X true_w + true_b + N(0, noise_std^2), reproducibly from seed."""
     generator = torch.Generator().manual_seed(seed)
@@ -126,5 +204,44 @@ def make_synthetic_regression(
         y_chunk.add_(true_b)
         y[start:stop] = y_chunk
     if not math.isfinite(float(y.abs().max())):
-        raise ValueError("dataset: generated targets are not finite; check true_w and true_b")
-    return RegressionData(X, y, w, float(true_b), float(noise_std), seed)
+        raise DataError("dataset: generated targets are not finite; check true_w and true_b")
+    data = RegressionData(X, y, w, float(true_b), float(noise_std), seed)
+    if split and (split.get("val") or split.get("test")):
+        return split_data(data, rows, split)
+    return data
+
+
+def split_data(data: RegressionData, rows: torch.Tensor, split: dict) -> RegressionData:
+    """Synthetic data with held-out rows; rows is its packed (N, D + 1) buffer."""
+    fractions = split_fractions(split)
+    train, val, test = (torch.from_numpy(r) for r in split_rows(data.num_samples, fractions))
+    d = data.num_features
+    kept = rows[train]  # packed again: each target beside its row
+    val_rows, test_rows = rows[val], rows[test]
+    held_out = Split(
+        val_rows[:, :d].contiguous(), val_rows[:, d:].contiguous(),
+        test_rows[:, :d].contiguous(), test_rows[:, d:].contiguous(),
+        fractions.val, fractions.test, fractions.seed,
+    )  # fmt: skip
+    return dataclasses.replace(data, X=kept[:, :d], y=kept[:, d:], split=held_out)
+
+
+def split_fractions(split: dict | None) -> SplitFractions:
+    fractions = SplitFractions(**(dict(split) if split else {}))
+    for name in ("val", "test"):
+        value = getattr(fractions, name)
+        if not isinstance(value, int | float) or not 0 <= value < 1 or math.isnan(value):
+            raise DataError(f"dataset.split.{name}={value} is not allowed: a fraction in [0, 1)")
+    if fractions.val + fractions.test >= 1:
+        raise DataError(
+            f"dataset.split: val {fractions.val} + test {fractions.test} >= 1 leaves no "
+            "training rows"
+        )
+    return fractions
+
+
+def split_rows(n: int, fractions: SplitFractions):
+    """(train, val, test) row indices: a permutation seeded by split.seed, cut in that order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(fractions.seed)).numpy()
+    n_val, n_test = round(n * fractions.val), round(n * fractions.test)
+    return np.sort(order[n_val + n_test :]), np.sort(order[:n_val]), np.sort(order[n_val:][:n_test])

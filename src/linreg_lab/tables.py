@@ -8,28 +8,28 @@ only. Columns that are not numeric are refused by name (no silent encoding).
 from __future__ import annotations
 
 import hashlib
-import math
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from linreg_lab.data import RegressionData, Scaling, Split, TableSource
+from linreg_lab.data import (
+    DataError,
+    RegressionData,
+    Scaling,
+    Split,
+    TableSource,
+    split_fractions,
+    split_rows,
+)
 
 MISSING_CHOICES = ("error", "drop")
+log = logging.getLogger(__name__)
 
 
-class TableError(ValueError):
-    """A table that cannot be trained on; str() is the one line shown to the user."""
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    val: float = 0.2
-    test: float = 0.0
-    seed: int = 0
+TableError = DataError  # a table that cannot be trained on; str() is the one line shown
 
 
 def load_table(
@@ -123,11 +123,14 @@ def from_frame(
                 "set dataset.missing=drop to train without them"
             )
         values = values[~bad]
+        log.warning(
+            "dataset: dropped %d of %d rows with NaN, inf or empty values", dropped, len(bad)
+        )
     if len(values) == 0:
         raise TableError(f"{where}: every row has a missing value ({dropped} dropped)")
-    fractions = _fractions(split)
+    fractions = split_fractions(split)
     n, d = values.shape[0], len(chosen)
-    train, val, test = _split_rows(n, fractions)
+    train, val, test = split_rows(n, fractions)
     if len(train) <= d:
         raise TableError(
             f"dataset.split: {len(train)} training rows for {d} features; least squares needs "
@@ -207,27 +210,6 @@ def _file_digest(file: Path) -> str:
     stat = file.stat()
     key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(key.encode()).hexdigest()[:8]
-
-
-def _fractions(split: dict | None) -> SplitFractions:
-    fractions = SplitFractions(**(dict(split) if split else {}))
-    for name in ("val", "test"):
-        value = getattr(fractions, name)
-        if not isinstance(value, int | float) or not 0 <= value < 1 or math.isnan(value):
-            raise TableError(f"dataset.split.{name}={value} is not allowed: a fraction in [0, 1)")
-    if fractions.val + fractions.test >= 1:
-        raise TableError(
-            f"dataset.split: val {fractions.val} + test {fractions.test} >= 1 leaves no "
-            "training rows"
-        )
-    return fractions
-
-
-def _split_rows(n: int, fractions: SplitFractions):
-    """(train, val, test) row indices: a permutation seeded by split.seed, cut in that order."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(fractions.seed)).numpy()
-    n_val, n_test = round(n * fractions.val), round(n * fractions.test)
-    return np.sort(order[n_val + n_test :]), np.sort(order[:n_val]), np.sort(order[n_val:][:n_test])
 
 
 def _scaling(X, y, standardize: bool, standardize_target: bool, names) -> Scaling:

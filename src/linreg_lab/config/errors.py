@@ -7,10 +7,11 @@ import sys
 from contextlib import contextmanager
 
 from linreg_lab.config.validate import ConfigError
+from linreg_lab.data import DataError
 from linreg_lab.engines import EngineError
 from linreg_lab.tracking.store import TrackingError, mask_secrets
 
-USER_ERRORS = (ConfigError, TrackingError, EngineError)
+USER_ERRORS = (ConfigError, TrackingError, EngineError, DataError)
 EXIT_USER_ERROR = 2
 
 

@@ -217,6 +217,38 @@ def _validate(cfg: DictConfig) -> None:
 
 
 def _check_dataset(cfg: DictConfig) -> None:
+    target = str(OmegaConf.select(cfg, "dataset._target_", default=""))
+    if OmegaConf.select(cfg, "dataset.split", default=None) is not None:
+        _check_split(cfg)
+    if target == "linreg_lab.data.make_synthetic_regression":
+        _check_synthetic(cfg)
+    elif target == "linreg_lab.tables.load_table":
+        for key in ("path", "target"):
+            value = OmegaConf.select(cfg, f"dataset.{key}", default=None)
+            if value in (None, "", "???"):
+                _fail(f"dataset.{key}", value, f"set it: dataset=table needs dataset.{key}=...")
+        missing = OmegaConf.select(cfg, "dataset.missing", default="error")
+        if missing not in ("error", "drop"):
+            _fail("dataset.missing", missing, "error or drop")
+
+
+def _check_split(cfg: DictConfig) -> None:
+    for key in ("val", "test"):
+        value = OmegaConf.select(cfg, f"dataset.split.{key}", default=0.0)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+        if not ok:
+            _fail(f"dataset.split.{key}", value, "a fraction of the rows in [0, 1)")
+    val = OmegaConf.select(cfg, "dataset.split.val", default=0.0)
+    test = OmegaConf.select(cfg, "dataset.split.test", default=0.0)
+    if val + test >= 1:
+        _fail(
+            "dataset.split",
+            f"val={val},test={test}",
+            "val + test < 1: rows must be left to train on",
+        )
+
+
+def _check_synthetic(cfg: DictConfig) -> None:
     _number(cfg, "dataset.num_samples", 1, strict=False, integer=True)
     _number(cfg, "dataset.noise_std", 0, strict=False)
     _number(cfg, "dataset.true_b", -math.inf, strict=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from linreg_lab.data import RegressionData
-from linreg_lab.engines.least_squares import LeastSquares
+from linreg_lab.engines.least_squares import LeastSquares, least_squares
 
 
 class Diverged(RuntimeError):
@@ -23,6 +23,13 @@ class EpochMonitor:
     optimum: LeastSquares
     log_weights_up_to: int = 10
     history: list[dict[str, float]] = field(default_factory=list)
+    # The validation rows' sums (their MSE for any parameters in ~D^2 operations), if any.
+    validation: LeastSquares | None = None
+
+    def __post_init__(self) -> None:
+        if self.validation is None and self.data.has_validation:
+            split = self.data.split
+            self.validation = least_squares(split.X_val, split.y_val)
 
     def measure(
         self,
@@ -36,13 +43,18 @@ class EpochMonitor:
         data = self.data
         loss = self.optimum.loss_of(w, b) if loss is None else loss
         metrics = {"train/loss": loss, "train/last_batch_loss": last_batch_loss}
+        if self.validation is not None:
+            metrics["val/loss"] = self.validation.loss_of(w, b)
         if w.numel() == data.num_features:
             w_cpu = w.detach().float().cpu()
             if data.num_features <= self.log_weights_up_to:
                 metrics.update({f"param/w_{i}": float(v) for i, v in enumerate(w_cpu)})
             metrics["param/b"] = b
-            metrics["error/w_l2"] = float(torch.linalg.vector_norm(w_cpu - data.true_w))
-            metrics["error/b_abs"] = abs(b - data.true_b)
+            if data.has_truth:
+                metrics["error/w_l2"] = float(torch.linalg.vector_norm(w_cpu - data.true_w))
+                metrics["error/b_abs"] = abs(b - data.true_b)
+            theta = torch.cat([w_cpu.double(), torch.tensor([b], dtype=torch.float64)])
+            metrics["error/lsq_l2"] = float(torch.linalg.vector_norm(theta - self.optimum.theta))
         metrics["error/excess_loss"] = loss - self.optimum.loss
         self.history.append(metrics)
         # The loss sums in float64 and can stay finite while float32 values have overflowed.

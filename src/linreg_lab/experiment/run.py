@@ -24,7 +24,7 @@ from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.data import RegressionData
 from linreg_lab.engines import choose_engine, fit
-from linreg_lab.engines.least_squares import LeastSquares, least_squares
+from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor
 from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import linear_parameters
@@ -59,9 +59,15 @@ class Outcome:
         return self.run.id
 
     @property
+    def ranked_by(self) -> str:
+        """val/loss when the run has a validation split, else train/loss."""
+        return "val/loss" if "val/loss" in self.metrics else "train/loss"
+
+    @property
     def objective(self) -> float:
-        """What a sweeper minimises: the final train/loss, inf for a failed run."""
-        loss = self.metrics.get("train/loss", math.inf)
+        """What a sweeper minimises: the final val/loss (train/loss without a validation
+        split), inf for a failed run."""
+        loss = self.metrics.get(self.ranked_by, math.inf)
         return loss if self.status == FINISHED and math.isfinite(loss) else math.inf
 
 
@@ -161,7 +167,13 @@ def record_end(
     The plots are drawn by the MLflow helper while this process goes on, or here (draw_here)
     when this process will wait for the helper anyway: meanwhile the helper is still busy."""
     run.set_tags({"linreg.engine": engine})
-    run.log_json(_parameters_report(setup.data, setup.optimum, model), "parameters.json")
+    data = setup.data
+    if data.has_test and monitor.history:
+        w, b = linear_parameters(model)
+        test_loss = mse(data.split.X_test, data.split.y_test, w, b)
+        monitor.history[-1]["test/loss"] = test_loss  # in the outcome's final metrics too
+        run.log_metrics({"test/loss": test_loss}, step=len(monitor.history))
+    run.log_json(_parameters_report(data, setup.optimum, model), "parameters.json")
     if setup.tracking.log_plots and monitor.history:
         inputs = PlotInputs.of(monitor.history, setup.data, setup.optimum)
         if draw_here:
@@ -224,7 +236,8 @@ def run_experiment(
         setup.store.check()
     result = Outcome(run, outcome.status, monitor.final, outcome.engine, outcome.failure)
     if not quiet:
-        console.summary(result, setup.data, model, setup.tracking)
+        fitted = (setup.optimum.w.cpu().tolist(), setup.optimum.b)
+        console.summary(result, setup.data, model, setup.tracking, fitted)
     return result
 
 
@@ -269,17 +282,33 @@ def end_quietly(run: Run, status: str, failure: str | None = None) -> None:
 
 
 def _parameters_report(data, optimum, model) -> dict:
+    """parameters.json: recovered and least-squares parameters (and the truth, where known);
+    for standardized data also in the table's original units."""
     w, b = linear_parameters(model)
     w = w.cpu()
-    return {
-        "true": {"w": data.true_w.tolist(), "b": data.true_b},
+    scaled = data.scaling is not None and not data.scaling.is_identity
+    report = {
+        "units": "standardized (see original_units)" if scaled else "the data's own",
+        "features": list(data.feature_names) if data.feature_names else None,
         "recovered": {"w": w.tolist(), "b": b},
         "least_squares": {"w": optimum.w.cpu().tolist(), "b": optimum.b, "loss": optimum.loss},
-        "error": {
+    }
+    if data.has_truth:
+        report["true"] = {"w": data.true_w.tolist(), "b": data.true_b}
+        report["error"] = {
             "w_l2": float(torch.linalg.vector_norm(w - data.true_w)),
             "b_abs": abs(b - data.true_b),
-        },
-    }
+        }
+    if scaled:
+        original = {}
+        for name, (w_, b_) in {
+            "recovered": (w, b),
+            "least_squares": (optimum.w, optimum.b),
+        }.items():
+            w_orig, b_orig = data.scaling.original_units(w_.cpu().double().numpy(), b_)
+            original[name] = {"w": w_orig.tolist(), "b": b_orig}
+        report["original_units"] = original
+    return report
 
 
 def _git_tags() -> dict[str, str]:

@@ -26,19 +26,26 @@ class DataFacts:
 
     num_samples: int
     num_features: int
-    true_b: float
-    noise_std: float
+    true_b: float | None
+    noise_std: float | None
     seed: int
     dtype: str  # numpy's name: "float32"
     features_nbytes: int
+    # A table's: its source (name, path, digest, kind), columns, and rows per split.
+    source: tuple[str, str, str, str] | None = None
+    feature_names: tuple[str, ...] | None = None
+    held_out: tuple[int, int] = (0, 0)  # validation rows, test rows
 
     @classmethod
     def of(cls, data) -> DataFacts:
         """From a RegressionData."""
-        X = data.X
+        X, source, split = data.X, data.source, data.split
         return cls(
             data.num_samples, data.num_features, data.true_b, data.noise_std, data.seed,
             str(X.dtype).removeprefix("torch."), X.element_size() * X.nelement(),
+            (source.name, source.path, source.digest, source.kind) if source else None,
+            data.feature_names,
+            (split.X_val.shape[0], split.X_test.shape[0]) if split else (0, 0),
         )  # fmt: skip
 
 
@@ -101,12 +108,39 @@ def dataset_input(spec: Mapping[str, object], data: DataFacts):
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", CONTEXT)])
 
 
+def table_inputs(spec: Mapping[str, object], data: DataFacts) -> list:
+    """A table's splits as MLflow pandas datasets, one per split (context training,
+    validation, test): the file's name, path and version, the split's rows and schema."""
+    import pandas as pd
+    from mlflow.data import from_pandas
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    name, path, version, kind = data.source
+    target = str(spec.get("target", "target"))
+    columns = {c: pd.Series(dtype="float32") for c in (*(data.feature_names or ()), target)}
+    split = spec.get("split") or {}
+    rows = {"training": data.num_samples, "validation": data.held_out[0], "test": data.held_out[1]}
+    inputs = []
+    for context, count in rows.items():
+        if count == 0:
+            continue
+        key = {"file": version, "split": split, "part": context, "spec": dict(spec)}
+        entry = from_pandas(
+            pd.DataFrame(columns), source=path, targets=target, name=name, digest=digest(key)
+        ).to_dict()  # MLflow's own pandas dataset, on an empty frame of the table's columns
+        entry["profile"] = json.dumps({"num_rows": count, "num_elements": count * len(columns)})
+        inputs.append(DatasetInput(Dataset(**entry), [InputTag("mlflow.data.context", context)]))
+    return inputs
+
+
 def log_dataset(client, run_id: str, spec: Mapping[str, object], data: DataFacts) -> str:
-    """Record the training data as the run's dataset input; returns its digest."""
-    entry = dataset_input(spec, data)
+    """Record the training data (and a table's held-out splits) as the run's dataset inputs;
+    returns the training data's digest."""
+    entries = table_inputs(spec, data) if data.source else [dataset_input(spec, data)]
+    entry = entries[0]
     for attempt in range(3):
         try:
-            client.log_inputs(run_id, datasets=[entry])
+            client.log_inputs(run_id, datasets=entries)
             break
         except Exception:
             # Parallel jobs on one store race to insert the same dataset row; the loser's

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 
@@ -296,6 +297,7 @@ def serve(conn: Connection, owner_pid: int) -> None:
     # its migrations' progress would only repeat them.
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 
     if not conn.poll(0):  # nothing to do yet (a sweep composing its jobs): ready the plots
         plots.warm_up()

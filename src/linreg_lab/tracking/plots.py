@@ -79,6 +79,9 @@ def _draw_loss(fig, history: History, optimum_loss: float, noise_floor: float) -
     (ax,) = fig.axes
     epochs, loss = _series(history, "train/loss")
     ax.plot(epochs, loss, marker="o", color="C0", label="train/loss (full data)")
+    val_epochs, val_loss = _series(history, "val/loss")
+    if val_loss:
+        ax.plot(val_epochs, val_loss, marker="s", color="C1", label="val/loss")
     batch_epochs, batch_loss = _series(history, "train/last_batch_loss")
     if batch_loss:
         ax.plot(batch_epochs, batch_loss, ls="", marker=".", color="C0", alpha=0.4,
@@ -137,7 +140,9 @@ def _draw_parameters(fig, history: History, keys, fitted: Sequence[float] | None
         ax = axes[n]
         epochs, values = _series(history, key)
         ax.plot(epochs, values, marker="o", color="C0", label="recovered")
-        ax.axhline(truth, color="C3", ls="--", label="true")
+        ax.axhline(
+            truth, color="C3", ls="--", label="true" if fitted is not None else "least squares"
+        )
         if fitted is not None:
             ax.axhline(fitted[n], color="C2", ls=":", label="least squares")
     axes[0].legend(fontsize=7)
@@ -199,9 +204,12 @@ class PlotInputs:
 
     @classmethod
     def of(cls, history: History, data, optimum) -> PlotInputs:
-        """From a run's EpochMonitor history, its RegressionData and LeastSquares."""
-        true_w = [float(v) for v in data.true_w.tolist()]
+        """From a run's EpochMonitor history, its RegressionData and LeastSquares; without a
+        truth (real data) the least-squares parameters are the reference lines."""
         fitted = [float(v) for v in optimum.w.cpu().tolist()] + [optimum.b]
+        if not data.has_truth:
+            return cls([dict(m) for m in history], fitted[:-1], fitted[-1], 0.0, optimum.loss, [])
+        true_w = [float(v) for v in data.true_w.tolist()]
         return cls(
             [dict(m) for m in history], true_w, data.true_b, data.noise_std**2,
             optimum.loss, fitted,

@@ -32,11 +32,26 @@ class Row:
     w_l2: float
     failure: str
     params: dict[str, str]
+    val_loss: float = math.nan
+    lsq_l2: float = math.nan  # the distance to the least-squares solution (no truth needed)
 
-    @property
-    def sort_key(self) -> tuple:
-        loss = self.loss if math.isfinite(self.loss) else math.inf
-        return (self.status != FINISHED, loss)
+    def sort_key(self, metric: str) -> tuple:
+        loss = self.val_loss if metric == "val/loss" else self.loss
+        return (self.status != FINISHED, loss if math.isfinite(loss) else math.inf)
+
+
+def error_column(rows: list[Row]) -> str:
+    """error/w_l2 where runs know their truth (synthetic data), else error/lsq_l2."""
+    return "error/w_l2" if any(math.isfinite(row.w_l2) for row in rows) else "error/lsq_l2"
+
+
+def _error(row: Row, column: str) -> float:
+    return row.w_l2 if column == "error/w_l2" else row.lsq_l2
+
+
+def ranking_metric(rows: list[Row]) -> str:
+    """What ranks a sweep: val/loss when its runs have a validation split, else train/loss."""
+    return "val/loss" if any(math.isfinite(row.val_loss) for row in rows) else "train/loss"
 
 
 def children(client: MlflowClient, parent: Run) -> list[Run]:
@@ -67,10 +82,13 @@ def rows_of(runs: list[Run]) -> list[Row]:
             run.data.metrics.get("error/w_l2", math.nan),
             run.data.tags.get(TAG_FAILURE, ""),
             {**run.data.params, **_overrides(run.data.tags.get("linreg.overrides", ""))},
+            run.data.metrics.get("val/loss", math.nan),
+            run.data.metrics.get("error/lsq_l2", math.nan),
         )
         for run in runs
     ]
-    return sorted(rows, key=lambda row: row.sort_key)
+    metric = ranking_metric(rows)
+    return sorted(rows, key=lambda row: row.sort_key(metric))
 
 
 def _overrides(tag: str) -> dict[str, str]:
@@ -93,10 +111,16 @@ def varied_keys(rows: list[Row]) -> list[str]:
 def to_csv(rows: list[Row], keys: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["rank", *keys, "train/loss", "error/w_l2", "status", "run_id", "failure"])
+    val = ranking_metric(rows) == "val/loss"
+    losses = ["train/loss", "val/loss"] if val else ["train/loss"]
+    error = error_column(rows)
+    writer.writerow(["rank", *keys, *losses, error, "status", "run_id", "failure"])
     for rank, row in enumerate(rows, start=1):
         values = [row.params.get(k, "") for k in keys]
-        writer.writerow([rank, *values, row.loss, row.w_l2, row.status, row.run_id, row.failure])
+        loss_values = [row.loss, row.val_loss] if val else [row.loss]
+        writer.writerow(
+            [rank, *values, *loss_values, _error(row, error), row.status, row.run_id, row.failure]
+        )
     return out.getvalue()
 
 
@@ -104,20 +128,30 @@ def print_table(rows: list[Row], keys: list[str], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
-    for column in ["#", *keys, "train/loss", "error/w_l2", "status", "run id"]:
+    val = ranking_metric(rows) == "val/loss"
+    table = Table(title=f"{title}, ranked by {ranking_metric(rows)}")
+    losses = ["train/loss", "val/loss"] if val else ["train/loss"]
+    error = error_column(rows)
+    for column in ["#", *keys, *losses, error, "status", "run id"]:
         table.add_column(column, justify="right" if column not in ("status", "run id") else "left")
     for rank, row in enumerate(rows, start=1):
         status = row.status if not row.failure else f"{row.status}: {row.failure[:60]}"
+        loss_cells = [f"{row.loss:.4e}"] + ([f"{row.val_loss:.4e}"] if val else [])
         table.add_row(
             str(rank), *(row.params.get(k, "") for k in keys),
-            f"{row.loss:.4e}", f"{row.w_l2:.2e}", status, row.run_id,
+            *loss_cells, f"{_error(row, error):.2e}", status, row.run_id,
         )  # fmt: skip
     Console(highlight=False, width=200).print(table)
 
 
 def plot(rows: list[Row], keys: list[str]):
-    """Heatmap of final loss over lr x batch size, or a line plot for one swept key."""
+    """Heatmap of the final ranking loss (val/loss, else train/loss) over lr x batch size, or
+    a line plot for one swept key."""
+    metric = ranking_metric(rows)
+
+    def value(row: Row) -> float:
+        return row.val_loss if metric == "val/loss" else row.loss
+
     import numpy as np
     from matplotlib.figure import Figure  # not pyplot: no backend switch, ~0.3 s less to import
 
@@ -127,7 +161,7 @@ def plot(rows: list[Row], keys: list[str]):
         except ValueError:
             return math.nan
 
-    finite = [row for row in rows if math.isfinite(row.loss)]
+    finite = [row for row in rows if math.isfinite(value(row))]
     if sorted(keys) == sorted(HEATMAP_KEYS):
         lrs = sorted({number(row.params[HEATMAP_KEYS[0]]) for row in rows})
         batches = sorted({number(row.params[HEATMAP_KEYS[1]]) for row in rows})
@@ -135,7 +169,7 @@ def plot(rows: list[Row], keys: list[str]):
         for row in finite:
             i = batches.index(number(row.params[HEATMAP_KEYS[1]]))
             j = lrs.index(number(row.params[HEATMAP_KEYS[0]]))
-            grid[i, j] = row.loss
+            grid[i, j] = value(row)
         fig = Figure(figsize=(1.4 * len(lrs) + 2, 0.9 * len(batches) + 1.8))
         ax = fig.subplots()
         image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
@@ -149,12 +183,12 @@ def plot(rows: list[Row], keys: list[str]):
                 light = np.isfinite(grid[i, j]) and image.norm(np.log10(grid[i, j])) < 0.5
                 color = "black" if light else "white"  # readable on viridis_r's yellow end
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-        fig.colorbar(image, ax=ax, label="log10 final train/loss")
-        ax.set_title("final train/loss")
+        fig.colorbar(image, ax=ax, label=f"log10 final {metric}")
+        ax.set_title(f"final {metric}")
         return fig, "heatmap.png"
     if len(keys) == 1:
         key = keys[0]
-        points = sorted((number(row.params[key]), row.loss) for row in finite)
+        points = sorted((number(row.params[key]), value(row)) for row in finite)
         if not points:  # every run failed: nothing to draw
             return None, None
         fig = Figure(figsize=(6, 4))
@@ -165,7 +199,7 @@ def plot(rows: list[Row], keys: list[str]):
         if key == "optimizer.lr" and all(p[0] > 0 for p in points):
             ax.set_xscale("log")
         ax.set_xlabel(key)
-        ax.set_ylabel("final train/loss")
+        ax.set_ylabel(f"final {metric}")
         ax.grid(True, which="both", alpha=0.3)
         return fig, "loss_vs_" + key.replace(".", "_") + ".png"
     return None, None
@@ -190,6 +224,8 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
     if best.status == FINISHED:
         now = int(time.time() * 1000)
         best_metrics = {"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}
+        if math.isfinite(best.val_loss):
+            best_metrics["best/val_loss"] = best.val_loss
         records.log_batch(
             client, run_id,
             metrics=[(key, value, now, 0) for key, value in best_metrics.items()],
