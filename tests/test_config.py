@@ -32,9 +32,15 @@ def test_every_group_has_options():
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
 )
-def test_every_option_instantiates(group, option, monkeypatch):
+def test_every_option_instantiates(group, option, monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = make(f"{group}={option}")
+    extra = []
+    if (group, option) == ("dataset", "table"):  # a table needs a file
+        (tmp_path / "t.csv").write_text(
+            "a,b,y\n" + "".join(f"{i},{i * i % 7},{i}\n" for i in range(20))
+        )
+        extra = [f"dataset.path={tmp_path / 't.csv'}", "dataset.target=y"]
+    cfg = make(f"{group}={option}", *extra)
     validate(cfg)
     data = build.dataset(cfg)
     model = build.model(cfg, data.num_features)

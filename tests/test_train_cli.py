@@ -76,7 +76,8 @@ def test_seeds_decide_the_trajectory(store):
 
 def test_help_lists_groups_and_cfg_prints_the_config(store):
     help_text = store.train("--help").stdout
-    for line in ["dataset: synthetic", "optimizer: adam, sgd", "trainer: default", "experiment:"]:
+    for line in ["dataset: diabetes, synthetic, table", "optimizer: adam, sgd", "trainer: default",
+                 "experiment:"]:  # fmt: skip
         assert line in help_text
     assert "schema" not in help_text
     job = store.train("--cfg", "job").stdout

@@ -81,6 +81,7 @@ def from_frame(
     import pandas as pd
 
     where = f"dataset.path={source.path}"
+    target = str(target)
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise TableError(f"{where}: the table is empty")
     columns = [str(c) for c in frame.columns]

@@ -98,3 +98,25 @@ def test_a_sweep_into_a_deleted_experiment_is_one_line(store):
         assert "Traceback" not in result.stderr and "ref:" not in result.stdout
         (line,) = [x for x in result.stderr.strip().splitlines() if "linreg" in x]
         assert "deleted" in line
+
+
+def test_a_store_file_deleted_mid_run_is_reported(store):
+    import os
+    import signal
+    import time
+
+    from tests.test_failures import start_in_group, wait_for_metric
+
+    process = start_in_group(store, "dataset.num_samples=20000", "trainer.epochs=300",
+                             "trainer.engine=autograd")  # fmt: skip
+    try:
+        wait_for_metric(store, "linreg")
+        os.remove(store.root / "mlflow.db")
+        code = process.wait(timeout=300)
+        err = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert "deleted or replaced" in err and len(err.strip().splitlines()) == 1
+    time.sleep(0.1)

@@ -16,22 +16,35 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_killed_vectorized_group_keeps_its_epochs(store):
-    """A group's metrics reach MLflow while it trains, as a single run's do."""
+    """A group's metrics reach MLflow while it trains, as a single run's do: a SIGKILL loses
+    at most the last second."""
+
+    def steps() -> dict[str, int]:
+        children = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
+        return {
+            r.info.run_id: len(store.client.get_metric_history(r.info.run_id, "train/loss"))
+            for r in children
+        }
+
     process = start_in_group(
         store, "-m", "dataset.num_samples=20000", "trainer.epochs=100000",
         "optimizer.lr=0.01,0.02", "hydra/launcher=vectorized",
     )  # fmt: skip
     try:
         wait_for_metric(store, "linreg", count=2)
-        time.sleep(2)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # written while the group trains, not at its end
+            seen = steps()
+            if len(seen) == 2 and min(seen.values()) >= 2:
+                break
+            time.sleep(0.5)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         process.kill()
-    children = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
-    assert len(children) == 2
-    for child in children:
-        assert len(store.client.get_metric_history(child.info.run_id, "train/loss")) >= 2
+    after = steps()
+    assert len(after) == 2 and min(after.values()) >= 2
+    assert all(after[run] >= count for run, count in seen.items())  # nothing stored was lost
 
 
 def test_no_worker_outlives_a_killed_joblib_sweep(store):
@@ -83,3 +96,20 @@ def test_interpolations_in_swept_overrides_are_each_jobs(store):
                 "tracking.experiment_name=second")  # fmt: skip
     parent = next(r for r in store.runs("second") if r.data.tags.get("linreg.sweep") == "true")
     assert "trainer.epochs=1,${trainer.batch_size}" in parent.data.params.values()
+
+
+def test_a_stop_file_left_by_an_earlier_sweep_does_not_stop_the_next(store):
+    folder = store.root / "sweep"
+    folder.mkdir()
+    (folder / ".linreg-stop").touch()  # an interrupted sweep's, in a fixed hydra.sweep.dir
+    store.train("-m", "optimizer.lr=0.1,0.2", "trainer.epochs=1", f"hydra.sweep.dir={folder}")
+    statuses = sorted(r.info.status for r in store.runs())
+    assert statuses == ["FINISHED"] * 3
+
+
+def test_a_relative_table_path_is_where_the_user_stands_under_chdir(store):
+    (store.root / "t.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(50)))
+    store.train("dataset=table", "dataset.path=t.csv", "dataset.target=y", "trainer.epochs=2",
+                "hydra.job.chdir=true")  # fmt: skip
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED"

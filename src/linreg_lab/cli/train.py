@@ -77,6 +77,9 @@ def _paths_from_where_the_user_stands(cfg: DictConfig) -> None:
             cfg.tracking.uri = "sqlite:///" + to_absolute_path(uri.removeprefix("sqlite:///"))
         if isinstance(location, str) and location and "://" not in location:
             cfg.tracking.artifact_location = to_absolute_path(location)
+        path = OmegaConf.select(cfg, "dataset.path", default=None)
+        if isinstance(path, str) and path not in ("", "???"):
+            cfg.dataset.path = to_absolute_path(os.path.expanduser(path))
 
 
 # Arguments after which linreg-train trains nothing: no MLflow helper for them.

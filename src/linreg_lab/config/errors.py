@@ -22,5 +22,6 @@ def exit_on_user_error(program: str = "linreg-train"):
     except USER_ERRORS as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{program}: error: {mask_secrets(error)}", file=sys.stderr, flush=True)
+        line = " ".join(mask_secrets(error).split())  # one line, whatever the error's text
+        print(f"{program}: error: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -9,6 +9,7 @@ the value given, what is allowed.
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import math
 
@@ -167,9 +168,13 @@ def _accepts(annotation, value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+    if annotation is str:  # a name may read as a number: dataset.target=2020
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (list, tuple, typing.Sequence, collections.abc.Sequence) or annotation in (
+        list, tuple,
+    ):  # fmt: skip
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
         if not isinstance(value, list):
             return False
@@ -226,7 +231,7 @@ def _check_dataset(cfg: DictConfig) -> None:
         for key in ("path", "target"):
             value = OmegaConf.select(cfg, f"dataset.{key}", default=None)
             if value in (None, "", "???"):
-                _fail(f"dataset.{key}", value, f"set it: dataset=table needs dataset.{key}=...")
+                _fail(f"dataset.{key}", "???", f"set it: dataset=table needs dataset.{key}=...")
         missing = OmegaConf.select(cfg, "dataset.missing", default="error")
         if missing not in ("error", "drop"):
             _fail("dataset.missing", missing, "error or drop")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ def job(tracking: TrackingSettings) -> Job | None:
         return Job(sweep.store, sweep.parent_run_id, sweep.reuse, in_sweep_process=True)
     if _worker_reuse is None:  # this worker's first job
         _worker_reuse = DataReuse()
-        sweep_pid = int(os.environ[callback.ENV_SWEEP_PID])
-        threading.Thread(target=_outlive_no_sweep, args=(sweep_pid,), daemon=True).start()
+        if os.environ.get(callback.ENV_SWEEP_HOST) == socket.gethostname():  # not on a cluster node
+            sweep_pid = int(os.environ[callback.ENV_SWEEP_PID])
+            threading.Thread(target=_outlive_no_sweep, args=(sweep_pid,), daemon=True).start()
     store = Store.open(tracking, os.environ[callback.ENV_EXPERIMENT_ID])
     return Job(store, os.environ[callback.ENV_PARENT_RUN_ID], _worker_reuse, False)
 
@@ -77,7 +79,16 @@ def _outlive_no_sweep(sweep_pid: int) -> None:
     running job (its run ends KILLED) and end this worker, which its launcher cannot do now."""
     import psutil
 
-    while psutil.pid_exists(sweep_pid):
+    try:
+        started = psutil.Process(sweep_pid).create_time()
+    except psutil.Error:
+        return  # gone already, or not ours to watch: the stop file still stops this job
+    while True:
+        try:
+            if psutil.Process(sweep_pid).create_time() != started:  # the pid was reused
+                break
+        except psutil.NoSuchProcess:
+            break
         time.sleep(1.0)
     signals.request_stop(signal.SIGTERM)
     time.sleep(_ORPHAN_GRACE_SECONDS)

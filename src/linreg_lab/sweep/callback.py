@@ -9,8 +9,10 @@ yet do not start, running ones end KILLED at their next step, wherever they run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,8 @@ ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
 ENV_SWEEP_PID = "LINREG_SWEEP_PID"
 ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
-ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE)
+ENV_SWEEP_HOST = "LINREG_SWEEP_HOST"
+ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST)
 # Launchers (hydra/launcher choices) whose jobs run in the sweep's own process: they share its
 # MLflow helper, so the sweep need not wait for the parent run's id before they start.
 IN_PROCESS_LAUNCHERS = {"basic", "vectorized"}
@@ -94,6 +97,7 @@ class SweepCallback(Callback):
             params.update({f"sweep.params.{k}": v for k, v in sweep_params.items()})
         parent.log_params(params)
         stop_file = Path(config.hydra.sweep.dir).absolute() / ".linreg-stop"
+        stop_file.unlink(missing_ok=True)  # an earlier sweep's, in the same folder
         if launcher in IN_PROCESS_LAUNCHERS:
             # The jobs share this process's MLflow helper, which knows the handles: the sweep
             # starts while MLflow opens.
@@ -104,6 +108,7 @@ class SweepCallback(Callback):
                 os.environ[ENV_PARENT_RUN_ID] = parent.id
                 os.environ[ENV_EXPERIMENT_ID] = store.experiment_id
         os.environ[ENV_SWEEP_PID] = str(os.getpid())
+        os.environ[ENV_SWEEP_HOST] = socket.gethostname()
         os.environ[ENV_STOP_FILE] = str(stop_file)
         signals.on_signal(_stop_the_jobs)
         store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
@@ -138,12 +143,15 @@ def finish(failure: str | None) -> None:
     signals.forget_hooks()
     for name in ENV_NAMES:
         os.environ.pop(name, None)
+    sweep.stop_file.unlink(missing_ok=True)
     received = signals.received()
     interrupted = signals.signal_name(received) if received else None
     try:
         sweep.store.finish_sweep(sweep.parent.id, failure, interrupted)
-    except TrackingError:
-        raise  # the store itself failed: nothing can be written; the user hears why
+    except TrackingError as error:  # the user hears why; the parent ends FAILED if it can
+        with contextlib.suppress(Exception):
+            sweep.parent.end(FAILED, str(error)[:500])
+        raise
     except Exception as error:  # the parent must still be ended
         log.error("could not compare the sweep's runs: %s", error)
         try:

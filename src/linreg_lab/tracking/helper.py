@@ -94,6 +94,8 @@ class Helper:
             [sys.executable, "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            # Ignored from its first instruction: a Ctrl-C during its imports must not kill it.
+            preexec_fn=_ignore_stop_signals,
         )
         theirs.close()
         self._seq = itertools.count(1)
@@ -140,9 +142,10 @@ class Helper:
             self._process.kill()
             self._process.wait()
             return
+        deadline = time.monotonic() + timeout
         try:
             self._send_now(("close",))
-            while True:
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
                 self._note(self._conn.recv())
         except (EOFError, OSError):  # the helper is done
             pass
@@ -195,6 +198,11 @@ class Helper:
         if message[0] == "error":
             self._errors.append((message[2], message[3]))
         return message
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _rebuild(kind: str, text: str) -> Exception:
@@ -250,6 +258,8 @@ class _Served:
         if message.verb not in _STORELESS:
             client = store.open_client(message.settings)
         args = [self.substitute(a) for a in message.args]
+        if message.verb == "end_run":  # a run is FINISHED only in a store that still exists
+            store.check_still_there(message.settings)
         if message.verb == "end_run" and args[1] == FINISHED and args[0] in self.lost:
             args = [args[0], FAILED, f"some of its records were not written: {self.lost[args[0]]}"]
         try:
@@ -259,6 +269,7 @@ class _Served:
                 raise
             why = (str(error).strip().split("\n")[0] or type(error).__name__)[:300]
             self.lost.setdefault(args[0], why)
+            store.check_still_there(message.settings)  # the likeliest cause, said plainly
             where = message.settings.uri if message.settings else "the store"
             raise TrackingError(f"could not write run {args[0]} to {where}: {why}") from None
         if message.binds is not None:
@@ -269,14 +280,17 @@ class _Served:
             self.open_runs.pop(args[0], None)
         return result
 
-    def end_abandoned(self, owner_pid: int) -> None:
+    def end_abandoned(self, owner_pid: int, quiet: bool = False) -> None:
+        """End FAILED the runs created here and not ended (quiet: the owner has heard why)."""
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         reason = f"process {owner_pid} ended without closing this run (found at {when})"
         for run_id, client in list(self.open_runs.items()):
             try:
                 records.end_run(client, run_id, FAILED, reason)
             except Exception as error:
-                print(f"linreg-lab: could not end run {run_id}: {error}", file=sys.stderr)
+                if not quiet:
+                    line = " ".join(str(error).split())[:300]
+                    print(f"linreg-lab: could not end run {run_id}: {line}", file=sys.stderr)
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -309,6 +323,7 @@ def serve(conn: Connection, owner_pid: int) -> None:
             served.end_abandoned(owner_pid)
             return
         if message == ("close",):
+            served.end_abandoned(owner_pid, quiet=True)  # none, unless a write of its end failed
             conn.close()
             return
         try:

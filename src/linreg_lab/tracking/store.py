@@ -42,6 +42,12 @@ class TrackingSettings:
     log_model: bool = False
     log_plots: bool = True
 
+    def __post_init__(self) -> None:
+        # Names may read as numbers on the command line (tracking.experiment_name=2024).
+        object.__setattr__(self, "experiment_name", str(self.experiment_name))
+        if self.run_name is not None:
+            object.__setattr__(self, "run_name", str(self.run_name))
+
     @property
     def is_server(self) -> bool:
         return urlparse(self.uri).scheme in ("http", "https")
@@ -61,10 +67,33 @@ def open_client(settings: TrackingSettings):
     """
     if settings.uri not in _clients:
         _clients[settings.uri] = _open_client(settings)
+        db = sqlite_path(settings.uri)
+        if db is not None:
+            _files[settings.uri] = _identity(db)
     return _clients[settings.uri]
 
 
 _clients: dict[str, object] = {}
+_files: dict[str, tuple[int, int] | None] = {}  # a sqlite store's file as it was opened
+
+
+def _identity(db: Path) -> tuple[int, int] | None:
+    try:
+        stat = db.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_still_there(settings: TrackingSettings) -> None:
+    """Raise TrackingError if a sqlite store's file was deleted or replaced since it was opened:
+    writes would land in a file nobody can read again."""
+    db = sqlite_path(settings.uri)
+    if db is not None and settings.uri in _files and _identity(db) != _files[settings.uri]:
+        raise TrackingError(
+            f"tracking.uri={settings.uri}: the store's file was deleted or replaced while runs "
+            "were written to it; what they logged since is lost"
+        )
 
 
 def _open_client(settings: TrackingSettings):
