@@ -137,46 +137,50 @@ def _opened(client):
     return client
 
 
-def _half_made(db: Path) -> str | None:
-    """Why db is a store whose creation was interrupted (a race, a full disk), or None."""
+def _schema(db: Path) -> tuple[set[str], str | None] | None:
+    """The tables of the sqlite file db and its MLflow schema revision (None: no revision
+    recorded), read without writing; None when db is not a sqlite database."""
     import sqlite3
 
-    if not db.exists() or db.stat().st_size == 0:
-        return None  # a new store: MLflow creates it
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
             tables = {row[0] for row in connection.execute("select name from sqlite_master")}
-            revision = None
+            row = None
             if "alembic_version" in tables:
-                revision = connection.execute("select version_num from alembic_version").fetchone()
+                row = connection.execute("select version_num from alembic_version").fetchone()
     except sqlite3.Error:
+        return None
+    return tables, row[0] if row else None
+
+
+def _half_made_message(db: Path) -> str:
+    return (
+        f"{db} is half-made: its creation was interrupted. Move it away, e.g. "
+        f"`mv {db} {db}.broken`, and run again; a new store is created"
+    )
+
+
+def _half_made(db: Path) -> str | None:
+    """Why db is a store whose creation was interrupted (a race, a full disk), or None."""
+    if not db.exists() or db.stat().st_size == 0:
+        return None  # a new store: MLflow creates it
+    schema = _schema(db)
+    if schema is None:
         return f"{db} is not an MLflow sqlite store"
+    tables, revision = schema
     if tables and (revision is None or any(t.startswith("_alembic_tmp") for t in tables)):
-        return (
-            f"{db} is half-made: its creation was interrupted. Move it away, e.g. "
-            f"`mv {db} {db}.broken`, and run again; a new store is created"
-        )
+        return _half_made_message(db)
     return None
 
 
 def _sqlite_diagnosis(db: Path, uri: str) -> str:
     """Why an existing sqlite store does not open, read from the file itself."""
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-            tables = {row[0] for row in connection.execute("select name from sqlite_master")}
-            revision = None
-            if "alembic_version" in tables:
-                row = connection.execute("select version_num from alembic_version").fetchone()
-                revision = row[0] if row else None
-    except sqlite3.Error:
+    schema = _schema(db)
+    if schema is None:
         return f" ({db} is not an MLflow sqlite store)"
+    tables, revision = schema
     if revision is None or any(name.startswith("_alembic_tmp") for name in tables):
-        return (
-            f" ({db} is half-made: its creation was interrupted. Move it away, e.g. "
-            f"`mv {db} {db}.broken`, and run again; a new store is created)"
-        )
+        return f" ({_half_made_message(db)})"
     return (
         f" (this store's schema is revision {revision}, written by another MLflow version than "
         f"{mlflow_version()}: upgrade an older store with `mlflow db upgrade {uri}`, or use the "
