@@ -227,10 +227,15 @@ def split_data(data: RegressionData, rows: torch.Tensor, split: dict) -> Regress
 
 
 def split_fractions(split: dict | None) -> SplitFractions:
-    fractions = SplitFractions(**(dict(split) if split else {}))
+    """dataset.split's fractions, checked: each in [0, 1), rows left to train on."""
+    try:
+        fractions = SplitFractions(**(dict(split) if split else {}))
+    except TypeError:
+        raise DataError(f"dataset.split={split} is not allowed: it takes val, test, seed") from None
     for name in ("val", "test"):
         value = getattr(fractions, name)
-        if not isinstance(value, int | float) or not 0 <= value < 1 or math.isnan(value):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0 <= value < 1 or math.isnan(value):
             raise DataError(f"dataset.split.{name}={value} is not allowed: a fraction in [0, 1)")
     if fractions.val + fractions.test >= 1:
         raise DataError(

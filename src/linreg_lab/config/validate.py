@@ -16,7 +16,9 @@ import math
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from linreg_lab.data import DataError, split_fractions
 from linreg_lab.engines.settings import COMPILED, DEVICES, ENGINES
+from linreg_lab.tables import MISSING_CHOICES
 
 # Instantiation is limited to these modules: a config file cannot run arbitrary code.
 ALLOWED_TARGET_PREFIXES = ("torch.nn.", "torch.optim.", "linreg_lab.")
@@ -233,24 +235,16 @@ def _check_dataset(cfg: DictConfig) -> None:
             if value in (None, "", "???"):
                 _fail(f"dataset.{key}", "???", f"set it: dataset=table needs dataset.{key}=...")
         missing = OmegaConf.select(cfg, "dataset.missing", default="error")
-        if missing not in ("error", "drop"):
-            _fail("dataset.missing", missing, "error or drop")
+        if missing not in MISSING_CHOICES:
+            _fail("dataset.missing", missing, " or ".join(MISSING_CHOICES))
 
 
 def _check_split(cfg: DictConfig) -> None:
-    for key in ("val", "test"):
-        value = OmegaConf.select(cfg, f"dataset.split.{key}", default=0.0)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
-        if not ok:
-            _fail(f"dataset.split.{key}", value, "a fraction of the rows in [0, 1)")
-    val = OmegaConf.select(cfg, "dataset.split.val", default=0.0)
-    test = OmegaConf.select(cfg, "dataset.split.test", default=0.0)
-    if val + test >= 1:
-        _fail(
-            "dataset.split",
-            f"val={val},test={test}",
-            "val + test < 1: rows must be left to train on",
-        )
+    """The data's own check of dataset.split, before anything starts."""
+    try:
+        split_fractions(OmegaConf.to_container(cfg.dataset.split, resolve=True))
+    except DataError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_synthetic(cfg: DictConfig) -> None:

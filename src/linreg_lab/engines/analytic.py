@@ -39,7 +39,6 @@ _PARALLEL_MIN_BYTES = 1 << 24
 _PARALLEL_MIN_BATCH = 256
 _UNCACHED_BYTES = 1 << 27
 _PARALLEL_MIN_BATCH_UNCACHED = 32
-COMPILED_CHOICES = ("auto", "true", "false")
 _kernels_loaded = False  # this process has loaded the compiled loops: no load left to repay
 
 

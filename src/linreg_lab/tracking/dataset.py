@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SOURCE_TYPE = "code"  # MLflow's source type for data made by code rather than read from a file
 CONTEXT = "training"
 # Beyond this many weights the UI shows num_features instead of the whole true_w list.
 _LISTED_WEIGHTS = 20

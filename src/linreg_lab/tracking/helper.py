@@ -227,10 +227,6 @@ def close() -> None:
         _helper.close()
 
 
-def is_helper(cmdline: list[str]) -> bool:
-    return MODULE in cmdline
-
-
 # ---- the helper's side ---------------------------------------------------------------------
 
 
