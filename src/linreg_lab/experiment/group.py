@@ -46,9 +46,13 @@ def train_group(
     models = [model for model, _ in built]
     hypers = [sgd_hyper(factory) for _, factory in built]
     data, trainer = shared.data.to(shared.trainer.torch_device()), shared.trainer
-    monitors = [
-        EpochMonitor(shared.data, shared.optimum, s.tracking.log_weights_up_to) for s in setups
-    ]
+    first = EpochMonitor(shared.data, shared.optimum, shared.tracking.log_weights_up_to)
+    # The validation rows' sums are the group's: computed once, not once per member.
+    monitors = [first] + [
+        EpochMonitor(shared.data, shared.optimum, s.tracking.log_weights_up_to,
+                     validation=first.validation)
+        for s in setups[1:]
+    ]  # fmt: skip
     # Metrics are posted every few seconds, as a single run's are: a crash loses at most those.
     runs = [open_run(s, o) for s, o in zip(setups, overrides)]
     with ExitStack() as stack:
