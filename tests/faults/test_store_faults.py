@@ -120,3 +120,43 @@ def test_a_store_file_deleted_mid_run_is_reported(store):
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert "deleted or replaced" in err and len(err.strip().splitlines()) == 1
     time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [[], ["-m", "optimizer.lr=0.01,0.02"], ["-m", "optimizer.lr=0.01,0.02", "hydra/launcher=joblib"]],
+    ids=["run", "basic-sweep", "joblib-sweep"],
+)
+def test_a_killed_helper_fails_its_runs(store, sweep):
+    """The MLflow helper killed (OOM killer, pkill): its runs end FAILED, saying so, in one line;
+    not RUNNING, and not FINISHED with the records it had not written."""
+    import os
+    import signal
+
+    import psutil
+
+    from tests.test_failures import LONG_RUN, start_in_group, wait_for_metric
+
+    process = start_in_group(store, *sweep, *LONG_RUN)
+    try:
+        wait_for_metric(store, "linreg")
+        children = psutil.Process(process.pid).children(recursive=True)
+        helpers = [p for p in children if "linreg_lab.tracking.serve" in " ".join(p.cmdline())]
+        training = {p.ppid() for p in helpers} - {process.pid} or {process.pid}
+        victim = [p for p in helpers if p.ppid() in training][0]  # the job's own helper
+        victim.kill()
+        code = process.wait(timeout=120)
+        err = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    lines = [x for x in err.strip().splitlines() if "linreg-train" in x]
+    assert len(lines) == 1 and f"helper process {victim.pid} was killed by signal 9" in lines[0]
+    runs = store.runs()
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    trained = [r for r in runs if r.data.metrics.get("train/loss")]
+    assert trained and all(r.info.status == "FAILED" for r in trained)
+    failures = [r.data.tags.get("linreg.failure", "") for r in runs]
+    assert any(f"{victim.pid} was killed" in failure for failure in failures), [
+        (r.info.status, r.data.tags.get("linreg.failure")) for r in runs]

@@ -13,6 +13,7 @@ from linreg_lab.tracking.store import TrackingError, mask_secrets
 
 USER_ERRORS = (ConfigError, TrackingError, EngineError, DataError)
 EXIT_USER_ERROR = 2
+_said: set[str] = set()  # a job's error that also ends its sweep (a dead helper) is said once
 
 
 @contextmanager
@@ -23,5 +24,7 @@ def exit_on_user_error(program: str = "linreg-train"):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         line = " ".join(mask_secrets(error).split())  # one line, whatever the error's text
-        print(f"{program}: error: {line}", file=sys.stderr, flush=True)
+        if line not in _said:
+            _said.add(line)
+            print(f"{program}: error: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

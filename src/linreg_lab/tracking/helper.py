@@ -66,6 +66,11 @@ class HelperError(RuntimeError):
     """A verb failed in the helper with an error that is not the user's (a traceback follows)."""
 
 
+class HelperLost(TrackingError):
+    """The helper process died (killed, out of memory): its open runs were ended FAILED by a
+    second helper, and the records it had not written yet are gone. One line, exit 2."""
+
+
 @dataclass(frozen=True)
 class Handle:
     """What a posted verb creates (a run, an experiment), named before its id exists."""
@@ -104,12 +109,17 @@ class Helper:
         self._errors: list[tuple[str, str]] = []
         self._raised = 0  # errors already raised to the caller
         self._closed = False
+        self._ids: dict[Handle, str] = {}  # what the helper said its handles stand for
+        self._open: dict[Handle | str, TrackingSettings | None] = {}  # runs created, not ended
+        self._lost: HelperLost | None = None
 
     def new_handle(self) -> Handle:
         return Handle(f"{self.pid}-{next(self._handles)}")
 
     def post(self, verb: str, settings, *args, binds: Handle | None = None) -> None:
         """Queue verb(client, *args) in the helper; its errors surface at check()."""
+        if self._lost is not None and verb == "end_run":
+            return  # every run it had open was ended FAILED when it was found dead
         self._send(_Message(next(self._seq), verb, settings, args, binds, False))
 
     def call(self, verb: str, settings, *args, binds: Handle | None = None):
@@ -126,6 +136,8 @@ class Helper:
 
     def check(self) -> None:
         """Raise the first failure of a posted verb not raised yet (TrackingError: the user's)."""
+        if self._lost is not None:
+            raise self._lost
         if not self._closed:
             self._drain()
         if self._raised < len(self._errors):
@@ -135,8 +147,8 @@ class Helper:
 
     def close(self, timeout: float = 300.0) -> None:
         """Let the helper finish its queue and exit; unreported failures are printed."""
-        if self._closed or os.getpid() != self.pid:  # a forked child's copy is not its own
-            return
+        if self._closed or self._lost is not None or os.getpid() != self.pid:
+            return  # (a forked child's copy is not its own)
         self._closed = True
         if self._posted == 0:  # nothing to write: no need to wait for its imports
             self._process.kill()
@@ -160,17 +172,20 @@ class Helper:
                 print(f"linreg-lab: MLflow: {text}", file=sys.stderr)
 
     def _send(self, message: _Message) -> None:
+        if self._lost is not None:
+            raise self._lost
         if self._closed:
             raise HelperError("the MLflow helper is closed")
         self._drain()  # replies never pile up: the helper never blocks on them
         try:
             self._send_now(message)
         except (BrokenPipeError, ConnectionResetError):
-            raise HelperError(
-                f"the MLflow helper process {self._process.pid} is gone "
-                f"(exit code {self._process.poll()})"
-            ) from None
+            raise self._found_dead() from None
         self._posted = message.seq
+        if message.verb == "create_run":
+            self._open[message.binds] = message.settings
+        elif message.verb in ("end_run", "finish_sweep"):
+            self._open.pop(message.args[0], None)
 
     def _send_now(self, message) -> None:
         """One whole message: no signal handler runs in the middle of it."""
@@ -187,17 +202,44 @@ class Helper:
             self._receive()
 
     def _receive(self):
+        if self._lost is not None:
+            raise self._lost
         try:
             message = self._conn.recv()
-        except EOFError:
-            code = self._process.wait()
-            raise HelperError(f"the MLflow helper process ended (exit code {code})") from None
+        except (EOFError, OSError):
+            raise self._found_dead() from None
         return self._note(message)
 
     def _note(self, message):
         if message[0] == "error":
             self._errors.append((message[2], message[3]))
+        elif message[0] == "bound":
+            self._ids[message[1]] = message[2]
         return message
+
+    def _found_dead(self) -> HelperLost:
+        """The helper died: end its open runs FAILED through a second helper; the error to
+        raise now and at every later use."""
+        try:  # what it said before it died (the ids of runs it created) is still in the pipe
+            while self._conn.poll(0):
+                self._note(self._conn.recv())
+        except (EOFError, OSError):
+            pass
+        code = self._process.wait()
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        why = f"the MLflow helper process {self._process.pid} {how}; records not yet written are lost"
+        ended = []
+        rescue = Helper()
+        for key, settings in self._open.items():
+            run_id = self._ids.get(key) if isinstance(key, Handle) else key
+            if run_id is not None:
+                rescue.post("end_run", settings, run_id, FAILED, why)
+                ended.append(run_id)
+        rescue.close()
+        self._closed = True
+        said = f": ended run {', '.join(ended)} FAILED" if ended else ""
+        self._lost = HelperLost(why + said)
+        return self._lost
 
 
 def _ignore_stop_signals() -> None:
@@ -268,12 +310,13 @@ class _Served:
             store.check_still_there(message.settings)  # the likeliest cause, said plainly
             where = message.settings.uri if message.settings else "the store"
             raise TrackingError(f"could not write run {args[0]} to {where}: {why}") from None
-        if message.binds is not None:
-            self.ids[message.binds] = result
         if message.verb == "create_run":
             self.open_runs[result] = client
         elif message.verb in ("end_run", "finish_sweep"):  # both end the run args[0]
             self.open_runs.pop(args[0], None)
+        if message.binds is not None:
+            self.ids[message.binds] = result
+            return _Bound(message.binds, result)
         return result
 
     def end_abandoned(self, owner_pid: int, quiet: bool = False) -> None:
@@ -287,6 +330,12 @@ class _Served:
                 if not quiet:
                     line = " ".join(str(error).split())[:300]
                     print(f"linreg-lab: could not end run {run_id}: {line}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    handle: Handle
+    id: str
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -328,6 +377,9 @@ def serve(conn: Connection, owner_pid: int) -> None:
             kind, text = _describe(error)
             _reply(conn, ("raise" if message.wants_result else "error", message.seq, kind, text))
             continue
+        if isinstance(result, _Bound):  # the owner learns the id, to end the run if we die
+            _reply(conn, ("bound", result.handle, result.id))
+            result = result.id
         if message.wants_result:
             _reply(conn, ("result", message.seq, result))
 
