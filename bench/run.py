@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
 
-from bench import end_to_end, paths, report, throughput  # noqa: E402
+from bench import end_to_end, paths, report, table, throughput  # noqa: E402
 
 FULL = {
     "throughput_shapes": [(1000, 3), (100_000, 3), (100_000, 100)],
@@ -30,6 +30,7 @@ FULL = {
     "paths": [(100_000, 100, 100), (100_000, 100, 1000), (100_000, 100, 10_000),
               (20_000, 1000, 10_000)],
     "large": [1_000_000, 10_000_000],
+    "table": [(10_000_000, 100)],
     "repeats": 3,
     "sweep_runs": 16,
     "vectorized": [
@@ -37,13 +38,14 @@ FULL = {
         {"case": "grid", "N": 100_000, "D": None, "lrs": 4, "batches": [10, 32, 100, 1000]},
     ],
 }  # fmt: skip
-SECTIONS = ["throughput", "paths", "large", "default_experiment", "sweep", "vectorized"]
+SECTIONS = ["throughput", "paths", "large", "table", "default_experiment", "sweep", "vectorized"]
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
     "min_seconds": 0.02,
     "paths": [(20_000, 100, 1000)],
     "large": [100_000],
+    "table": [(100_000, 10)],
     "repeats": 1,
     "sweep_runs": 2,
     "vectorized": [
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     ))  # fmt: skip
     section("paths", lambda: paths.measure(plan["paths"]))
     section("large", lambda: large(plan["large"]))
+    section("table", lambda: table.measure(plan["table"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))

@@ -35,6 +35,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert large["ours_epoch_s"] > 0 and large["read_bandwidth_bytes_per_s"] > 0
     assert large["peak_rss_bytes"] >= large["data_bytes"]
     assert results["paths"][0]["compiled_s"] > 0
+    (table,) = results["table"]  # a Parquet file loaded, then trained on
+    assert table["N"] == 100_000 and table["load_s"] > 0 and table["read_table_s"] > 0
+    assert table["table_epoch_s"] > 0 and table["peak_above_baseline_over_data"] > 0.5
     assert results["default_experiment"]["ours_s"] > 0
     assert results["default_experiment"]["reference_s"] > 0
     sweep = results["sweep"]

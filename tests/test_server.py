@@ -21,10 +21,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(store):
-    """mlflow server over the test's store, started the quick way (1 worker, no job runner)."""
-    port = free_port()
+def start_server(store, port: int) -> subprocess.Popen:
+    """mlflow server over store, started the quick way (1 worker, no job runner); waits until
+    it answers."""
     artifacts = store.root / "artifacts"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
@@ -41,13 +40,19 @@ def server(store):
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(url + "/health", timeout=2).read()
-            break
+            return process
         except OSError:
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not answer within 90 s")
-    yield url
+    os.killpg(process.pid, 9)
+    pytest.fail("mlflow server did not answer within 90 s")
+
+
+@pytest.fixture
+def server(store):
+    """The URL of a real mlflow server over the test's store."""
+    port = free_port()
+    process = start_server(store, port)
+    yield f"http://127.0.0.1:{port}"
     os.killpg(process.pid, 15)
     process.wait(timeout=30)
 

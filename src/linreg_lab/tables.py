@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +46,12 @@ def load_table(
 ) -> RegressionData:
     """The table at path (CSV or Parquet, relative to the working directory or absolute)."""
     file = _existing_file(path)
-    frame = _read(file)
     source = TableSource(
         name=file.stem, path=str(file), digest=_file_digest(file), kind=_kind(file)
     )
-    return from_frame(
-        frame, target, features, missing, split, standardize, standardize_target, source
+    table = _ParquetColumns(file) if _kind(file) == "parquet" else _FrameColumns(_read_csv(file))
+    return _assemble(
+        table, target, features, missing, split, standardize, standardize_target, source
     )
 
 
@@ -78,24 +81,128 @@ def from_frame(
     source: TableSource,
 ) -> RegressionData:
     """RegressionData from a pandas DataFrame: chosen columns, missing rows, split, scaling."""
-    import pandas as pd
+    return _assemble(
+        _FrameColumns(frame), target, features, missing, split, standardize,
+        standardize_target, source,
+    )  # fmt: skip
 
+
+class _FrameColumns:
+    """A pandas DataFrame's columns, as one chunk."""
+
+    def __init__(self, frame):
+        frame.columns = [str(c) for c in frame.columns]
+        self.frame = frame
+        self.names = list(frame.columns)
+        self.num_rows = frame.shape[0]
+
+    def is_numeric(self, name: str) -> bool:
+        import pandas as pd
+
+        return bool(pd.api.types.is_numeric_dtype(self.frame[name]))
+
+    def is_nested(self, name: str) -> bool:
+        column = self.frame[name]
+        if column.dtype != object:
+            return False
+        sample = column.dropna().head(100)
+        return any(isinstance(v, list | dict | tuple | np.ndarray) for v in sample)
+
+    def chunks(self, names: list[str]):
+        yield [_numbers(self.frame[name].to_numpy()) for name in names]
+
+
+class _ParquetColumns:
+    """A Parquet file's columns, read a row group at a time (pyarrow): the table never sits
+    in memory whole beside the packed rows, and the next row group is read while one packs."""
+
+    def __init__(self, file: Path):
+        import pyarrow.parquet as pq
+
+        try:
+            self.file = pq.ParquetFile(file)
+        except Exception as error:  # pyarrow's own errors: a file that is not Parquet
+            raise TableError(
+                f"dataset.path={file}: cannot read it as parquet: {_first(error)}"
+            ) from None
+        self.schema = self.file.schema_arrow
+        self.names = [str(n) for n in self.schema.names]
+        self.num_rows = self.file.metadata.num_rows
+        self.where = f"dataset.path={file}"
+
+    def is_numeric(self, name: str) -> bool:
+        import pyarrow as pa
+
+        kind = self.schema.field(name).type
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+    def is_nested(self, name: str) -> bool:
+        import pyarrow as pa
+
+        return pa.types.is_nested(self.schema.field(name).type)
+
+    def chunks(self, names: list[str]):
+        groups = iter(range(self.file.num_row_groups))
+
+        def read():
+            group = next(groups, None)
+            if group is None:
+                return None
+            try:
+                table = self.file.read_row_group(group, columns=names)
+            except Exception as error:
+                why = _first(error)
+                raise TableError(f"{self.where}: cannot read it as parquet: {why}") from None
+            return [_numbers(_column(column)) for column in table.columns]
+
+        with ThreadPoolExecutor(1) as reader:  # pyarrow and the kernel both release the GIL
+            coming = reader.submit(read)
+            while (chunk := coming.result()) is not None:
+                coming = reader.submit(read)
+                yield chunk
+
+
+def _column(chunked) -> np.ndarray:
+    """An Arrow column as numpy: its buffer itself when it is one chunk without nulls."""
+    if chunked.num_chunks == 1:
+        return chunked.chunk(0).to_numpy(zero_copy_only=False)
+    return chunked.to_numpy()
+
+
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """A column as float32 (kept as it is) or float64 (anything else); NA becomes NaN."""
+    if values.dtype == np.float32 or values.dtype == np.float64:
+        return values
+    if values.dtype == object:  # pandas' nullable numbers with NA
+        return np.array([np.nan if v is None or v != v else v for v in values], dtype=np.float64)
+    return values.astype(np.float64)
+
+
+def _first(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _assemble(
+    table, target, features, missing, split, standardize, standardize_target, source
+) -> RegressionData:
+    """Choose and check the columns, split the rows, then pack them, scaled, into one
+    (N, D + 1) float32 buffer: the training rows first, then validation, then test."""
     where = f"dataset.path={source.path}"
     target = str(target)
-    if frame.shape[0] == 0 or frame.shape[1] == 0:
+    columns = table.names
+    if table.num_rows == 0 or not columns:
         raise TableError(f"{where}: the table is empty")
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
     if target not in columns:
         raise TableError(
             f"dataset.target={target} is not allowed: no such column; the table has "
             f"{', '.join(columns[:30])}{' ...' if len(columns) > 30 else ''}"
         )
-    nested = [c for c in columns if frame[c].dtype == object and _nested(frame[c])]
-    if nested:
-        raise TableError(f"{where}: nested columns cannot be features or the target: {nested}")
     if features is None:
-        chosen = [c for c in columns if c != target and pd.api.types.is_numeric_dtype(frame[c])]
+        nested = [c for c in columns if table.is_nested(c)]
+        if nested:
+            raise TableError(f"{where}: nested columns cannot be features or the target: {nested}")
+        chosen = [c for c in columns if c != target and table.is_numeric(c)]
         if not chosen:
             raise TableError(f"{where}: no numeric column besides the target {target!r}")
     else:
@@ -108,54 +215,154 @@ def from_frame(
             )
         if target in chosen:
             raise TableError(f"dataset.features: the target {target!r} cannot be a feature")
-    text = [c for c in [*chosen, target] if not pd.api.types.is_numeric_dtype(frame[c])]
+        nested = [c for c in [*chosen, target] if table.is_nested(c)]
+        if nested:
+            raise TableError(f"{where}: nested columns cannot be features or the target: {nested}")
+    text = [c for c in [*chosen, target] if not table.is_numeric(c)]
     if text:
         raise TableError(
             f"{where}: columns {text} are not numeric (linreg-lab does not encode categories: "
             "drop them with dataset.features=[...] or encode them in the file)"
         )
-    values = frame[[*chosen, target]].to_numpy(dtype=np.float64, copy=False)
-    bad = ~np.isfinite(values).all(axis=1)
-    dropped = int(bad.sum())
-    if dropped:
-        if missing == "error":
-            raise TableError(
-                f"{where}: {dropped} of {len(values)} rows have NaN, inf or empty values; "
-                "set dataset.missing=drop to train without them"
-            )
-        values = values[~bad]
-        log.warning(
-            "dataset: dropped %d of %d rows with NaN, inf or empty values", dropped, len(bad)
-        )
-    if len(values) == 0:
-        raise TableError(f"{where}: every row has a missing value ({dropped} dropped)")
     fractions = split_fractions(split)
-    n, d = values.shape[0], len(chosen)
-    train, val, test = split_rows(n, fractions)
-    if len(train) <= d:
+    d = len(chosen)
+    scaled = np.r_[np.full(d, bool(standardize)), bool(standardize_target)]
+    packed = _Packed(table.num_rows, d, fractions)
+    for chunk in table.chunks([*chosen, target]):
+        packed.add(chunk, scaled)
+    dropped = packed.drop_missing(missing, where)
+    if packed.train_rows <= d:
         raise TableError(
-            f"dataset.split: {len(train)} training rows for {d} features; least squares needs "
-            "more rows than features (lower dataset.split.val or dataset.split.test)"
+            f"dataset.split: {packed.train_rows} training rows for {d} features; least squares "
+            "needs more rows than features (lower dataset.split.val or dataset.split.test)"
         )
-    X = values[:, :d]
-    y = values[:, d:]
-    scaling = _scaling(X[train], y[train], standardize, standardize_target, chosen)
-    X = (X - scaling.x_mean) / scaling.x_scale
-    y = (y - scaling.y_mean) / scaling.y_scale
+    scaling = packed.standardize(scaled, chosen)
+    rows = torch.from_numpy(packed.out)
+    n_train, n_val = packed.train_rows, packed.val_rows
 
-    def part(rows):
-        return (
-            torch.from_numpy(np.ascontiguousarray(X[rows], dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(y[rows], dtype=np.float32)),
-        )
+    def part(lo, hi):
+        return rows[lo:hi, :d], rows[lo:hi, d:]
 
-    X_train, y_train = part(train)
-    splits = Split(*part(val), *part(test), fractions.val, fractions.test, fractions.seed)
+    X_train, y_train = part(0, n_train)
+    splits = Split(*part(n_train, n_train + n_val), *part(n_train + n_val, rows.shape[0]),
+                   fractions.val, fractions.test, fractions.seed)  # fmt: skip
     return RegressionData(
         X_train, y_train, true_w=None, true_b=None, noise_std=None, seed=fractions.seed,
         feature_names=tuple(chosen), split=splits, scaling=scaling, source=source,
         dropped_rows=dropped,
     )  # fmt: skip
+
+
+class _Packed:
+    """The table's rows as they are packed: out[dest[row]] = the row's values less a shift
+    (a first estimate of each scaled column's mean, so float32 keeps their precision), with
+    sums and squares of the training rows' shifted values for the standardization."""
+
+    def __init__(self, num_rows: int, d: int, fractions):
+        self.fractions = fractions
+        self.width = d + 1
+        self._layout(np.arange(num_rows))
+        self.out = np.empty((num_rows, self.width), dtype=np.float32)
+        self.shift: np.ndarray | None = None
+        self.sums = np.zeros(self.width)
+        self.squares = np.zeros(self.width)
+        self.filled = 0
+        self.bad = 0
+        self.threads = max(1, min(len(os.sched_getaffinity(0)), 8))
+        self.lock = threading.Lock()
+
+    def _layout(self, sources: np.ndarray) -> None:
+        """Split the rows sources (sorted) train / validation / test; dest: where each goes."""
+        train, val, test = split_rows(len(sources), self.fractions)
+        self.order = np.concatenate([sources[train], sources[val], sources[test]])
+        self.train_rows, self.val_rows = len(train), len(val)
+
+    def add(self, chunk: list[np.ndarray], scaled: np.ndarray) -> None:
+        from linreg_lab.engines import kernels
+
+        if self.shift is None:
+            self.dest = np.empty(len(self.order), dtype=np.int64)
+            self.dest[self.order] = np.arange(len(self.order))
+            first = np.stack([c[:1000].astype(np.float64) for c in chunk], axis=1)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
+                finite = np.where(np.isfinite(first), first, np.nan)
+                estimate = np.nan_to_num(np.nanmean(finite, axis=0))
+            self.shift = np.where(scaled, estimate, 0.0)
+        kind = np.float32 if all(c.dtype == np.float32 for c in chunk) else np.float64
+        columns = tuple(_read_only(np.ascontiguousarray(c, dtype=kind)) for c in chunk)
+        n = len(chunk[0])
+        cut = np.linspace(0, n, self.threads + 1).astype(np.int64)
+
+        def pack(part: int) -> int:
+            sums, squares = np.zeros(self.width), np.zeros(self.width)
+            bad = kernels.pack_columns(
+                columns, cut[part], cut[part + 1], self.filled, self.dest, self.train_rows,
+                self.shift, self.out, sums, squares,
+            )  # fmt: skip
+            with self.lock:
+                self.sums += sums
+                self.squares += squares
+            return bad
+
+        if self.threads == 1 or n < 100_000:
+            self.bad += sum(pack(part) for part in range(self.threads))
+        else:
+            with ThreadPoolExecutor(self.threads) as team:  # the kernel releases the GIL
+                self.bad += sum(team.map(pack, range(self.threads)))
+        self.filled += len(chunk[0])
+
+    def drop_missing(self, missing: str, where: str) -> int:
+        """Rows with NaN or infinite values: an error, or dropped (the split is then drawn over
+        the rows kept, as if the table had only those). Returns how many were dropped."""
+        if not self.bad:
+            return 0
+        finite = np.isfinite(self.out).all(axis=1)
+        dropped = int(len(finite) - finite.sum())
+        if missing == "error":
+            raise TableError(
+                f"{where}: {dropped} of {len(finite)} rows have NaN, inf or empty values; "
+                "set dataset.missing=drop to train without them"
+            )
+        if dropped == len(finite):
+            raise TableError(f"{where}: every row has a missing value ({dropped} dropped)")
+        log.warning("dataset: dropped %d of %d rows with NaN, inf or empty values",
+                    dropped, len(finite))  # fmt: skip
+        self._layout(np.sort(self.order[finite]))  # the source rows kept
+        self.out = self.out[self.dest[self.order]]
+        train = self.out[: self.train_rows].astype(np.float64)
+        self.sums, self.squares = train.sum(axis=0), (train * train).sum(axis=0)
+        return dropped
+
+    def standardize(self, scaled: np.ndarray, names) -> Scaling:
+        """Scale the scaled columns by the training rows' mean and standard deviation."""
+        from linreg_lab.engines import kernels
+
+        n = self.train_rows
+        mean = self.sums / n
+        variance = np.maximum(self.squares / n - mean * mean, 0.0)
+        scale = np.sqrt(variance)
+        d = self.width - 1
+        constant = [names[j] for j in range(d) if scaled[j] and not scale[j] > 0]
+        if constant:
+            raise TableError(
+                f"dataset.standardize=true is not allowed: {constant} are constant on the "
+                "training rows (drop them with dataset.features=[...])"
+            )
+        if scaled[d] and not scale[d] > 0:
+            raise TableError("dataset.standardize_target=true: the target is constant")
+        offset = np.where(scaled, mean, 0.0)
+        scale = np.where(scaled, scale, 1.0)
+        if scaled.any():
+            kernels.affine_columns(self.out, offset, 1.0 / scale)
+        center = self.shift + offset
+        return Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False  # one type for every column (Arrow's are read-only)
+    return view
 
 
 def _existing_file(path: str) -> Path:
@@ -185,25 +392,17 @@ def _kind(file: Path) -> str | None:
     return None
 
 
-def _read(file: Path):
+def _read_csv(file: Path):
     import pandas as pd
 
     where = f"dataset.path={file}"
     try:
-        if _kind(file) == "parquet":
-            return pd.read_parquet(file)
         sep = "\t" if file.name.lower().endswith(".tsv") else ","
         return pd.read_csv(file, sep=sep)
     except (ValueError, OSError, ImportError, pd.errors.ParserError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TableError(f"{where}: cannot read it as {_kind(file)}: {first}") from None
-    except Exception as error:  # pyarrow's own errors: a file that is not Parquet
-        raise TableError(f"{where}: cannot read it as {_kind(file)}: {error}") from None
-
-
-def _nested(column) -> bool:
-    sample = column.dropna().head(100)
-    return any(isinstance(v, list | dict | tuple | np.ndarray) for v in sample)
+        raise TableError(f"{where}: cannot read it as csv: {_first(error)}") from None
+    except Exception as error:
+        raise TableError(f"{where}: cannot read it as csv: {error}") from None
 
 
 def _file_digest(file: Path) -> str:
@@ -211,22 +410,3 @@ def _file_digest(file: Path) -> str:
     stat = file.stat()
     key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(key.encode()).hexdigest()[:8]
-
-
-def _scaling(X, y, standardize: bool, standardize_target: bool, names) -> Scaling:
-    d = X.shape[1]
-    x_mean, x_scale = np.zeros(d), np.ones(d)
-    if standardize:
-        x_mean, x_scale = X.mean(axis=0), X.std(axis=0)
-        constant = [names[j] for j in range(d) if not x_scale[j] > 0]
-        if constant:
-            raise TableError(
-                f"dataset.standardize=true is not allowed: {constant} are constant on the "
-                "training rows (drop them with dataset.features=[...])"
-            )
-    y_mean, y_scale = 0.0, 1.0
-    if standardize_target:
-        y_mean, y_scale = float(y.mean()), float(y.std())
-        if not y_scale > 0:
-            raise TableError("dataset.standardize_target=true: the target is constant")
-    return Scaling(x_mean, x_scale, y_mean, y_scale)

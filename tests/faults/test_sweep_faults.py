@@ -113,3 +113,52 @@ def test_a_relative_table_path_is_where_the_user_stands_under_chdir(store):
                 "hydra.job.chdir=true")  # fmt: skip
     (run,) = store.runs()
     assert run.info.status == "FINISHED"
+
+
+def test_a_server_killed_mid_sweep(store):
+    """The tracking server dies while a parallel sweep logs to it: the sweep stops in one line,
+    leaves no process behind, and once the server is back no run of it says RUNNING."""
+    from mlflow import MlflowClient
+
+    from tests.test_server import free_port, start_server
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(store, port)
+    client = MlflowClient(tracking_uri=url)
+    try:
+        process = start_in_group(
+            store, "-m", "trainer.seed=1,2,3,4", "tracking=server", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", "dataset.num_samples=20000", "trainer.epochs=100000",
+            "trainer.engine=autograd",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the sweep is logging epochs through the server
+            experiment = client.get_experiment_by_name("linreg")
+            logged = "metrics.`train/loss` > 0"
+            if experiment and client.search_runs([experiment.experiment_id], logged):
+                break
+            time.sleep(0.5)
+        family = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        code = process.wait(timeout=180)
+        err = process.stderr.read()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert code != 0 and "Traceback" not in err, err[-3000:]
+    lines = [x for x in err.strip().splitlines() if x.startswith("linreg-train")]
+    assert len(lines) == 1 and url in lines[0], err[-3000:]
+    time.sleep(15)  # workers that lost their sweep get 10 s to end their runs
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    server = start_server(store, port)  # back: the next command closes what the dead one left
+    try:
+        store.train("trainer.epochs=1", "tracking=server", MLFLOW_TRACKING_URI=url)
+        runs = client.search_runs([client.get_experiment_by_name("linreg").experiment_id])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert len(runs) >= 3 and "RUNNING" not in {r.info.status for r in runs}
+    swept = [r for r in runs if {"mlflow.parentRunId", "linreg.sweep"} & set(r.data.tags)]
+    assert len(swept) >= 3 and all(r.info.status in ("FAILED", "KILLED") for r in swept)

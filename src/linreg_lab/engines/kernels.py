@@ -584,3 +584,48 @@ def arrive_and_wait(arrivals, threads, meeting):
         if spins > _SPINS:
             yield_core()
     return True
+
+
+# ---- tables: columns packed into the (N, D + 1) rows the SGD loops read ---------------------
+
+
+_PACK_BLOCK = 2048  # source rows per block: one block's rows of every column stay in cache
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_columns(columns, lo, hi, first, dest, train_rows, shift, out, sums, squares):
+    """Write rows lo .. hi - 1 of a chunk of a table (its row first + i is the table's row) to
+    out[dest[row]] as float32, each column less shift[j]. columns: a tuple of read-only arrays
+    of one type, one per column, the target last (compiled once per column count). Adds the
+    shifted values of training rows (dest < train_rows) and their squares to sums and squares
+    (float64). Returns how many values were NaN or infinite. No GIL: threads take row ranges."""
+    width = len(columns)
+    bad = 0
+    for start in range(lo, hi, _PACK_BLOCK):  # a block's rows of every column stay in cache
+        stop = min(hi, start + _PACK_BLOCK)
+        for j in range(width):
+            column = columns[j]
+            k = shift[j]
+            s = 0.0
+            q = 0.0
+            for i in range(start, stop):
+                v = np.float64(column[i]) - k
+                row = dest[first + i]
+                out[row, j] = v
+                if not np.isfinite(v):
+                    bad += 1
+                elif row < train_rows:
+                    s += v
+                    q += v * v
+            sums[j] += s
+            squares[j] += q
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def affine_columns(out, offset, scale):
+    """out[i, j] = (out[i, j] - offset[j]) * scale[j], in float64, stored back as float32."""
+    n, width = out.shape
+    for i in numba.prange(n):
+        for j in range(width):
+            out[i, j] = (np.float64(out[i, j]) - offset[j]) * scale[j]

@@ -227,7 +227,7 @@ class Helper:
             pass
         code = self._process.wait()
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        why = f"the MLflow helper process {self._process.pid} {how}; records not yet written are lost"
+        why = f"the MLflow helper process {self._process.pid} {how}; records not written are lost"
         ended = []
         rescue = Helper()
         for key, settings in self._open.items():

@@ -122,6 +122,8 @@ def _open_client(settings: TrackingSettings):
             half_made = _half_made(db)
             if half_made:
                 raise TrackingError(f"tracking.uri={settings.uri}: {half_made}")
+            if not db.exists() or db.stat().st_size == 0:
+                _create(db, settings.uri)
             return _opened(MlflowClient(tracking_uri=settings.uri))
     except TrackingError:
         raise
@@ -130,6 +132,37 @@ def _open_client(settings: TrackingSettings):
         if db is not None and db.exists():
             message += _sqlite_diagnosis(db, settings.uri)
         raise TrackingError(f"tracking.uri={settings.uri}: {message}") from None
+
+
+def _create(db: Path, uri: str) -> None:
+    """Create a new sqlite store whole or not at all: MLflow builds it (tables, then its
+    migrations) in a file beside db, which takes db's name only once it is complete. A full
+    disk or a kill midway leaves no half-made store behind."""
+    from mlflow import MlflowClient
+
+    building = db.with_name(f".{db.name}.creating")
+    building.unlink(missing_ok=True)  # an earlier creation's, killed midway
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{building}")
+        client.search_experiments(max_results=1)
+        _dispose(client)
+        os.replace(building, db)
+    except BaseException as error:
+        building.unlink(missing_ok=True)
+        if isinstance(error, Exception):
+            raise TrackingError(
+                f"tracking.uri={uri}: the new store could not be created ({_first_line(error)}); "
+                "nothing was left behind"
+            ) from None
+        raise
+
+
+def _dispose(client) -> None:
+    """Close the connections a client's sqlite store holds (the file is about to be renamed)."""
+    engine = getattr(getattr(client, "_tracking_client", None), "store", None)
+    engine = getattr(engine, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _opened(client):
