@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 
 import psutil
 import pytest
 
+from tests.conftest import BIN, _env
 from tests.test_failures import start_in_group, wait_for_metric
 
 pytestmark = pytest.mark.slow
@@ -127,10 +129,12 @@ def test_a_server_killed_mid_sweep(store):
     server = start_server(store, port)
     client = MlflowClient(tracking_uri=url)
     try:
-        process = start_in_group(
-            store, "-m", "trainer.seed=1,2,3,4", "tracking=server", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", "dataset.num_samples=20000", "trainer.epochs=100000",
-            "trainer.engine=autograd",
+        process = subprocess.Popen(
+            [str(BIN / "linreg-train"), "-m", "trainer.seed=1,2,3,4", "tracking=server",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset.num_samples=20000",
+             "trainer.epochs=100000", "trainer.engine=autograd"],
+            cwd=store.root, env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the sweep is logging epochs through the server
@@ -142,12 +146,12 @@ def test_a_server_killed_mid_sweep(store):
         family = psutil.Process(process.pid).children(recursive=True)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
-        code = process.wait(timeout=180)
-        err = process.stderr.read()
+        out, err = process.communicate(timeout=180)
+        code = process.returncode
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    assert code != 0 and "Traceback" not in err, err[-3000:]
+    assert code != 0 and "Traceback" not in err + out, (out + err)[-3000:]
     lines = [x for x in err.strip().splitlines() if x.startswith("linreg-train")]
     assert len(lines) == 1 and url in lines[0], err[-3000:]
     time.sleep(15)  # workers that lost their sweep get 10 s to end their runs

@@ -14,6 +14,23 @@ from linreg_lab.tracking.store import TrackingError, mask_secrets
 USER_ERRORS = (ConfigError, TrackingError, EngineError, DataError)
 EXIT_USER_ERROR = 2
 _said: set[str] = set()  # a job's error that also ends its sweep (a dead helper) is said once
+# In a sweep, a file its processes share: the first error line any of them said. A sweep's own
+# error after a job's (a dead server fails both) follows from it and is not said again.
+ENV_SAID_FILE = "LINREG_SWEEP_SAID_FILE"
+
+
+def _first_in_sweep(line: str) -> bool:
+    path = os.environ.get(ENV_SAID_FILE)
+    if not path:
+        return True
+    try:
+        with open(path, "x") as said:  # created by one process only
+            said.write(line + "\n")
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
 
 
 @contextmanager
@@ -24,7 +41,7 @@ def exit_on_user_error(program: str = "linreg-train"):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         line = " ".join(mask_secrets(error).split())  # one line, whatever the error's text
-        if line not in _said:
+        if line not in _said and _first_in_sweep(line):
             _said.add(line)
             print(f"{program}: error: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, signals
-from linreg_lab.config.errors import exit_on_user_error
+from linreg_lab.config.errors import ENV_SAID_FILE, exit_on_user_error
 from linreg_lab.sweep.check import check_launcher, check_sweep, task_overrides
 from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.reuse import DataReuse
@@ -33,6 +33,7 @@ ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
 ENV_SWEEP_PID = "LINREG_SWEEP_PID"
 ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
 ENV_SWEEP_HOST = "LINREG_SWEEP_HOST"
+# (ENV_SAID_FILE stays set after the sweep: its own last error is weighed against it.)
 ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST)
 # Launchers (hydra/launcher choices) whose jobs run in the sweep's own process: they share its
 # MLflow helper, so the sweep need not wait for the parent run's id before they start.
@@ -110,6 +111,9 @@ class SweepCallback(Callback):
         os.environ[ENV_SWEEP_PID] = str(os.getpid())
         os.environ[ENV_SWEEP_HOST] = socket.gethostname()
         os.environ[ENV_STOP_FILE] = str(stop_file)
+        said = stop_file.with_name(".linreg-said")
+        said.unlink(missing_ok=True)
+        os.environ[ENV_SAID_FILE] = str(said)
         signals.on_signal(_stop_the_jobs)
         store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
 

@@ -131,6 +131,7 @@ class Helper:
             if message[0] in ("result", "raise") and message[1] == seq:
                 self.check()
                 if message[0] == "raise":
+                    self._raised = len(self._errors)  # what was posted failed the same way
                     raise _rebuild(message[2], message[3])
                 return message[2]
 
@@ -303,9 +304,14 @@ class _Served:
         try:
             result = VERBS[message.verb](client, *args)
         except Exception as error:
-            if message.verb not in _RUN_WRITES or isinstance(error, TrackingError):
+            if isinstance(error, TrackingError):
                 raise
-            why = (str(error).strip().split("\n")[0] or type(error).__name__)[:300]
+            if message.verb not in _RUN_WRITES:
+                if _is_the_stores(error):  # a dead server, a locked or full store: one line
+                    where = message.settings.uri if message.settings else "the store"
+                    raise TrackingError(f"tracking.uri={where}: {_first_line(error)}") from None
+                raise
+            why = _first_line(error)
             self.lost.setdefault(args[0], why)
             store.check_still_there(message.settings)  # the likeliest cause, said plainly
             where = message.settings.uri if message.settings else "the store"
@@ -330,6 +336,31 @@ class _Served:
                 if not quiet:
                     line = " ".join(str(error).split())[:300]
                     print(f"linreg-lab: could not end run {run_id}: {line}", file=sys.stderr)
+
+
+_UNREACHABLE = ("Failed to establish a new connection", "Connection refused",
+                "Max retries exceeded")  # fmt: skip
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if any(sign in text for sign in _UNREACHABLE):
+        return "the MLflow server does not answer (connection refused)"
+    return (text.split("\n")[0] or type(error).__name__)[:300]
+
+
+def _is_the_stores(error: BaseException) -> bool:
+    """Whether error is the store's (MLflow's, its database's, the network's), not a bug."""
+    from mlflow.exceptions import MlflowException
+
+    kinds = [MlflowException, OSError]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        kinds.append(SQLAlchemyError)
+    except ImportError:
+        pass
+    return isinstance(error, tuple(kinds))
 
 
 @dataclass(frozen=True)

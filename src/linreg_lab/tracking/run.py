@@ -118,10 +118,13 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
+        """Post the pending metrics; raise the first write that failed since (TrackingError):
+        a run whose records cannot be written stops, as a dead server or full disk means."""
         if self._pending:
             self._post("log_batch", self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
+        helper().check()
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._post("log_text", text, artifact_file)
