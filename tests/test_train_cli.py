@@ -98,3 +98,13 @@ def test_a_diverged_run_says_why_and_exits_1(store):
     assert "FAILED: diverged at epoch 1" in result.stdout
     (run,) = store.runs()
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["linreg.failure"]
+
+
+def test_help_is_this_tools_page(store):
+    page = store.train("--help").stdout
+    assert page.startswith("linreg-train: linear regression in PyTorch")
+    for text in ("dataset: diabetes, synthetic, table", "optimizer: adam, sgd",
+                 "hydra/launcher=joblib", "linreg-train -m optimizer.lr=", "mlruns/mlflow.db",
+                 "lr: 0.03", "--hydra-help"):  # fmt: skip
+        assert text in page, text
+    assert "Hydra" in store.train("--hydra-help").stdout  # Hydra's own stays

@@ -115,7 +115,11 @@ def test_ui_serves_loopback_only_prints_the_runs_page_and_stops_on_ctrl_c(store,
     ui = ui_factory(store.uri, "--port", str(port))
     url = ui.wait_for_url()
     startup_s = time.monotonic() - started
-    assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment_id(store, 'linreg')}/runs"
+    expected = experiment_id(store, "linreg")
+    assert (
+        url
+        == f"http://127.0.0.1:{port}/#/experiments/{expected}/runs?workflowType=machine_learning"
+    )
     assert startup_s < 60, f"the UI took {startup_s:.0f} s to answer"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
         assert response.status == 200
@@ -207,7 +211,9 @@ def test_browser_shows_a_sweep_its_losses_and_plots(store, ui_factory, tmp_path)
 
     ui = ui_factory(store.uri, "--port", str(free_port()))
     url = ui.wait_for_url()
-    assert url.endswith(f"/#/experiments/{parent.info.experiment_id}/runs")
+    assert url.endswith(
+        f"/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+    )
     assert "latest sweep" in "".join(ui.output)
 
     with sync_playwright() as playwright:

@@ -224,6 +224,9 @@ def wait_until_healthy(base: str, server: subprocess.Popen, log_path: Path) -> N
     raise UiError(f"no answer from {base}/health after {START_TIMEOUT_S} s; log: {log_path}")
 
 
+ML_VIEW = "workflowType=machine_learning"
+
+
 def runs_page(base: str, name: str | None) -> Page:
     """The runs page of experiment `name`, else of the experiment holding the latest run."""
     experiments = [
@@ -253,7 +256,9 @@ def runs_page(base: str, name: str | None) -> Page:
 
 
 def _page(base: str, experiment: dict, reason: str) -> Page:
-    url = f"{base}/#/experiments/{experiment['experiment_id']}/runs"
+    # The query picks MLflow 3.17's machine-learning view (runs, metrics) over its per-browser
+    # default, the GenAI traces view.
+    url = f"{base}/#/experiments/{experiment['experiment_id']}/runs?{ML_VIEW}"
     return Page(url, experiment["name"], f"Runs of {reason}")
 
 

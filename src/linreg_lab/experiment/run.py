@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.data import RegressionData
-from linreg_lab.engines import choose_engine, fit
+from linreg_lab.engines import choose_engine, fit, stability
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor
 from linreg_lab.engines.settings import TrainerSettings
@@ -98,7 +98,7 @@ def set_up(
     validate(cfg)
     trainer, tracking = build.trainer(cfg), build.tracking(cfg)
     store = store or Store.open(tracking)
-    data, optimum = (data_source or _Fresh()).get(cfg, trainer, _data_and_optimum)
+    data, optimum = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     return Setup(cfg, trainer, tracking, store, parent_run_id, data, optimum)
 
@@ -108,7 +108,7 @@ class _Fresh:
         return build(cfg, trainer)
 
 
-def _data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
+def data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
     """The data and its least-squares optimum, on the run's threads (its pages fault in there)."""
     size = _stated_size(cfg)
     if size is not None:  # a custom dataset target may not say its size
@@ -157,6 +157,14 @@ def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
     run.log_dataset(config["dataset"], DataFacts.of(setup.data))
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
+    run.log_params(stability_params(setup.optimum, config))
+
+
+def stability_params(optimum: LeastSquares, config: dict) -> dict:
+    """The dataset's curvature and the run's lr against its bounds (engines.stability)."""
+    c = stability.curvature(optimum.gram, optimum.num_samples)
+    batch = int(config.get("trainer", {}).get("batch_size", 1))
+    return stability.params(c, stability.verdict(c, config.get("optimizer", {}), batch))
 
 
 def record_end(

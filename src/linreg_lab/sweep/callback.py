@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from linreg_lab import build, signals
 from linreg_lab.config.errors import ENV_SAID_FILE, exit_on_user_error
 from linreg_lab.sweep.check import check_launcher, check_sweep, task_overrides
 from linreg_lab.sweep.compose_once import compose_each_job_once
+from linreg_lab.sweep.preflight import preflight
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
 from linreg_lab.tracking.tags import TAG_SWEEP
@@ -78,7 +80,7 @@ class SweepCallback(Callback):
             compose_each_job_once(GlobalHydra.instance().config_loader())
         with exit_on_user_error():
             check_launcher(config)
-            check_sweep(config)
+            jobs = check_sweep(config)
             tracking = build.tracking(config)
         store = Store.open(tracking)
         overrides = task_overrides(config)
@@ -116,6 +118,13 @@ class SweepCallback(Callback):
         os.environ[ENV_SAID_FILE] = str(said)
         signals.on_signal(_stop_the_jobs)
         store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
+        reuse = _current.reuse if launcher in IN_PROCESS_LAUNCHERS else DataReuse()
+        with exit_on_user_error():
+            lines, stable = preflight(jobs, reuse)
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        if stable:
+            parent.log_params(stable)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         # Ended by linreg-train itself right after (finish), where a failing store can be

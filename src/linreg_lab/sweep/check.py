@@ -73,8 +73,9 @@ def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(jobs))
 
 
-def check_sweep(config: DictConfig) -> None:
-    """Raise ConfigError, naming the setting and the job, for the first job that cannot run.
+def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """Raise ConfigError, naming the setting and the job, for the first job that cannot run;
+    the jobs checked (their overrides and composed configs) otherwise.
 
     Hydra composes once per choice of config groups; a swept key then only updates a copy (its
     schema still checks the type).
@@ -84,6 +85,7 @@ def check_sweep(config: DictConfig) -> None:
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
+    checked = []
     for job in sample_jobs(swept):
         parsed = [parser.parse_override(override) for override in job]
         recomposes = [
@@ -109,6 +111,8 @@ def check_sweep(config: DictConfig) -> None:
         except ConfigError as error:
             where = f" (in the sweep's job {' '.join(job)})" if swept else ""
             raise ConfigError(f"{error}{where}") from None
+        checked.append((list(job), cfg))
+    return checked
 
 
 def check_launcher(config: DictConfig) -> None:

@@ -1,0 +1,99 @@
+"""The learning rate a dataset allows: the exact full-batch bound, the minibatch estimate, and
+what a sweep says before it starts, checked against real divergence."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from linreg_lab.data import make_synthetic_regression
+from linreg_lab.engines import fit
+from linreg_lab.engines.least_squares import least_squares
+from linreg_lab.engines.monitor import Diverged
+from linreg_lab.engines.settings import TrainerSettings
+from linreg_lab.engines.stability import curvature
+from linreg_lab.model import init_linear
+
+
+def _trains(data, lr: float, batch: int, epochs: int, momentum: float = 0.0) -> bool:
+    """Whether SGD at lr stays finite and ends below the loss it started from."""
+    torch.manual_seed(0)
+    model = init_linear(torch.nn.Linear(data.num_features, 1))
+    start = _mse(model, data)
+    sgd = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
+    losses = []
+    try:
+        fit(model, sgd, data, TrainerSettings(epochs=epochs, batch_size=batch),
+            lambda epoch, loss, *_: losses.append(loss))  # fmt: skip
+    except Diverged:
+        return False
+    end = _mse(model, data)
+    return end == end and end < start  # NaN compares False
+
+
+def _mse(model, data) -> float:
+    w, b = model.weight.detach().view(-1).double(), float(model.bias.detach())
+    return float((data.X.double() @ w + b - data.y.view(-1).double()).square().mean())
+
+
+def test_the_curvature_is_the_normal_equations_spectrum():
+    data = make_synthetic_regression()
+    optimum = least_squares(data.X, data.y)
+    c = curvature(optimum.gram, optimum.num_samples)
+    A = np.c_[data.X.double().numpy(), np.ones(1000)]
+    values = np.linalg.eigvalsh(A.T @ A / 1000)
+    assert c.lambda_max == pytest.approx(values[-1], rel=1e-9)
+    assert c.lambda_min == pytest.approx(values[0], rel=1e-9)
+    assert c.critical_lr == pytest.approx(0.964, abs=0.002)  # the issue's figure
+
+
+def test_full_batch_gd_diverges_just_above_the_bound_and_not_below():
+    data = make_synthetic_regression()
+    optimum = least_squares(data.X, data.y)
+    bound = curvature(optimum.gram, optimum.num_samples).full_batch_bound()
+    assert _trains(data, 0.98 * bound, batch=1000, epochs=300)
+    assert not _trains(data, 1.02 * bound, batch=1000, epochs=300)
+    # Heavy ball moves it to (1 + momentum) times as far.
+    bound_m = curvature(optimum.gram, optimum.num_samples).full_batch_bound(momentum=0.5)
+    assert bound_m == pytest.approx(1.5 * bound)
+    assert _trains(data, 0.97 * bound_m, batch=1000, epochs=600, momentum=0.5)
+    assert not _trains(data, 1.03 * bound_m, batch=1000, epochs=600, momentum=0.5)
+
+
+@pytest.mark.parametrize("batch", [1, 10, 100])
+def test_the_minibatch_estimate_brackets_measured_divergence(batch):
+    """Well below the estimate SGD trains; well above it (still below the full-batch bound
+    for batch 1 and 10) it diverges within 20 epochs."""
+    data = make_synthetic_regression()
+    optimum = least_squares(data.X, data.y)
+    estimate = curvature(optimum.gram, optimum.num_samples).batch_bound(batch)
+    assert _trains(data, 0.7 * estimate, batch=batch, epochs=20)
+    assert not _trains(data, 1.4 * estimate, batch=batch, epochs=20)
+
+
+@pytest.mark.slow
+def test_a_sweep_names_the_jobs_that_will_diverge_before_it_starts(store):
+    result = store.train(
+        "-m", "optimizer.lr=0.1,0.5,1.2,2.0", "trainer.batch_size=1000", "trainer.epochs=300",
+        "tracking.log_plots=false", check=False,
+    )  # fmt: skip
+    said = [x for x in result.stderr.splitlines() if "diverge" in x and "job #" in x]
+    assert len(said) == 2 and all("will diverge" in x for x in said), result.stderr
+    assert "lr 1.2" in said[0] and "lr 2" in said[1] and "0.964" in said[0]
+    runs = store.runs()
+    parent = next(r for r in runs if r.data.tags.get("linreg.sweep") == "true")
+    assert float(parent.data.params["stability.lr_critical"]) == pytest.approx(0.964, abs=0.002)
+    assert parent.data.params["stability.jobs_will_diverge"] == "2"
+    children = {r.data.params["optimizer.lr"]: r for r in runs if r is not parent
+                and "mlflow.parentRunId" in r.data.tags}  # fmt: skip
+    for lr, child in children.items():
+        verdict = child.data.params["stability.verdict"]
+        diverged = "diverged" in child.data.tags.get("linreg.failure", "")
+        assert (verdict == "will diverge") == (float(lr) > 0.964)
+        if verdict == "will diverge":
+            assert diverged, lr  # every job it said will diverge did
+        else:
+            assert not diverged, lr  # none it called stable at full batch did
