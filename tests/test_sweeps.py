@@ -158,3 +158,35 @@ def test_jobs_on_the_same_data_reuse_it_with_the_same_results(store):
     assert len(alone) == 1
     for metric in ("train/loss", "error/w_l2", "optimum/loss"):
         assert alone[0].data.metrics[metric] == by_job[("1", "0.03")].data.metrics[metric]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=vectorized"]],
+                         ids=["basic", "joblib", "vectorized"])  # fmt: skip
+def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
+    """A sweep re-run (here with one value more): only the jobs that did not finish before
+    train (FINISHED ones are skipped; FAILED and KILLED ones train again); the comparison
+    lists every job once."""
+    first = store.train("-m", "optimizer.lr=0.01,0.03", "trainer.epochs=2", *launcher)
+    assert "skipped" not in first.stdout
+    again = store.train("-m", "optimizer.lr=0.01,0.03,0.1", "trainer.epochs=2", *launcher)
+    assert again.stdout.count("FINISHED before, in run") == 2, again.stdout
+    runs = store.runs()
+    parents = sorted((r for r in runs if r.data.tags.get("linreg.sweep") == "true"),
+                     key=lambda r: r.info.start_time)  # fmt: skip
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 2 and len(children) == 3  # 2 + 1 trained, not 2 + 3
+    second = parents[1]
+    assert second.info.status == "FINISHED"
+    from linreg_lab.tracking.report import children as sweep_runs
+
+    listed = sweep_runs(store.client, store.client.get_run(second.info.run_id))
+    assert sorted(r.data.params["optimizer.lr"] for r in listed) == ["0.01", "0.03", "0.1"]
+    comparison = store.client.download_artifacts(second.info.run_id, "comparison.csv",
+                                                 str(store.root))  # fmt: skip
+    assert open(comparison).read().count("\n") == 4  # a header and each job once
+    forced = store.train("-m", "optimizer.lr=0.01", "trainer.epochs=2",
+                         "sweep.rerun_finished=true", *launcher)  # fmt: skip
+    assert "skipped" not in forced.stdout
+    assert len([r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]) == 4

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from linreg_lab.signals import Interrupted
 
@@ -67,7 +67,7 @@ class VectorizedLauncher(Launcher):
                 config.hydra.job.num = number
             configs.append(config)
 
-        groups = group_jobs(configs)
+        groups = [g for group in group_jobs(configs) for g in _finished_apart(group, configs)]
         log.info(
             f"Launching {len(configs)} jobs as {len(groups)} passes: "
             + ", ".join(str(len(group)) for group in groups)
@@ -120,3 +120,21 @@ class VectorizedLauncher(Launcher):
             return outcome.objective
 
         return report
+
+
+def _finished_apart(group: list[int], configs: list[DictConfig]) -> list[list[int]]:
+    """A re-run sweep's jobs that FINISHED before run alone (each is skipped by its task),
+    the rest as one group."""
+    from linreg_lab import build, sweep
+    from linreg_lab.tracking.params import job_key
+
+    def finished(index: int) -> bool:
+        cfg = configs[index]
+        if OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
+            return False
+        return sweep.finished_run(job_key(build.plain_config(cfg))) is not None
+
+    done = [index for index in group if finished(index)]
+    rest = [index for index in group if index not in done]
+    return [[index] for index in done] + ([rest] if rest else [])
+

@@ -49,6 +49,19 @@ def train(cfg: DictConfig) -> float:
         return math.inf
     # Unresolved: an override may hold an ${...} that names nothing (validation says so).
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    if job is not None and not OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
+        from linreg_lab.tracking.params import job_key
+
+        with exit_on_user_error():
+            done = sweep.finished_run(job_key(build.plain_config(cfg)))
+        if done is not None:  # a re-run sweep: this job finished before
+            sweep.note_reused(done[0])
+            print(
+                f"[job {hydra_cfg.job.num}: {' '.join(overrides)}] FINISHED before, in run "
+                f"{done[0]}: skipped (sweep.rerun_finished=true trains it again)",
+                flush=True,
+            )
+            return done[1]
     arguments = job.run_arguments() if job is not None else {}
     try:
         with exit_on_user_error():

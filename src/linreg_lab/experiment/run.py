@@ -32,7 +32,7 @@ from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
 from linreg_lab.tracking.dataset import DataFacts, log_model
-from linreg_lab.tracking.params import flatten, run_name_from_overrides
+from linreg_lab.tracking.params import TAG_JOB_KEY, flatten, job_key, run_name_from_overrides
 from linreg_lab.tracking.plots import PlotInputs, png_images
 
 
@@ -143,7 +143,11 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
     """Create the run: its name, tags, parent; nothing logged yet."""
     return setup.store.start_run(
         setup.tracking.run_name or run_name_from_overrides(overrides),
-        tags={**_git_tags(), "linreg.overrides": " ".join(overrides) or "(none)"},
+        tags={
+            **_git_tags(),
+            "linreg.overrides": " ".join(overrides) or "(none)",
+            TAG_JOB_KEY: job_key(build.plain_config(setup.cfg)),
+        },  # fmt: skip
         parent_run_id=setup.parent_run_id,
         flush_seconds=flush_seconds,
     )

@@ -42,6 +42,31 @@ class Job:
 
 
 _worker_reuse: DataReuse | None = None  # a worker's own, across the jobs it runs
+_finished: dict[str, list] | None = None
+
+
+def finished_run(key: str) -> tuple[str, float] | None:
+    """(run id, objective) of a FINISHED run of the same job in the sweep's experiment, from
+    before this sweep started (none when sweep.rerun_finished=true)."""
+    global _finished
+    if _finished is None:
+        import json
+
+        path = os.environ.get(callback.ENV_FINISHED_FILE)
+        try:
+            _finished = json.loads(open(path).read()) if path else {}
+        except (OSError, ValueError):
+            _finished = {}
+    found = _finished.get(key)
+    return (found[0], float(found[1])) if found else None
+
+
+def note_reused(run_id: str) -> None:
+    """Say to the sweep that a job took run_id instead of training (its comparison lists it)."""
+    path = os.environ.get(callback.ENV_REUSED_FILE)
+    if path:
+        with open(path, "a") as reused:  # one short line: appends do not interleave
+            reused.write(run_id + "\n")
 
 
 def job(tracking: TrackingSettings) -> Job | None:

@@ -28,6 +28,7 @@ from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.preflight import preflight
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
+from linreg_lab.tracking.report import TAG_REUSED
 from linreg_lab.tracking.tags import TAG_SWEEP
 
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
@@ -35,8 +36,11 @@ ENV_EXPERIMENT_ID = "LINREG_EXPERIMENT_ID"
 ENV_SWEEP_PID = "LINREG_SWEEP_PID"
 ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
 ENV_SWEEP_HOST = "LINREG_SWEEP_HOST"
+ENV_FINISHED_FILE = "LINREG_SWEEP_FINISHED_FILE"  # job key -> [run id, objective], JSON
+ENV_REUSED_FILE = "LINREG_SWEEP_REUSED_FILE"  # the run ids jobs took instead of training
 # (ENV_SAID_FILE stays set after the sweep: its own last error is weighed against it.)
-ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST)
+ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST,
+             ENV_FINISHED_FILE, ENV_REUSED_FILE)  # fmt: skip
 # Launchers (hydra/launcher choices) whose jobs run in the sweep's own process: they share its
 # MLflow helper, so the sweep need not wait for the parent run's id before they start.
 IN_PROCESS_LAUNCHERS = {"basic", "vectorized"}
@@ -125,12 +129,29 @@ class SweepCallback(Callback):
             print(line, file=sys.stderr, flush=True)
         if stable:
             parent.log_params(stable)
+        _note_finished_jobs(config, store, stop_file)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         # Ended by linreg-train itself right after (finish), where a failing store can be
         # reported as one line and an exit code: Hydra would only warn about an error here.
         if _current is not None:
             _current.ran_to_its_end = True
+
+
+def _note_finished_jobs(config: DictConfig, store: Store, stop_file: Path) -> None:
+    """For a re-run: the experiment's finished jobs, in a file its jobs read (any launcher)."""
+    import json
+
+    finished = stop_file.with_name(".linreg-finished.json")
+    reused = stop_file.with_name(".linreg-reused")
+    reused.unlink(missing_ok=True)
+    os.environ[ENV_REUSED_FILE] = str(reused)
+    rerun = OmegaConf.select(config, "sweep.rerun_finished", default=False)
+    with exit_on_user_error():
+        jobs = {} if rerun else store.finished_jobs()
+    finished.parent.mkdir(parents=True, exist_ok=True)
+    finished.write_text(json.dumps(jobs))
+    os.environ[ENV_FINISHED_FILE] = str(finished)
 
 
 def _stop_the_jobs(signum: int) -> None:
@@ -157,6 +178,10 @@ def finish(failure: str | None) -> None:
     for name in ENV_NAMES:
         os.environ.pop(name, None)
     sweep.stop_file.unlink(missing_ok=True)
+    reused_file = sweep.stop_file.with_name(".linreg-reused")
+    reused = reused_file.read_text().split() if reused_file.exists() else []
+    if reused:
+        sweep.parent.set_tags({TAG_REUSED: ",".join(dict.fromkeys(reused))})
     received = signals.received()
     interrupted = signals.signal_name(received) if received else None
     try:

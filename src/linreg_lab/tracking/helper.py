@@ -53,6 +53,7 @@ VERBS = {
     "log_plots": plots.log_plots,
     "end_run": records.end_run,
     "finish_sweep": report.finish_sweep,
+    "finished_jobs": report.finished_jobs,
     "announce": records.announce,
     "resolve": _same,
     "sync": _nothing,

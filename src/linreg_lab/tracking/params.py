@@ -24,3 +24,25 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
         key, _, value = override.lstrip("+~").partition("=")
         parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return " ".join(parts) or "default"
+
+
+TAG_JOB_KEY = "linreg.job_key"
+
+
+def job_key(config: Mapping) -> str:
+    """What makes two runs the same job, for a re-run sweep to skip a finished one: the whole
+    resolved config but sweep.* and tracking.* (where it is recorded; the experiment is where a
+    re-run looks), a table's path made absolute, and linreg-lab's version, hashed."""
+    import hashlib
+    import json
+    import os
+
+    from linreg_lab import __version__
+
+    kept = {k: v for k, v in config.items() if k not in ("sweep", "tracking")}
+    dataset = kept.get("dataset")
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("path"), str):
+        path = os.path.abspath(os.path.expanduser(dataset["path"]))
+        kept["dataset"] = {**dataset, "path": path}
+    canonical = json.dumps([kept, __version__], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

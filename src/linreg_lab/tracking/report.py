@@ -55,11 +55,39 @@ def ranking_metric(rows: list[Row]) -> str:
 
 
 def children(client: MlflowClient, parent: Run) -> list[Run]:
-    return client.search_runs(
+    """The sweep's runs: its children, and the finished runs of an earlier sweep that a re-run
+    of it took instead of training again (tag linreg.reused_runs)."""
+    runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=50000,
     )
+    for run_id in filter(None, parent.data.tags.get(TAG_REUSED, "").split(",")):
+        try:
+            runs.append(client.get_run(run_id))
+        except Exception:  # deleted since: the comparison goes on without it
+            continue
+    return runs
+
+
+TAG_REUSED = "linreg.reused_runs"
+
+
+def finished_jobs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
+    """job key -> [run id, objective] of the latest FINISHED run of each job in the experiment
+    (objective: val/loss where it exists, else train/loss)."""
+    runs = client.search_runs(
+        [experiment_id], "attributes.status = 'FINISHED'", max_results=50000,
+        order_by=["attributes.start_time ASC"],
+    )  # fmt: skip
+    found: dict[str, list] = {}
+    for run in runs:
+        key = run.data.tags.get("linreg.job_key")
+        metrics = run.data.metrics
+        objective = metrics.get("val/loss", metrics.get("train/loss"))
+        if key and objective is not None:
+            found[key] = [run.info.run_id, objective]
+    return found
 
 
 def latest_sweep(client: MlflowClient) -> Run | None:

@@ -71,6 +71,10 @@ class Store:
         """Compare a sweep's children on its parent, then end the parent (waits)."""
         return helper().call("finish_sweep", self.settings, parent_run_id, failure, interrupted)
 
+    def finished_jobs(self) -> dict[str, list]:
+        """job key -> [run id, objective] of the experiment's FINISHED runs (waits)."""
+        return helper().call("finished_jobs", self.settings, self._experiment)
+
     def check(self) -> None:
         """Raise the first failure of a write posted so far (TrackingError: the user's)."""
         helper().check()
