@@ -89,6 +89,13 @@ def test_report_reads_a_past_sweep(store):
     rows = list(csv.DictReader(io.StringIO(latest)))
     assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
     assert {r["trainer.seed"] for r in rows} == {"1", "2"}
+    # Every param and every metric of every job, read back against MLflow's own values.
+    for row in rows:
+        child = next(c for c in children if c.info.run_id == row["run_id"])
+        assert set(child.data.params) | set(child.data.metrics) <= set(row)
+        assert float(row["train/loss"]) == child.data.metrics["train/loss"]
+        assert row["optimizer.lr"] == child.data.params["optimizer.lr"]
+        assert row["stability.lr_critical"] == child.data.params["stability.lr_critical"]
     table = store.run("linreg-report", "--experiment", "linreg").stdout
     assert all(c.info.run_id in table for c in children)
     missing = store.run("linreg-report", "--experiment", "nope", check=False)
@@ -190,3 +197,10 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
                          "sweep.rerun_finished=true", *launcher)  # fmt: skip
     assert "skipped" not in forced.stdout
     assert len([r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]) == 4
+
+
+@pytest.mark.slow
+def test_any_two_swept_keys_get_a_heatmap(store):
+    store.train("-m", "optimizer.lr=0.03,1.2", "trainer.epochs=1,2", "tracking.log_plots=false")
+    parent, _ = sweep_runs(store)
+    assert "heatmap.png" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}

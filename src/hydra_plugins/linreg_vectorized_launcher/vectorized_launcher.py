@@ -137,4 +137,3 @@ def _finished_apart(group: list[int], configs: list[DictConfig]) -> list[list[in
     done = [index for index in group if finished(index)]
     rest = [index for index in group if index not in done]
     return [[index] for index in done] + ([rest] if rest else [])
-

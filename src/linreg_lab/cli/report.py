@@ -24,7 +24,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
         help="tracking URI (default: $MLFLOW_TRACKING_URI or the project store)",
     )
-    parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    parser.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV instead of a table: every param and metric of every run",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         keys = report.varied_keys(rows)
         if args.csv:
-            sys.stdout.write(report.to_csv(rows, keys))
+            sys.stdout.write(report.to_full_csv(rows))
         else:
             report.print_table(rows, keys, title)
 

@@ -7,7 +7,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from linreg_lab.tracking import records
@@ -34,6 +34,7 @@ class Row:
     params: dict[str, str]
     val_loss: float = math.nan
     lsq_l2: float = math.nan  # the distance to the least-squares solution (no truth needed)
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric's last value
 
     def sort_key(self, metric: str) -> tuple:
         loss = self.val_loss if metric == "val/loss" else self.loss
@@ -112,6 +113,7 @@ def rows_of(runs: list[Run]) -> list[Row]:
             {**run.data.params, **_overrides(run.data.tags.get("linreg.overrides", ""))},
             run.data.metrics.get("val/loss", math.nan),
             run.data.metrics.get("error/lsq_l2", math.nan),
+            dict(run.data.metrics),
         )
         for run in runs
     ]
@@ -134,6 +136,21 @@ def varied_keys(rows: list[Row]) -> list[str]:
 
     swept = differing({k for row in rows for k in _overrides(row.overrides)})
     return swept or differing({k for row in rows for k in row.params})
+
+
+def to_full_csv(rows: list[Row]) -> str:
+    """Every param and every metric (its last value) of every run, ranked: linreg-report --csv."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    params = sorted({k for row in rows for k in row.params})
+    metrics = sorted({k for row in rows for k in row.metrics})
+    writer.writerow(["rank", "run_id", "run_name", "status", *params, *metrics, "failure"])
+    for rank, row in enumerate(rows, start=1):
+        writer.writerow([
+            rank, row.run_id, row.name, row.status, *(row.params.get(k, "") for k in params),
+            *(row.metrics.get(k, "") for k in metrics), row.failure,
+        ])  # fmt: skip
+    return out.getvalue()
 
 
 def to_csv(rows: list[Row], keys: list[str]) -> str:
@@ -181,7 +198,8 @@ def plot(rows: list[Row], keys: list[str]):
         return row.val_loss if metric == "val/loss" else row.loss
 
     import numpy as np
-    from matplotlib.figure import Figure  # not pyplot: no backend switch, ~0.3 s less to import
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle  # not pyplot: no backend switch, ~0.3 s less to import
 
     def number(text: str) -> float:
         try:
@@ -190,47 +208,72 @@ def plot(rows: list[Row], keys: list[str]):
             return math.nan
 
     finite = [row for row in rows if math.isfinite(value(row))]
-    if sorted(keys) == sorted(HEATMAP_KEYS):
-        lrs = sorted({number(row.params[HEATMAP_KEYS[0]]) for row in rows})
-        batches = sorted({number(row.params[HEATMAP_KEYS[1]]) for row in rows})
-        grid = np.full((len(batches), len(lrs)), np.nan)
-        for row in finite:
-            i = batches.index(number(row.params[HEATMAP_KEYS[1]]))
-            j = lrs.index(number(row.params[HEATMAP_KEYS[0]]))
-            grid[i, j] = value(row)
-        fig = Figure(figsize=(1.4 * len(lrs) + 2, 0.9 * len(batches) + 1.8))
+    if len(keys) == 2:  # a heatmap of any two swept keys, the learning rate across
+        x_key, y_key = sorted(keys, key=lambda k: k != HEATMAP_KEYS[0])
+        xs, ys = _axis(rows, x_key, number), _axis(rows, y_key, number)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        cells: dict[tuple[int, int], Row] = {}
+        for row in rows:
+            i, j = ys.index(row.params.get(y_key, "")), xs.index(row.params.get(x_key, ""))
+            cells[i, j] = row
+            if math.isfinite(value(row)):
+                grid[i, j] = value(row)
+        fig = Figure(figsize=(1.4 * len(xs) + 2.4, 0.9 * len(ys) + 2.2), layout="constrained")
         ax = fig.subplots()
         image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
-        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
-        ax.set_yticks(range(len(batches)), [f"{v:g}" for v in batches])
-        ax.set_xlabel("optimizer.lr")
-        ax.set_ylabel("trainer.batch_size")
-        for i in range(len(batches)):
-            for j in range(len(lrs)):
-                text = f"{grid[i, j]:.1e}" if np.isfinite(grid[i, j]) else "failed"
-                light = np.isfinite(grid[i, j]) and image.norm(np.log10(grid[i, j])) < 0.5
-                color = "black" if light else "white"  # readable on viridis_r's yellow end
-                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_yticks(range(len(ys)), ys)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(y_key)
+        marked = False
+        for (i, j), row in cells.items():
+            text = f"{grid[i, j]:.1e}" if np.isfinite(grid[i, j]) else "failed"
+            light = not np.isfinite(grid[i, j]) or image.norm(np.log10(grid[i, j])) < 0.5
+            color = "black" if light else "white"  # readable on viridis_r's yellow end
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+            verdict = row.params.get("stability.verdict")
+            if verdict in ("will diverge", "may diverge"):  # the dataset's lr bound, drawn
+                marked = True
+                ax.add_patch(Rectangle(
+                    (j - 0.48, i - 0.48), 0.96, 0.96, fill=False, linewidth=2.5,
+                    edgecolor="red" if verdict == "will diverge" else "orange",
+                    linestyle="-" if verdict == "will diverge" else "--",
+                ))  # fmt: skip
         fig.colorbar(image, ax=ax, label=f"log10 final {metric}")
-        ax.set_title(f"final {metric}")
+        title = f"final {metric}"
+        if marked:
+            title += "\nred: lr above the full-batch bound; orange: near its batch size's estimate"
+        ax.set_title(title, fontsize=9 if marked else None)
         return fig, "heatmap.png"
     if len(keys) == 1:
         key = keys[0]
         points = sorted((number(row.params[key]), value(row)) for row in finite)
         if not points:  # every run failed: nothing to draw
             return None, None
-        fig = Figure(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4), layout="constrained")
         ax = fig.subplots()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         if all(p[1] > 0 for p in points):
             ax.set_yscale("log")
         if key == "optimizer.lr" and all(p[0] > 0 for p in points):
             ax.set_xscale("log")
+            bounds = {row.params.get("stability.lr_bound_full_batch") for row in rows} - {None}
+            if len(bounds) == 1:  # one dataset and optimizer: its stable region, drawn
+                bound = number(bounds.pop())
+                ax.axvline(bound, color="red", linestyle="--",
+                           label=f"full-batch lr bound {bound:.3g}")  # fmt: skip
+                ax.legend(loc="best", fontsize=8)
         ax.set_xlabel(key)
         ax.set_ylabel(f"final {metric}")
         ax.grid(True, which="both", alpha=0.3)
         return fig, "loss_vs_" + key.replace(".", "_") + ".png"
     return None, None
+
+
+def _axis(rows: list[Row], key: str, number) -> list[str]:
+    """A swept key's values as labels: in numeric order where they are numbers."""
+    values = {row.params.get(key, "") for row in rows}
+    return sorted(values, key=lambda v: (math.isnan(number(v)), number(v), v))
 
 
 def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) -> list[Row]:
