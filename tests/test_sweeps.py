@@ -193,6 +193,8 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
     comparison = store.client.download_artifacts(second.info.run_id, "comparison.csv",
                                                  str(store.root))  # fmt: skip
     assert open(comparison).read().count("\n") == 4  # a header and each job once
+    note = second.data.tags["mlflow.note.content"]  # the parent's description in the UI
+    assert all(f"| {lr} |" in note for lr in ("0.01", "0.03", "0.1")), note
     forced = store.train("-m", "optimizer.lr=0.01", "trainer.epochs=2",
                          "sweep.rerun_finished=true", *launcher)  # fmt: skip
     assert "skipped" not in forced.stdout

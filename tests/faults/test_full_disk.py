@@ -58,7 +58,7 @@ def test_a_disk_filled_mid_run_fails_the_run_in_one_line(small_disk):
     small_disk.grow(8192)
     store = Store(small_disk.root)
     store.train("trainer.epochs=1", "tracking.log_plots=false")
-    small_disk.fill(leave_kib=40)
+    small_disk.fill(leave_kib=300)  # room for the run, not for its 3000 epochs
     result = store.train("dataset.num_samples=2000", "trainer.batch_size=2000",
                          "trainer.epochs=3000", check=False)  # fmt: skip
     assert "disk is full" in _one_error_line(result)

@@ -24,6 +24,7 @@ def _first_in_sweep(line: str) -> bool:
     if not path:
         return True
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # the sweep's folder may not exist yet
         with open(path, "x") as said:  # created by one process only
             said.write(line + "\n")
         return True

@@ -189,6 +189,22 @@ def print_table(rows: list[Row], keys: list[str], title: str) -> None:
     Console(highlight=False, width=200).print(table)
 
 
+def to_markdown(rows: list[Row], keys: list[str], title: str) -> str:
+    """The comparison as a markdown table (the parent run's description in the UI)."""
+    val = ranking_metric(rows) == "val/loss"
+    losses = ["train/loss", "val/loss"] if val else ["train/loss"]
+    error = error_column(rows)
+    lines = [f"**{title}**, ranked by {ranking_metric(rows)}", "",
+             "| # | " + " | ".join([*keys, *losses, error, "status", "run"]) + " |",
+             "|" + "---|" * (len(keys) + len(losses) + 4)]  # fmt: skip
+    for rank, row in enumerate(rows, start=1):
+        loss_cells = [f"{row.loss:.4e}"] + ([f"{row.val_loss:.4e}"] if val else [])
+        cells = [str(rank), *(row.params.get(k, "") for k in keys), *loss_cells,
+                 f"{_error(row, error):.2e}", row.status, row.run_id]  # fmt: skip
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[Row], keys: list[str]):
     """Heatmap of the final ranking loss (val/loss, else train/loss) over lr x batch size, or
     a line plot for one swept key."""
@@ -285,6 +301,9 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
         return rows
     run_id = parent.info.run_id
     records.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
+    # The parent's description in the UI: the comparison, readable without opening a file.
+    note = to_markdown(rows, keys, parent.info.run_name or "the sweep")[:20000]
+    client.set_tag(run_id, "mlflow.note.content", note)
     try:
         fig, name = plot(rows, keys)
         if fig is not None:
