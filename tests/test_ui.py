@@ -253,7 +253,9 @@ def test_browser_shows_a_sweep_its_losses_and_plots(store, ui_factory, tmp_path)
             child = max(children, key=lambda run: run.data.metrics["train/loss"])
             page.set_viewport_size({"width": 1300, "height": 900})  # the whole plot
             with page.expect_response(lambda r: "get-artifact" in r.url) as artifact:
-                page.goto(f"{url}/{child.info.run_id}/artifacts/plots/loss.png")
+                runs_url = url.split("?")[0]  # the run's page: the path, then the same query
+                page.goto(f"{runs_url}/{child.info.run_id}/artifacts/plots/loss.png?"
+                          + url.split("?")[1])  # fmt: skip
             assert artifact.value.status == 200
             with urllib.request.urlopen(artifact.value.url, timeout=10) as response:
                 assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"

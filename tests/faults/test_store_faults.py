@@ -27,7 +27,9 @@ def test_commands_racing_on_a_new_store_all_land(tmp_path, round_):
         subprocess.Popen(
             [
                 str(BIN / "linreg-train"),
-                *(["-m", f"optimizer.lr={0.01 * (i + 1)},{0.02 * (i + 1)}"] if i % 2 else []),
+                # Each sweep's values its own: a job equal to another command's finished one
+                # would be skipped (a re-run resumes), which is not what this counts.
+                *(["-m", f"optimizer.lr={0.01 * (i + 1)},{0.011 * (i + 1)}"] if i % 2 else []),
                 "trainer.epochs=1",
                 "tracking.log_plots=false",
             ],
