@@ -156,8 +156,10 @@ def test_a_killed_helper_fails_its_runs(store, sweep):
         wait_for_metric(store, "linreg")
         children = psutil.Process(process.pid).children(recursive=True)
         helpers = [p for p in children if "linreg_lab.tracking.serve" in " ".join(p.cmdline())]
-        training = {p.ppid() for p in helpers} - {process.pid} or {process.pid}
-        victim = [p for p in helpers if p.ppid() in training][0]  # the job's own helper
+        logging = {
+            int(r.data.tags["linreg.pid"]) for r in store.runs("linreg", "metrics.`train/loss` > 0")
+        }
+        victim = [p for p in helpers if p.ppid() in logging][0]  # a training job's own helper
         victim.kill()
         code = process.wait(timeout=120)
         err = process.stderr.read()
