@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,14 @@ class LeastSquares:
     gradient: torch.Tensor
     theta: torch.Tensor  # the optimum [w, b] in float64
     num_samples: int
+
+    @functools.cached_property
+    def curvature(self):
+        """The spectrum of gram / N (engines.stability.Curvature), computed once per optimum:
+        the jobs of a sweep that share the data share it too."""
+        from linreg_lab.engines.stability import curvature
+
+        return curvature(self.gram, self.num_samples)
 
     def losses(self, theta: torch.Tensor) -> torch.Tensor:
         """The full-data MSE of each column [w, b] of theta, (D + 1, K): K values in float64.

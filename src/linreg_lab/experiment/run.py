@@ -166,7 +166,7 @@ def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
     """The dataset's curvature and the run's lr against its bounds (engines.stability)."""
-    c = stability.curvature(optimum.gram, optimum.num_samples)
+    c = optimum.curvature
     batch = int(config.get("trainer", {}).get("batch_size", 1))
     return stability.params(c, stability.verdict(c, config.get("optimizer", {}), batch))
 

@@ -31,7 +31,7 @@ def preflight(jobs: list[tuple[list[str], DictConfig]], reuse: DataReuse):
         key = key_of(cfg, trainer.threads)
         if key not in by_data:
             _, optimum = reuse.get(cfg, trainer, data_and_optimum)
-            by_data[key] = stability.curvature(optimum.gram, optimum.num_samples)
+            by_data[key] = optimum.curvature
             if not params:
                 params = stability.params(by_data[key], None)
         c = by_data[key]

@@ -344,10 +344,9 @@ _UNREACHABLE = ("Failed to establish a new connection", "Connection refused",
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    if any(sign in text for sign in _UNREACHABLE):
+    if any(sign in str(error) for sign in _UNREACHABLE):
         return "the MLflow server does not answer (connection refused)"
-    return (text.split("\n")[0] or type(error).__name__)[:300]
+    return store._first_line(error)[:300]
 
 
 def _is_the_stores(error: BaseException) -> bool:
