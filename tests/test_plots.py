@@ -183,3 +183,37 @@ def test_sweep_comparison_plot_skips_a_sweep_whose_runs_all_failed():
     assert plot(failed, ["optimizer.lr"]) == (None, None)
     fig, name = plot([*failed, row("0.03", 1e-4, "FINISHED")], ["optimizer.lr"])
     assert name == "loss_vs_optimizer_lr.png" and fig.axes[0].get_yscale() == "log"
+
+
+def test_sweep_of_three_keys_draws_parallel_coordinates_with_every_label_inside():
+    from linreg_lab.tracking.report import Row, plot
+
+    rows = []
+    for lr in ("0.01", "0.03", "1.5"):
+        for batch in ("10", "100"):
+            for epochs in ("2", "3"):
+                diverged = lr == "1.5"
+                loss = float("nan") if diverged else float(lr) / int(batch) / int(epochs)
+                params = {"optimizer.lr": lr, "trainer.batch_size": batch, "trainer.epochs": epochs}
+                if diverged:
+                    params["stability.verdict"] = "will diverge"
+                rows.append(Row(f"{lr}-{batch}-{epochs}", "job", "", "FAILED" if diverged
+                                else "FINISHED", loss, loss, "", params))  # fmt: skip
+    keys = ["trainer.batch_size", "trainer.epochs", "optimizer.lr"]
+    fig, name = plot(rows, keys)
+    assert name == "parallel_coordinates.png"
+    (ax,) = fig.axes
+    assert len(ax.lines) == len(rows) + len(keys) + 1  # a line per job, an axis per key + metric
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["optimizer.lr", "trainer.batch_size", "trainer.epochs", "final train/loss"]
+    failed_dashes = [line for line in ax.lines[: len(rows)] if line.get_linewidth() > 2]
+    assert len(failed_dashes) == 4  # the lr the pre-flight flagged
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    box = fig.bbox
+    for text in [*ax.texts, *ax.get_xticklabels(), ax.title]:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()

@@ -1,4 +1,4 @@
-"""Compare a sweep's child runs: a table, a heatmap or line plot, the best run."""
+"""Compare a sweep's child runs: a table, a picture (sweep_plot), the best run."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from linreg_lab.tracking import records
+from linreg_lab.tracking import records, sweep_plot
 from linreg_lab.tracking.tags import FAILED, FINISHED, KILLED, TAG_FAILURE
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-HEATMAP_KEYS = ("optimizer.lr", "trainer.batch_size")
 TAG_SWEEP_Q = "`linreg.sweep`"  # quoted for MLflow's filter syntax (the key has a dot)
 log = logging.getLogger(__name__)
 
@@ -206,90 +205,8 @@ def to_markdown(rows: list[Row], keys: list[str], title: str) -> str:
 
 
 def plot(rows: list[Row], keys: list[str]):
-    """Heatmap of the final ranking loss (val/loss, else train/loss) over lr x batch size, or
-    a line plot for one swept key."""
-    metric = ranking_metric(rows)
-
-    def value(row: Row) -> float:
-        return row.val_loss if metric == "val/loss" else row.loss
-
-    import numpy as np
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle  # not pyplot: no backend switch, ~0.3 s less to import
-
-    def number(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
-
-    finite = [row for row in rows if math.isfinite(value(row))]
-    if len(keys) == 2:  # a heatmap of any two swept keys, the learning rate across
-        x_key, y_key = sorted(keys, key=lambda k: k != HEATMAP_KEYS[0])
-        xs, ys = _axis(rows, x_key, number), _axis(rows, y_key, number)
-        grid = np.full((len(ys), len(xs)), np.nan)
-        cells: dict[tuple[int, int], Row] = {}
-        for row in rows:
-            i, j = ys.index(row.params.get(y_key, "")), xs.index(row.params.get(x_key, ""))
-            cells[i, j] = row
-            if math.isfinite(value(row)):
-                grid[i, j] = value(row)
-        fig = Figure(figsize=(1.4 * len(xs) + 2.4, 0.9 * len(ys) + 2.2), layout="constrained")
-        ax = fig.subplots()
-        image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
-        ax.set_xticks(range(len(xs)), xs)
-        ax.set_yticks(range(len(ys)), ys)
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(y_key)
-        marked = False
-        for (i, j), row in cells.items():
-            text = f"{grid[i, j]:.1e}" if np.isfinite(grid[i, j]) else "failed"
-            light = not np.isfinite(grid[i, j]) or image.norm(np.log10(grid[i, j])) < 0.5
-            color = "black" if light else "white"  # readable on viridis_r's yellow end
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-            verdict = row.params.get("stability.verdict")
-            if verdict in ("will diverge", "may diverge"):  # the dataset's lr bound, drawn
-                marked = True
-                ax.add_patch(Rectangle(
-                    (j - 0.48, i - 0.48), 0.96, 0.96, fill=False, linewidth=2.5,
-                    edgecolor="red" if verdict == "will diverge" else "orange",
-                    linestyle="-" if verdict == "will diverge" else "--",
-                ))  # fmt: skip
-        fig.colorbar(image, ax=ax, label=f"log10 final {metric}")
-        title = f"final {metric}"
-        if marked:
-            title += "\nred: lr above the full-batch bound; orange: near its batch size's estimate"
-        ax.set_title(title, fontsize=9 if marked else None)
-        return fig, "heatmap.png"
-    if len(keys) == 1:
-        key = keys[0]
-        points = sorted((number(row.params[key]), value(row)) for row in finite)
-        if not points:  # every run failed: nothing to draw
-            return None, None
-        fig = Figure(figsize=(6, 4), layout="constrained")
-        ax = fig.subplots()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        if all(p[1] > 0 for p in points):
-            ax.set_yscale("log")
-        if key == "optimizer.lr" and all(p[0] > 0 for p in points):
-            ax.set_xscale("log")
-            bounds = {row.params.get("stability.lr_bound_full_batch") for row in rows} - {None}
-            if len(bounds) == 1:  # one dataset and optimizer: its stable region, drawn
-                bound = number(bounds.pop())
-                ax.axvline(bound, color="red", linestyle="--",
-                           label=f"full-batch lr bound {bound:.3g}")  # fmt: skip
-                ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"final {metric}")
-        ax.grid(True, which="both", alpha=0.3)
-        return fig, "loss_vs_" + key.replace(".", "_") + ".png"
-    return None, None
-
-
-def _axis(rows: list[Row], key: str, number) -> list[str]:
-    """A swept key's values as labels: in numeric order where they are numbers."""
-    values = {row.params.get(key, "") for row in rows}
-    return sorted(values, key=lambda v: (math.isnan(number(v)), number(v), v))
+    """The sweep's picture of its ranking metric over what was swept: (figure, file name)."""
+    return sweep_plot.draw(rows, keys, ranking_metric(rows))
 
 
 def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) -> list[Row]:
