@@ -63,15 +63,17 @@ def test_full_batch_gd_diverges_just_above_the_bound_and_not_below():
     assert not _trains(data, 1.03 * bound_m, batch=1000, epochs=600, momentum=0.5)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("batch", [1, 10, 100])
-def test_the_minibatch_estimate_brackets_measured_divergence(batch):
+def test_the_minibatch_estimate_brackets_measured_divergence(batch, momentum):
     """Well below the estimate SGD trains; well above it (still below the full-batch bound
     for batch 1 and 10) it diverges within 20 epochs."""
     data = make_synthetic_regression()
     optimum = least_squares(data.X, data.y)
-    estimate = curvature(optimum.gram, optimum.num_samples).batch_bound(batch)
-    assert _trains(data, 0.7 * estimate, batch=batch, epochs=20)
-    assert not _trains(data, 1.4 * estimate, batch=batch, epochs=20)
+    c = curvature(optimum.gram, optimum.num_samples)
+    estimate = c.batch_bound(batch, momentum=momentum)
+    assert _trains(data, 0.7 * estimate, batch=batch, epochs=20, momentum=momentum)
+    assert not _trains(data, 1.4 * estimate, batch=batch, epochs=20, momentum=momentum)
 
 
 @pytest.mark.slow

@@ -11,9 +11,15 @@ H = 2 G / N, G = [X 1]'[X 1] (the bias column included), so lambda_max(H) = 2 la
   linearly with the batch, above it saturates at the full-batch bound (Ma, Bassily and Belkin,
   ICML 2018): lr*(b) = 2 b / (2 beta + (b - 1) lambda_max(H)) for batch b, beta the mean of the
   rows' squared norms ||[x 1]||^2 (trace(G / N)) -- they use the largest norm, a worst case that
-  is 4x too cautious on the tutorial's data. With momentum it is scaled as the full-batch bound.
-  Measured (20 epochs, README): within 10% on the tutorial's data at every batch size and on
-  diabetes from batch 8 on; 1.4x too high on diabetes at batch 1, where a few rows of large
+  is 4x too cautious on the tutorial's data. Written
+  1 / lr*(b) = beta / b + (1 - 1/b) lambda_max(H) / 2, it is a noise term and a curvature
+  term. Heavy-ball momentum m amplifies the noise 1 / (1 - m) times (the steps' effective
+  size) and moves the curvature term as it moves the full-batch bound:
+  1 / lr*(b) = (1 - d) (beta / (b (1 - m)) + (1 - 1/b) lambda_max(H) / (2 (1 + m))).
+  Scaling the whole estimate by (1 + m) instead was 18x too high at batch 1, m = 0.9.
+  Measured (20 epochs, bench/stability.py, README): within 10% on the tutorial's data at every
+  batch size and momentum 0 and 0.9, and on diabetes from batch 8 on without momentum; 1.4x
+  too high on diabetes at batch 1 (m = 0) and at batch 32 (m = 0.9), where a few rows of large
   norm decide. It is what SGD's noise allows on average, not a guarantee.
 """
 
@@ -54,8 +60,15 @@ class Curvature:
                     weight_decay=0.0) -> float:  # fmt: skip
         """Minibatch SGD's estimated largest stable lr at batch_size (see the module)."""
         b = max(1, int(batch_size))
-        plain = 2.0 * b / (2.0 * self.trace + (b - 1) * 2.0 * self.lambda_max + b * weight_decay)
-        return min(self._scaled(plain, momentum, dampening, nesterov),
+        noise = self.trace / b  # the gradient noise of one batch's rows
+        curve = ((b - 1) * 2.0 * self.lambda_max + b * weight_decay) / (2.0 * b)
+        if momentum > 0:  # noise is amplified 1/(1-m) times, curvature's bound moves (1+m)x
+            keep = max(1e-12, 1.0 - dampening)
+            factor = (1.0 + momentum) / ((1.0 + 2.0 * momentum) if nesterov else 1.0)
+            inverse = keep * (noise / max(1e-12, 1.0 - momentum) + curve / factor)
+        else:
+            inverse = noise + curve
+        return min(1.0 / inverse,
                    self.full_batch_bound(momentum, dampening, nesterov, weight_decay))  # fmt: skip
 
     @staticmethod
