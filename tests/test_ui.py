@@ -7,6 +7,7 @@ skips where that browser is missing. Set LINREG_UI_SCREENSHOTS=DIR to keep its s
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -116,10 +117,17 @@ def test_ui_serves_loopback_only_prints_the_runs_page_and_stops_on_ctrl_c(store,
     url = ui.wait_for_url()
     startup_s = time.monotonic() - started
     expected = experiment_id(store, "linreg")
-    assert (
-        url
-        == f"http://127.0.0.1:{port}/#/experiments/{expected}/runs?workflowType=machine_learning"
+    assert url == (
+        f"http://127.0.0.1:{port}/#/experiments/{expected}/runs"
+        "?viewStateShareKey=linreg&workflowType=machine_learning"
     )
+    # The saved view the link opens: a single run's usual columns, its metrics.
+    view = json.loads(store.client.get_experiment(expected).tags["mlflow.sharedViewState.linreg"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert columns == [
+        "attributes.`Dataset`", "params.`optimizer.lr`", "params.`trainer.batch_size`",
+        "metrics.`train/loss`", "metrics.`error/w_l2`",
+    ]  # fmt: skip
     assert startup_s < 60, f"the UI took {startup_s:.0f} s to answer"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
         assert response.status == 200
@@ -212,33 +220,29 @@ def test_browser_shows_a_sweep_its_losses_and_plots(store, ui_factory, tmp_path)
     ui = ui_factory(store.uri, "--port", str(free_port()))
     url = ui.wait_for_url()
     assert url.endswith(
-        f"/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+        f"/#/experiments/{parent.info.experiment_id}/runs"
+        "?viewStateShareKey=linreg&workflowType=machine_learning"
     )
     assert "latest sweep" in "".join(ui.output)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 560})
+            # A fresh profile (no saved preference), the printed link, and no click: the
+            # machine-learning view's runs table, its saved view's columns, parent and children.
+            page = browser.new_page(viewport={"width": 1900, "height": 620})
             page.set_default_timeout(30_000)
             page.goto(url)
             name_cells = page.locator("[role=gridcell][col-id='attributes.`Run Name`']")
-            parent_cell = name_cells.filter(has_text=parent.info.run_name).first
-            parent_cell.wait_for()
-            page.get_by_role("button", name="Toggle sidebar").click()  # room for the columns
-            parent_cell.locator("button").first.click()  # expand: the children are nested
-            for child in children:
-                name_cells.filter(has_text=child.info.run_name).first.wait_for()
-
-            # Show the train/loss and optimizer.lr columns (hidden by default).
-            page.get_by_role("button", name="Columns").click()
-            columns = page.locator("[role=dialog]").first
-            for column in ("train/loss", "optimizer.lr"):
-                columns.get_by_text(column, exact=True).click()
-            page.keyboard.press("Escape")
-            _close_assistant(page)
+            for run in (parent, *children):
+                name_cells.filter(has_text=run.info.run_name).first.wait_for()
+            headers = page.locator("[role=columnheader][col-id]")
+            page.locator("[role=columnheader][col-id='metrics.`error/w_l2`']").wait_for()
+            shown_columns = set(headers.evaluate_all("hs => hs.map(h => h.getAttribute('col-id'))"))
+            wanted = {"params.`optimizer.lr`", "metrics.`train/loss`", "metrics.`error/w_l2`",
+                      "attributes.`Dataset`"}  # fmt: skip
+            assert wanted <= shown_columns, shown_columns
             loss_column = "[col-id='metrics.`train/loss`']"
-            page.locator(f"[role=columnheader]{loss_column}").wait_for()
             cells = f"[role=gridcell]{loss_column}"
             page.wait_for_function("s => document.querySelectorAll(s).length >= 3", arg=cells)
             losses = page.locator(cells)
@@ -246,7 +250,12 @@ def test_browser_shows_a_sweep_its_losses_and_plots(store, ui_factory, tmp_path)
             for child in children:
                 loss = child.data.metrics["train/loss"]
                 assert any(abs(s - loss) <= 1e-9 + 1e-6 * loss for s in shown), (loss, shown)
+            lrs = page.locator("[role=gridcell][col-id='params.`optimizer.lr`']").all_inner_texts()
+            assert {"0.01", "0.1"} <= set(lrs), lrs
             page.get_by_text("synthetic-D3-N1000").first.wait_for()  # the dataset column
+            # MLflow's own "shared view" banner: the view came from the tag, as the link says.
+            page.get_by_text("You're viewing a shared view").first.wait_for()
+            _close_assistant(page)
             _screenshot(page, tmp_path, "ui-runs.png")
 
             # A child's loss plot, served from its file:// artifact location.
@@ -284,3 +293,26 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_the_saved_view_shows_what_a_sweep_swept_and_the_losses_its_runs_have():
+    from linreg_lab.tracking import views
+
+    parent = {
+        "sweep.override.0": "experiment=lr_batch_grid",
+        "sweep.override.1": "optimizer.lr=0.01,0.1",
+        "sweep.override.2": "trainer.epochs=5",  # set, not swept
+        "sweep.override.3": "+optimizer.momentum=range(0,1,0.5)",
+        "sweep.override.4": "hydra/launcher=joblib",
+        "sweep.params.trainer.batch_size": "10,100",
+    }
+    keys = views.swept_keys(parent)
+    assert keys == ["optimizer.lr", "optimizer.momentum", "trainer.batch_size"]
+    real_data = views.columns(keys, {"train/loss", "val/loss", "error/lsq_l2", "lr"})
+    assert real_data == [
+        "attributes.`Dataset`", "params.`optimizer.lr`", "params.`optimizer.momentum`",
+        "params.`trainer.batch_size`", "metrics.`train/loss`", "metrics.`val/loss`",
+        "metrics.`error/lsq_l2`",
+    ]  # fmt: skip
+    state = json.loads(json.loads(views.tag_value(real_data))["state"])
+    assert state["selectedColumns"] == real_data and state["orderByKey"] == "attributes.end_time"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linreg_lab.paths import DEFAULT_TRACKING_URI, MLRUNS_DIR
+from linreg_lab.tracking import views
 
 PROGRAM = "linreg-ui"
 DEFAULT_PORT = 5000
@@ -224,9 +225,6 @@ def wait_until_healthy(base: str, server: subprocess.Popen, log_path: Path) -> N
     raise UiError(f"no answer from {base}/health after {START_TIMEOUT_S} s; log: {log_path}")
 
 
-ML_VIEW = "workflowType=machine_learning"
-
-
 def runs_page(base: str, name: str | None) -> Page:
     """The runs page of experiment `name`, else of the experiment holding the latest run."""
     experiments = [
@@ -246,7 +244,7 @@ def runs_page(base: str, name: str | None) -> Page:
         experiment = next(
             e for e in experiments if e["experiment_id"] == latest["info"]["experiment_id"]
         )
-        tags = {t["key"]: t["value"] for t in latest.get("data", {}).get("tags", [])}
+        tags = _tags(latest)
         is_sweep = "mlflow.parentRunId" in tags or tags.get("linreg.sweep") == "true"
         what = "latest sweep" if is_sweep else "latest run"
         return _page(base, experiment, f"experiment {experiment['name']!r} ({what})")
@@ -256,10 +254,42 @@ def runs_page(base: str, name: str | None) -> Page:
 
 
 def _page(base: str, experiment: dict, reason: str) -> Page:
-    # The query picks MLflow 3.17's machine-learning view (runs, metrics) over its per-browser
-    # default, the GenAI traces view.
-    url = f"{base}/#/experiments/{experiment['experiment_id']}/runs?{ML_VIEW}"
-    return Page(url, experiment["name"], f"Runs of {reason}")
+    """The experiment's runs table, opened on linreg-lab's saved view (tracking/views.py):
+    the machine-learning view, the swept params and the losses as columns, parent and
+    children flat. Where the view cannot be written, the plain machine-learning view."""
+    experiment_id = experiment["experiment_id"]
+    url = f"{base}/#/experiments/{experiment_id}/runs?"
+    try:
+        _api(base, "experiments/set-experiment-tag", {
+            "experiment_id": experiment_id, "key": views.TAG,
+            "value": views.tag_value(_view_columns(base, experiment_id)),
+        })  # fmt: skip
+    except UiError:
+        return Page(url + views.ML_VIEW, experiment["name"], f"Runs of {reason}")
+    return Page(url + views.query(), experiment["name"], f"Runs of {reason}")
+
+
+def _view_columns(base: str, experiment_id: str) -> list[str]:
+    """Columns for the latest run's sweep (its swept keys), else for single runs."""
+    latest = _latest_run(base, [experiment_id])
+    if latest is None:
+        return views.columns(None, set())
+    tags = _tags(latest)
+    parent_id = tags.get("mlflow.parentRunId")
+    if tags.get("linreg.sweep") == "true":  # a parent whose children have not started yet
+        parent_id = latest["info"]["run_id"]
+    params = None
+    if parent_id:
+        body = {"experiment_ids": [experiment_id], "filter": f"attributes.run_id = '{parent_id}'"}
+        parent = (_api(base, "runs/search", body).get("runs") or [{}])[0]
+        found = {p["key"]: p["value"] for p in parent.get("data", {}).get("params", [])}
+        params = views.swept_keys(found) or None
+    metrics = {m["key"] for m in latest.get("data", {}).get("metrics", [])}
+    return views.columns(params, metrics)
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
 
 
 def _latest_run(base: str, experiment_ids: list[str]) -> dict | None:
