@@ -17,6 +17,7 @@ import signal
 _received: int | None = None
 _stop_file: str | None = None
 _hooks: list = []  # called with the signal number after it is recorded (see on_signal)
+_reasons: dict[int, str] = {}  # what a signal means where this process runs (see describe)
 
 
 class Interrupted(BaseException):
@@ -24,7 +25,11 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int = signal.SIGTERM, reason: str | None = None):
         self.signum = int(signum)
-        self.reason = reason or f"interrupted by {signal.Signals(self.signum).name}"
+        self.reason = (
+            reason
+            or _reasons.get(self.signum)
+            or (f"interrupted by {signal.Signals(self.signum).name}")
+        )
         super().__init__(self.signum, self.reason)
 
     def __str__(self) -> str:
@@ -59,6 +64,11 @@ def record_signals(*signums: int) -> None:
     """From now on these signals (default SIGINT and SIGTERM) only set the flag (main thread)."""
     for signum in signums or (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _record)
+
+
+def describe(signum: int, reason: str) -> None:
+    """What a run stopped by signum says it was (e.g. in a SLURM job: cancelled, time limit)."""
+    _reasons[int(signum)] = reason
 
 
 def ignore(signum: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import socket
 
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
@@ -117,15 +118,56 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
 
 def check_launcher(config: DictConfig) -> None:
     """A launcher whose cluster commands are missing fails only once it submits, after the
-    sweep's parent run exists: refuse it before."""
+    sweep's parent run exists: refuse it before. So is a SLURM sweep whose jobs would write to
+    a sqlite file from other machines."""
     import shutil
 
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if target.endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+    if not target.endswith("SlurmLauncher"):
+        return
+    if shutil.which("sbatch") is None:
         raise ConfigError(
             "hydra/launcher=slurm is not allowed here: SLURM's sbatch is not on PATH; on one "
             "machine use hydra/launcher=joblib (parallel) or submitit_local"
         )
+    uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    partition = OmegaConf.select(config, "hydra.launcher.partition", default=None)
+    nodes = slurm_nodes(partition)
+    here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}
+    elsewhere = sorted(set(nodes or ["(unknown: scontrol did not answer)"]) - here)
+    if elsewhere:
+        where = f"partition {partition}" if partition else "the default partition"
+        raise ConfigError(
+            f"tracking.uri={uri}: not allowed with hydra/launcher=slurm, whose jobs run on "
+            f"{', '.join(elsewhere[:5])} ({where}): a sqlite file written from other machines "
+            "loses runs; use an MLflow server they reach: tracking=server "
+            "MLFLOW_TRACKING_URI=http://<host>:5000 (make server)"
+        )
+
+
+def slurm_nodes(partition: str | None) -> list[str] | None:
+    """The host names of a SLURM partition's nodes (the default partition's for None), or None
+    where scontrol does not answer."""
+    import subprocess
+
+    try:
+        which = [partition] if partition else []
+        shown = subprocess.run(["scontrol", "show", "partition", "-o", *which],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in shown.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if partition or fields.get("Default") == "YES":
+            try:
+                hosts = subprocess.run(["scontrol", "show", "hostnames", fields.get("Nodes", "")],
+                                       capture_output=True, text=True, timeout=30)  # fmt: skip
+            except (OSError, subprocess.SubprocessError):
+                return None
+            return hosts.stdout.split()
+    return None
 
 
 def _check_engine(cfg: DictConfig) -> None:

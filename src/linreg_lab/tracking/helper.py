@@ -425,6 +425,9 @@ def _reply(conn: Connection, message) -> None:
 def main(argv: list[str]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    # MLflow prints a run page's link as a server's run ends, in the GenAI view, once per job:
+    # linreg-ui prints the runs table's link instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     serve(Connection(int(argv[0])), int(argv[1]))
     # Every write is committed by now; skip the interpreter's teardown of MLflow (~1-2 s).
     sys.stdout.flush()
