@@ -25,6 +25,8 @@ SMALL = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launch
          "tracking=server"]  # fmt: skip
 LONG = ["dataset.num_samples=1000000", "trainer.epochs=1000"]  # minutes per job, few metrics
 
+LRS_16 = "optimizer.lr=" + ",".join(f"{0.01 * i:.2f}" for i in range(1, 17))
+
 pytestmark = pytest.mark.slow
 
 
@@ -217,14 +219,15 @@ def test_a_sqlite_store_is_refused_when_the_jobs_run_on_other_machines(store, cl
 def test_256_cheap_jobs_pack_into_a_few_array_tasks_each_its_own_run(store, server):
     started = time.monotonic()
     result = store.train(
-        "-m", *SMALL, "optimizer.lr=range(0.001,0.257,0.001)", "tracking.log_plots=false",
+        "-m", *SMALL, LRS_16, "trainer.seed=range(16)", "tracking.log_plots=false",
         "hydra.launcher.jobs_per_task=64", "hydra.sweep.dir=sweep",
         MLFLOW_TRACKING_URI=server, timeout=900,
     )  # fmt: skip
     wall = time.monotonic() - started
     parent, children = sweep_runs(server)
     assert len(children) == 256 and {c.info.status for c in children} == {"FINISHED"}
-    assert len({c.data.params["optimizer.lr"] for c in children}) == 256
+    configs = {(c.data.params["optimizer.lr"], c.data.params["trainer.seed"]) for c in children}
+    assert len(configs) == 256
     assert len({c.data.tags["linreg.slurm_job"] for c in children}) == 4
     assert len(list((store.root / "sweep").glob("*/.hydra/config.yaml"))) == 256
     print(f"256 jobs in 4 SLURM array tasks: {wall:.1f} s", file=sys.stderr)
