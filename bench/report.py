@@ -107,10 +107,40 @@ def _table_item(rows: list[dict]) -> None:
     )  # fmt: skip
 
 
+SWEEPS_VARIANTS = [  # bench/sweeps.py's variants of ours: (key, column)
+    ("basic", "basic"), ("basic_noplots", "basic -plots"), ("vectorized", "vectorized"),
+    ("vectorized_noplots", "vect. -plots"), ("joblib", "joblib 2"),
+]  # fmt: skip
+
+
+def _sweeps(rows: list[dict]) -> None:
+    print("7. learning-rate sweeps: linreg-train -m against a hand-written Hydra + MLflow sweep")
+    print("   peer = bench/peer_sweep/peer.py (basic launcher, one mlflow.start_run per job);")
+    print("   -plots = tracking.log_plots=false; vs peer = peer s / ours s; each timed once")
+    headers = ["jobs", "peer"]
+    for _, column in SWEEPS_VARIANTS:
+        headers += [column, "vs peer"]
+    table = []
+    for r in rows:
+        line = [r["jobs"], f"{r['peer_s']:.1f} s"]
+        for key, _ in SWEEPS_VARIANTS:
+            seconds, ratio = r[f"{key}_s"], r[f"x_{key}"]
+            line += ["-", "-"] if seconds is None else [f"{seconds:.1f} s", _x(ratio)]
+        table.append(line)
+    _table(headers, table)
+    slope = rows[-1]["slope_ms"] if rows else {}
+    if any(v is not None for v in slope.values()):
+        per_job = ", ".join(
+            f"{name} {'-' if ms is None else f'{ms:.0f} ms'}" for name, ms in slope.items()
+        )
+        print(f"   per job (slope 64 -> 256 jobs): {per_job}")
+
+
 _PRINTERS = {
     "table": _table_item,
     "throughput": _throughput, "paths": _paths, "large": _large,
     "default_experiment": _default_experiment, "sweep": _sweep, "vectorized": _vectorized,
+    "sweeps": _sweeps,
 }  # fmt: skip
 
 VECTORIZED_GOALS = [  # (case, full-size N, minimum speed-up over the basic launcher, label)
@@ -157,7 +187,25 @@ def goals(results: dict) -> list[dict]:
             goal(f"{label} ({plots}): vectorized >= {factor}x basic launcher",
                  row["x_basic"] if row["N"] == full_n else None,
                  lambda v, factor=factor: v >= factor)  # fmt: skip
+    if "sweeps" in results:
+        _sweeps_goals(results["sweeps"], goal)
     return out
+
+
+def _sweeps_goals(rows: list[dict], goal) -> None:
+    for jobs, factor in ((64, 4), (256, 6)):
+        row = _find(rows, jobs=jobs)
+        goal(f"{jobs}-job sweep, plots on: ours basic >= {factor}x the peer sweep",
+             row and row["x_basic"], lambda v, factor=factor: v >= factor)  # fmt: skip
+    full = {16, 64, 256} <= {r["jobs"] for r in rows}
+    for plots, suffix in (("on", ""), ("off", "_noplots")):
+        ratios = [r[f"basic{suffix}_s"] / r[f"vectorized{suffix}_s"] for r in rows]
+        goal(f"sweeps 16/64/256 jobs, plots {plots}: vectorized as fast as basic (worst)",
+             min(ratios) if full else None, lambda v: v >= 1)  # fmt: skip
+    slope = rows[-1]["slope_ms"] if rows else {}
+    for name in ("basic", "vectorized"):
+        goal(f"sweep per-job overhead (64 -> 256 jobs), {name}, plots on: <= 30 ms",
+             slope.get(name), lambda v: v <= 30)  # fmt: skip
 
 
 def _throughput_goals(rows: list[dict], goal) -> None:

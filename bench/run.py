@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
 
-from bench import end_to_end, paths, report, table, throughput  # noqa: E402
+from bench import end_to_end, paths, report, sweeps, table, throughput  # noqa: E402
 
 FULL = {
     "throughput_shapes": [(1000, 3), (100_000, 3), (100_000, 100)],
@@ -37,8 +37,11 @@ FULL = {
         {"case": "lr", "N": 1_000_000, "D": 100, "lrs": 16, "batches": [100]},
         {"case": "grid", "N": 100_000, "D": None, "lrs": 4, "batches": [10, 32, 100, 1000]},
     ],
+    "sweeps": [16, 64, 256],  # jobs of the peer sweep and of ours
+    "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
-SECTIONS = ["throughput", "paths", "large", "table", "default_experiment", "sweep", "vectorized"]
+SECTIONS = ["throughput", "paths", "large", "table", "default_experiment", "sweep", "vectorized",
+            "sweeps"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -52,6 +55,8 @@ QUICK = {
         {"case": "lr", "N": 2000, "D": 100, "lrs": 4, "batches": [100]},
         {"case": "grid", "N": 2000, "D": None, "lrs": 2, "batches": [10, 100]},
     ],
+    "sweeps": [2],
+    "sweeps_joblib": [],
 }  # fmt: skip
 
 
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
+    section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"]))
     results["goals"] = report.goals(results)
     results["seconds"] = time.perf_counter() - started
     report.print_goals(results["goals"])

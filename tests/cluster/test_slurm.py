@@ -232,3 +232,13 @@ def test_256_cheap_jobs_pack_into_a_few_array_tasks_each_its_own_run(store, serv
     assert len(list((store.root / "sweep").glob("*/.hydra/config.yaml"))) == 256
     print(f"256 jobs in 4 SLURM array tasks: {wall:.1f} s", file=sys.stderr)
     assert "256 jobs in 4 tasks" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "many", "2.5"])
+def test_a_bad_jobs_per_task_is_refused_in_one_line(store, cluster, value):
+    result = store.train("-m", *SMALL, f"hydra.launcher.jobs_per_task={value}",
+                         "optimizer.lr=0.1,0.2", check=False)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"hydra.launcher.jobs_per_task={value}" in lines[0] and "auto" in lines[0]
+    assert squeue() == []

@@ -130,6 +130,12 @@ def check_launcher(config: DictConfig) -> None:
             "hydra/launcher=slurm is not allowed here: SLURM's sbatch is not on PATH; on one "
             "machine use hydra/launcher=joblib (parallel) or submitit_local"
         )
+    per_task = OmegaConf.select(config, "hydra.launcher.jobs_per_task", default="auto")
+    if per_task != "auto" and not (isinstance(per_task, int) and per_task >= 1):
+        raise ConfigError(
+            f"hydra.launcher.jobs_per_task={per_task}: not allowed; use a positive whole number "
+            "(sweep jobs per SLURM array task) or auto"
+        )
     uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
     if uri.startswith(("http://", "https://", "databricks")):
         return
