@@ -80,7 +80,7 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.jobs_per_task = jobs_per_task
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
-        executor = self._executor()
+        executor = self.make_executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         params = []
@@ -114,20 +114,20 @@ class PackedSlurmLauncher(SlurmLauncher):
             )
         return wanted
 
-    def _executor(self):
+    def make_executor(self):
         """submitit's executor, built as Hydra's submitit launcher builds it."""
         import submitit
 
         init_keys = {"submitit_folder", "max_num_timeout"}
         executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR,
+            cluster="slurm",
             folder=self.params["submitit_folder"],
-            **({f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]}
+            **({"slurm_max_num_timeout": self.params["max_num_timeout"]}
                if "max_num_timeout" in self.params else {}),
         )  # fmt: skip
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{
-            key if key in base else f"{self._EXECUTOR}_{key}": value
+            key if key in base else f"slurm_{key}": value
             for key, value in self.params.items() if key not in init_keys
         })  # fmt: skip
         return executor

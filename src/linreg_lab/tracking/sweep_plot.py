@@ -3,15 +3,13 @@
 One swept key: a line. Two: a heatmap (the learning rate across when it is one of them).
 Three or more: parallel coordinates, one axis per key and one for the metric, a line per job.
 Cells and lines of jobs the pre-flight flagged are marked (param `stability.verdict`).
+Rows are tracking.report's Row (run_id, params, loss, val_loss, ...): not imported, which
+would make the two modules import each other.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from linreg_lab.tracking.report import Row
 
 LR = "optimizer.lr"
 FLAGGED = {"will diverge": ("red", "-"), "may diverge": ("orange", "--")}
@@ -24,17 +22,17 @@ def _number(text: str) -> float:
         return math.nan
 
 
-def _axis(rows: list[Row], key: str) -> list[str]:
+def _axis(rows: list[object], key: str) -> list[str]:
     """A swept key's values as labels: in numeric order where they are numbers."""
     values = {row.params.get(key, "") for row in rows}
     return sorted(values, key=lambda v: (math.isnan(_number(v)), _number(v), v))
 
 
-def _value(row: Row, metric: str) -> float:
+def _value(row: object, metric: str) -> float:
     return row.val_loss if metric == "val/loss" else row.loss
 
 
-def draw(rows: list[Row], keys: list[str], metric: str):
+def draw(rows: list[object], keys: list[str], metric: str):
     """(figure, artifact name), or (None, None) where there is nothing to draw."""
     if not keys:
         return None, None
@@ -47,7 +45,7 @@ def draw(rows: list[Row], keys: list[str], metric: str):
     return _parallel(Figure, rows, keys, metric)
 
 
-def _line(Figure, rows: list[Row], key: str, metric: str):
+def _line(Figure, rows: list[object], key: str, metric: str):
     points = sorted(
         (_number(row.params[key]), _value(row, metric))
         for row in rows
@@ -73,14 +71,14 @@ def _line(Figure, rows: list[Row], key: str, metric: str):
     return fig, "loss_vs_" + key.replace(".", "_") + ".png"
 
 
-def _heatmap(Figure, rows: list[Row], keys: list[str], metric: str):
+def _heatmap(Figure, rows: list[object], keys: list[str], metric: str):
     import numpy as np
     from matplotlib.patches import Rectangle
 
     x_key, y_key = sorted(keys, key=lambda k: k != LR)
     xs, ys = _axis(rows, x_key), _axis(rows, y_key)
     grid = np.full((len(ys), len(xs)), np.nan)
-    cells: dict[tuple[int, int], Row] = {}
+    cells: dict[tuple[int, int], object] = {}
     for row in rows:
         i, j = ys.index(row.params.get(y_key, "")), xs.index(row.params.get(x_key, ""))
         cells[i, j] = row
@@ -113,7 +111,7 @@ def _heatmap(Figure, rows: list[Row], keys: list[str], metric: str):
     return fig, "heatmap.png"
 
 
-def _parallel(Figure, rows: list[Row], keys: list[str], metric: str):
+def _parallel(Figure, rows: list[object], keys: list[str], metric: str):
     """Parallel coordinates: an axis per swept key (its values evenly spaced, in order), the
     last one the metric (log10); a job is a line, coloured by its metric, grey if it failed."""
     import numpy as np
@@ -132,7 +130,7 @@ def _parallel(Figure, rows: list[Row], keys: list[str], metric: str):
     ax = fig.subplots()
     positions = range(len(keys) + 1)
 
-    def height(key: str, row: Row) -> float:
+    def height(key: str, row: object) -> float:
         values = labels[key]
         return values.index(row.params.get(key, "")) / max(len(values) - 1, 1)
 
