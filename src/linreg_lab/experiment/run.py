@@ -156,12 +156,11 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
 def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     """Log what is known before training: params, config, overrides, dataset, optimum."""
     config = build.plain_config(setup.cfg)
-    run.log_params(flatten(config))
+    run.log_params({**flatten(config), **stability_params(setup.optimum, config)})
     run.log_text(OmegaConf.to_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
     run.log_dataset(config["dataset"], DataFacts.of(setup.data))
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
-    run.log_params(stability_params(setup.optimum, config))
 
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
@@ -178,7 +177,7 @@ def record_end(
 
     The plots are drawn by the MLflow helper while this process goes on, or here (draw_here)
     when this process will wait for the helper anyway: meanwhile the helper is still busy."""
-    run.set_tags({"linreg.engine": engine})
+    run.tag_at_end({"linreg.engine": engine})  # with the last metrics: one write
     data = setup.data
     if data.has_test and monitor.history:
         w, b = linear_parameters(model)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from linreg_lab.tracking.tags import TAG_FAILURE
 
 _MAX_PARAMS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
+_MAX_TAGS_PER_BATCH = 100
+_MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags of one call together (MLflow's limit)
 
 
 def create_run(
@@ -28,17 +29,18 @@ def log_batch(
     params: Sequence[tuple[str, str]] = (),
     tags: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """metrics as (key, value, timestamp ms, step); MLflow's batch limits respected."""
+    """metrics as (key, value, timestamp ms, step), params and tags, in as few of MLflow's
+    log_batch calls (one transaction each) as its limits allow: one for a tutorial-size run."""
     from mlflow.entities import Metric, Param, RunTag
 
-    params = [Param(k, v) for k, v in params]
-    for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+    params, tags = [Param(k, v) for k, v in params], [RunTag(k, v) for k, v in tags]
     metrics = [Metric(*m) for m in metrics]
-    for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
-    if tags:
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags])
+    while params or tags or metrics:
+        some_params, params = params[:_MAX_PARAMS_PER_BATCH], params[_MAX_PARAMS_PER_BATCH:]
+        some_tags, tags = tags[:_MAX_TAGS_PER_BATCH], tags[_MAX_TAGS_PER_BATCH:]
+        room = _MAX_ENTITIES_PER_BATCH - len(some_params) - len(some_tags)
+        some_metrics, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=some_tags)
 
 
 def log_text(client, run_id: str, text: str, artifact_file: str) -> None:

@@ -96,6 +96,7 @@ class Run:
         self.store, self.handle = store, handle
         self._id: str | None = None
         self._pending: list[tuple[str, float, int, int]] = []
+        self._end_tags: dict[str, str] = {}  # sent with the run's last metrics
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self.has_ended = False
@@ -116,6 +117,10 @@ class Run:
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         self._post("log_batch", [], [], [(k, str(v)) for k, v in tags.items()])
+
+    def tag_at_end(self, tags: Mapping[str, object]) -> None:
+        """Tags written with the run's last metrics, as it ends (one write less)."""
+        self._end_tags.update({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -160,6 +165,9 @@ class Run:
             return
         self.has_ended = True
         try:
+            if self._end_tags:
+                self._post("log_batch", self._pending, [], list(self._end_tags.items()))
+                self._pending, self._end_tags = [], {}
             self.flush()
         finally:
             self._post("end_run", status, failure)
