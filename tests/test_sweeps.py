@@ -28,7 +28,7 @@ def assert_complete_grid(store, parent, children, size: int, epochs: int = 2):
         history = store.client.get_metric_history(child.info.run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
     artifacts = {a.path for a in store.client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.csv", "heatmap.png"} <= artifacts, artifacts
+    assert {"comparison.csv", "heatmap.png", "losses.png"} <= artifacts, artifacts
     table = list(csv.DictReader(io.StringIO(
         open(store.client.download_artifacts(parent.info.run_id, "comparison.csv")).read()
     )))  # fmt: skip
@@ -206,3 +206,20 @@ def test_any_two_swept_keys_get_a_heatmap(store):
     store.train("-m", "optimizer.lr=0.03,1.2", "trainer.epochs=1,2", "tracking.log_plots=false")
     parent, _ = sweep_runs(store)
     assert "heatmap.png" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_sweeps_loss_curves_are_one_picture_on_its_parent_unless_each_job_is_asked(store):
+    store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=2")
+    parent, children = sweep_runs(store)
+    assert "losses.png" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+    png = store.client.download_artifacts(parent.info.run_id, "losses.png", str(store.root))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    for child in children:  # what each would repeat of MLflow's charts is not drawn per job
+        assert not store.client.list_artifacts(child.info.run_id, "plots")
+        assert len(store.client.get_metric_history(child.info.run_id, "train/loss")) == 2
+    store.train("-m", "optimizer.lr=0.02,0.2", "trainer.epochs=2", "tracking.plots_per_job=true")
+    runs = [r for r in store.runs() if r.data.params.get("optimizer.lr") in ("0.02", "0.2")]
+    assert len(runs) == 2
+    for run in runs:
+        plots = {a.path for a in store.client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/loss.png", "plots/parameters.png"}

@@ -211,7 +211,7 @@ def _screenshot(page, tmp_path: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_browser_shows_a_sweep_its_losses_and_plots(store, ui_factory, tmp_path):
     sync_playwright = _chromium_or_skip()
-    store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=2")
+    store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=2", "tracking.plots_per_job=true")
     runs = store.runs()
     parent = next(r for r in runs if r.data.tags.get("linreg.sweep") == "true")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -185,7 +185,10 @@ def record_end(
         monitor.history[-1]["test/loss"] = test_loss  # in the outcome's final metrics too
         run.log_metrics({"test/loss": test_loss}, step=len(monitor.history))
     run.log_json(_parameters_report(data, setup.optimum, model), "parameters.json")
-    if setup.tracking.log_plots and monitor.history:
+    # A sweep's jobs: their loss curves are drawn together on the sweep's parent (report.py);
+    # a job's own PNGs would repeat what MLflow's charts show, at ~80 ms a job.
+    own_plots = setup.parent_run_id is None or setup.tracking.plots_per_job
+    if setup.tracking.log_plots and own_plots and monitor.history:
         inputs = PlotInputs.of(monitor.history, setup.data, setup.optimum)
         if draw_here:
             run.log_images(_drawn(inputs))

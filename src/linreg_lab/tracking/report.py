@@ -209,7 +209,9 @@ def plot(rows: list[Row], keys: list[str]):
     return sweep_plot.draw(rows, keys, ranking_metric(rows))
 
 
-def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) -> list[Row]:
+def compare(
+    client: MlflowClient, parent: Run, *, log: bool, show: bool = True, plots: bool = True
+) -> list[Row]:
     rows = rows_of(children(client, parent))
     keys = varied_keys(rows)
     if show:
@@ -225,6 +227,8 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
         fig, name = plot(rows, keys)
         if fig is not None:
             client.log_figure(parent.info.run_id, fig, name)
+        if plots:  # every job's loss curve, in place of a PNG per job (plots_per_job)
+            _log_losses(client, run_id, rows)
     except Exception as error:  # the comparison table and CSV are logged; a picture is extra
         log.warning("could not plot the sweep's comparison: %s", error)
     best = rows[0]
@@ -241,8 +245,25 @@ def compare(client: MlflowClient, parent: Run, *, log: bool, show: bool = True) 
     return rows
 
 
+def _log_losses(client: MlflowClient, run_id: str, rows: list[Row]) -> None:
+    histories = {
+        row.run_id: [(m.step, m.value) for m in sorted(
+            client.get_metric_history(row.run_id, "train/loss"), key=lambda m: m.step)]
+        for row in rows
+    }  # fmt: skip
+    optima = {row.metrics.get("optimum/loss") for row in rows} - {None}
+    optimum = optima.pop() if len(optima) == 1 else None  # one dataset: one optimum
+    fig, name = sweep_plot.losses(rows, histories, optimum)
+    if fig is not None:
+        client.log_figure(run_id, fig, name)
+
+
 def finish_sweep(
-    client: MlflowClient, parent_run_id: str, failure: str | None, interrupted: str | None
+    client: MlflowClient,
+    parent_run_id: str,
+    failure: str | None,
+    interrupted: str | None,
+    plots: bool = True,
 ) -> str:
     """Log the comparison on the parent, then end it with the status its children earned."""
     from linreg_lab.tracking.orphans import close_dead_runs
@@ -250,7 +271,7 @@ def finish_sweep(
     parent = client.get_run(parent_run_id)
     closed_as = KILLED if interrupted else FAILED
     close_dead_runs(client, children(client, parent), closed_as, "its sweep was stopped")
-    rows = compare(client, parent, log=True)
+    rows = compare(client, parent, log=True, plots=plots)
     statuses = {row.status for row in rows}
     if interrupted or KILLED in statuses:
         status = KILLED

@@ -41,6 +41,7 @@ class TrackingSettings:
     log_weights_up_to: int = 10
     log_model: bool = False
     log_plots: bool = True
+    plots_per_job: bool = False  # in a sweep, each job's own PNGs too (not only the sweep's)
 
     def __post_init__(self) -> None:
         # Names may read as numbers on the command line (tracking.experiment_name=2024).

@@ -169,3 +169,52 @@ def _parallel(Figure, rows: list[object], keys: list[str], metric: str):
         title += "\nthick: lr above the full-batch bound (solid) or near its batch size's (dashed)"
     ax.set_title(title, fontsize=9)
     return fig, "parallel_coordinates.png"
+
+
+def losses(rows: list[object], histories: dict[str, list[tuple[int, float]]],
+           optimum: float | None):  # fmt: skip
+    """Every job's train/loss per epoch in one picture (log scale), best first, with the
+    least-squares optimum: what each job's own loss plot would show, at once.
+    histories: run id -> [(step, value)]. (figure, artifact name), or (None, None)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    series = {}
+    for row in rows:
+        points = [p for p in histories.get(row.run_id, []) if p[1] > 0 and math.isfinite(p[1])]
+        if points:
+            series[row.run_id] = points
+    if not series:
+        return None, None
+    finals = [h[-1][1] for h in series.values()]
+    norm, cmap = LogNorm(min(finals), max(finals) * (1 + 1e-9)), colormaps["viridis_r"]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    few = len(series) <= 10  # a legend, one colour each; else coloured by final loss
+    for index, row in enumerate(r for r in rows if r.run_id in series):
+        points = series[row.run_id]
+        color = colormaps["tab10"](index) if few else cmap(norm(points[-1][1]))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2.5,
+                linewidth=1.2, color=color, label=row.name if few else None)  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if optimum is not None and optimum > 0 and math.isfinite(optimum):
+        ax.axhline(optimum, color="black", linestyle=":", linewidth=1.2,
+                   label=f"least-squares optimum {optimum:.3g}")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train/loss")
+    failed = len(rows) - len(series)
+    title = f"train/loss of the sweep's {len(series)} jobs"
+    ax.set_title(title + (f" ({failed} without a finite loss)" if failed else ""), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if few:
+        ax.legend(loc="best", fontsize=7)
+    else:
+        fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label="final train/loss")
+        if optimum is not None:
+            ax.legend(loc="best", fontsize=7)
+    return fig, "losses.png"
