@@ -130,10 +130,8 @@ def _sweeps(rows: list[dict]) -> None:
     _table(headers, table)
     slope = rows[-1]["slope_ms"] if rows else {}
     if any(v is not None for v in slope.values()):
-        per_job = ", ".join(
-            f"{name} {'-' if ms is None else f'{ms:.0f} ms'}" for name, ms in slope.items()
-        )
-        print(f"   per job (slope 64 -> 256 jobs): {per_job}")
+        print("   per-job overhead, ms: the slope of wall time from 64 to 256 jobs")
+        _table(list(slope), [["-" if ms is None else f"{ms:.0f}" for ms in slope.values()]])
 
 
 _PRINTERS = {

@@ -77,6 +77,10 @@ def client(server: str):
     return MlflowClient(tracking_uri=server)
 
 
+def _ids(server: str) -> list[str]:
+    return [e.experiment_id for e in client(server).search_experiments()]
+
+
 def sweep_runs(server: str):
     c = client(server)
     experiment = c.get_experiment_by_name("linreg")
@@ -153,13 +157,13 @@ def test_ctrl_c_cancels_the_sweeps_jobs_and_every_run_ends_killed(store, server)
 
         def training() -> bool:
             """a run RUNNING with a metric logged, and its job running in squeue"""
-            runs = client(server).search_runs(["0", "1"], "attributes.status = 'RUNNING'")
+            runs = client(server).search_runs(_ids(server), "attributes.status = 'RUNNING'")
             logging = [r for r in runs if r.data.metrics and "linreg.slurm_job" in r.data.tags]
             return bool(logging) and any(line.endswith(" RUNNING") for line in squeue())
 
         wait_for(training, 240, sweep)
         os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
-        output, _ = sweep.communicate(timeout=150)
+        output, _ = sweep.communicate(timeout=240)
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
@@ -171,10 +175,11 @@ def test_ctrl_c_cancels_the_sweeps_jobs_and_every_run_ends_killed(store, server)
     ]
     assert parent.info.status == "KILLED"
     # The jobs ended their own runs, saying why (not closed later as orphans).
-    reasons = {c.data.tags.get("linreg.failure") for c in children}
-    assert reasons == {"interrupted: its sweep was stopped"} or all(
-        "SLURM" in reason for reason in reasons
-    ), reasons
+    for child in children:
+        reason = child.data.tags.get("linreg.failure", "")
+        assert reason == "interrupted: its sweep was stopped" or reason.startswith(
+            "SLURM stopped job"
+        ), reason
 
 
 def test_a_job_cancelled_on_its_node_ends_killed_and_the_sweep_goes_on(store, server):
@@ -184,7 +189,7 @@ def test_a_job_cancelled_on_its_node_ends_killed_and_the_sweep_goes_on(store, se
 
         def victim() -> str | None:
             """the long job's run logging, with its SLURM job"""
-            runs = client(server).search_runs(["0", "1"], "params.`trainer.epochs` = '1000'")
+            runs = client(server).search_runs(_ids(server), "params.`trainer.epochs` = '1000'")
             running = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics]
             return running[0].data.tags.get("linreg.slurm_job") if running else None
 
@@ -197,8 +202,8 @@ def test_a_job_cancelled_on_its_node_ends_killed_and_the_sweep_goes_on(store, se
     parent, children = sweep_runs(server)
     by_epochs = sorted(children, key=lambda c: -int(c.data.params["trainer.epochs"]))
     assert [c.info.status for c in by_epochs] == ["KILLED", "FINISHED", "FINISHED"], output
-    assert job in by_epochs[0].data.tags["linreg.failure"]  # "SLURM stopped job N_0 ..."
-    assert f"SLURM task {job}" not in output or "ended" in output
+    # The job's own SIGTERM handling ended it, not the sweep finding an orphan later.
+    assert by_epochs[0].data.tags["linreg.failure"].startswith(f"SLURM stopped job {job} ")
     assert parent.info.status == "KILLED" and squeue() == []
 
 
@@ -209,7 +214,8 @@ def test_a_sqlite_store_is_refused_when_the_jobs_run_on_other_machines(store, cl
     )  # fmt: skip
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert f"tracking.uri={store.uri}" in lines[0] and "elsewhere" in lines[0]
+    assert f"tracking.uri={store.uri}" in lines[0]
+    assert "run on elsewhere (partition elsewhere)" in lines[0]
     assert "tracking=server" in lines[0]
     assert squeue() == []
     experiment = store.client.get_experiment_by_name("linreg")
@@ -241,4 +247,12 @@ def test_a_bad_jobs_per_task_is_refused_in_one_line(store, cluster, value):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert f"hydra.launcher.jobs_per_task={value}" in lines[0] and "auto" in lines[0]
+    assert squeue() == []
+
+
+def test_a_sqlite_store_is_allowed_when_every_node_is_this_machine(store, cluster):
+    store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1", "optimizer.lr=0.1,0.2", timeout=300)  # fmt: skip
+    runs = store.runs()
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert squeue() == []

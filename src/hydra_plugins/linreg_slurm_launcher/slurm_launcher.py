@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.5  # result files
 _SQUEUE_EVERY_S = 3.0  # squeue, for tasks that ended without one
 _GRACE_S = 5.0  # a task gone from squeue gets this long for its result file to appear
+_GRACE_COMPLETED_S = 60.0  # one SLURM says COMPLETED: a shared file system may be slow
+_LOST = "not run to its end"  # JobReturn.task_name of a job whose task ended without it
 _CANCEL_WAIT_S = 90.0  # after scancel, how long the sweep waits for its tasks' results
 _DRAIN_WAIT_S = 60.0  # then, how long it waits for them to leave squeue
 
@@ -70,7 +72,15 @@ class PackedTask:
         signals.describe(signal.SIGUSR2, f"SLURM job {job} is near its time limit (SIGUSR2)")
         returns = []
         for params in jobs:
-            returns.append(self.launcher(*params))  # Hydra's: compose, run_job, one folder
+            if signals.stop_requested():  # SLURM stopped this task: the rest does not start
+                returns.append(_not_finished(params, f"{_LOST}: SLURM stopped task {job}"))
+                continue
+            try:  # Hydra's: compose, run_job, one folder; its errors stay the job's
+                returns.append(self.launcher(*params))
+            except BaseException as error:  # noqa: BLE001 (sys.exit(2) of a user error too)
+                log.error(f"job #{params[2]} ended: {_first_line(error)}")
+                why = f"{_LOST}: job #{params[2]}: {_first_line(error)}"
+                returns.append(_not_finished(params, why))
         return returns
 
 
@@ -89,13 +99,27 @@ class PackedSlurmLauncher(SlurmLauncher):
             log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
             params.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
                            Singleton.get_state()))  # fmt: skip
+        if signals.stop_requested():  # a later batch (Optuna) after Ctrl-C: submit nothing
+            return [_not_finished(p, "the sweep was stopped before it was submitted")
+                    for p in params]  # fmt: skip
         per_task = self._per_task(len(params))
         tasks = [params[i : i + per_task] for i in range(0, len(params), per_task)]
         submitted = executor.map_array(PackedTask(self), tasks)
         array = submitted[0].job_id.split("_")[0]
         log.info(f"SLURM array job {array}: {len(params)} jobs in {len(tasks)} tasks of up to "
                  f"{per_task}; logs in {sweep_dir / '.submitit' / array}")  # fmt: skip
-        returns = _wait(array, submitted, tasks)
+        try:
+            returns = _wait(array, submitted, tasks)
+        except BaseException:  # nothing of the sweep may go on running without it
+            subprocess.run(["scancel", array], check=False)
+            raise
+        lost = [p[2] for task, got in zip(tasks, returns) for p, r in zip(task, got)
+                if r.task_name and r.task_name.startswith(_LOST)]  # fmt: skip
+        if lost:  # the sweep's parent cannot end FINISHED: jobs of it never ran to their end
+            from linreg_lab.sweep.callback import LOST_FILE
+
+            with open(sweep_dir / LOST_FILE, "a") as file:
+                file.write("".join(f"{number}\n" for number in lost))
         return [r for task in returns for r in task]
 
     def _per_task(self, jobs: int) -> int:
@@ -134,32 +158,35 @@ class PackedSlurmLauncher(SlurmLauncher):
 
 
 def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[JobReturn]]:
-    """Each task's JobReturns, once each task is done or gone; Ctrl-C cancels the array."""
+    """Each task's JobReturns, once each task is done or gone; a stop cancels the array."""
     from linreg_lab.tracking.orphans import SLURM_LIVE_STATES, slurm_states
 
     returns: dict[int, list[JobReturn]] = {}
     gone_since: dict[int, float] = {}
-    states: dict[str, str] = {}
     cancelled_at = None
     last_squeue = time.monotonic()
+    folder = submitted[0].paths.folder.parent
     while len(returns) < len(submitted):
         now = time.monotonic()
         if signals.stop_requested() and cancelled_at is None:
             log.warning(f"stopping the sweep: scancel {array}")
             subprocess.run(["scancel", array], check=False)
             cancelled_at = now
+        _refresh(folder)
         for index, job in enumerate(submitted):
             if index not in returns and job.paths.result_pickle.exists():
                 returns[index] = _results(job, tasks[index])
         pending = [i for i in range(len(submitted)) if i not in returns]
         if pending and now - last_squeue >= _SQUEUE_EVERY_S:
             last_squeue = now
-            states = slurm_states([submitted[i].job_id for i in pending]) or states
-            for index in pending:
+            states = slurm_states([submitted[i].job_id for i in pending])
+            for index in pending if states is not None else []:  # None: squeue did not answer
                 state = states.get(submitted[index].job_id, "")
+                # A task that COMPLETED wrote its results: a shared file system may show them late.
+                grace = _GRACE_COMPLETED_S if state == "COMPLETED" else _GRACE_S
                 if state in SLURM_LIVE_STATES:
                     gone_since.pop(index, None)
-                elif now - gone_since.setdefault(index, now) >= _GRACE_S:
+                elif now - gone_since.setdefault(index, now) >= grace:
                     returns[index] = _lost(submitted[index], tasks[index], state or "gone")
         if cancelled_at is not None and now - cancelled_at > _CANCEL_WAIT_S:
             for index in pending:
@@ -173,22 +200,40 @@ def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[Jo
         if live is None or not set(live.values()) & SLURM_LIVE_STATES:
             break
         time.sleep(_POLL_S)
+    _refresh(folder)
+    for index, job in enumerate(submitted):  # results that arrived after all, late
+        if job.paths.result_pickle.exists() and returns[index][0].task_name.startswith(_LOST):
+            returns[index] = _results(job, tasks[index])
     return [returns[i] for i in range(len(submitted))]
+
+
+def _refresh(folder: Path) -> None:
+    """Make a shared file system show new files (as submitit does: a no-op chmod)."""
+    try:
+        folder.chmod(folder.stat().st_mode)
+    except OSError:
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [repr(error)])[0]
 
 
 def _results(job, task: list[tuple]) -> list[JobReturn]:
     try:
         return job.results()[0]
     except Exception as error:  # the task itself failed (not a job: run_job catches those)
-        log.error(f"SLURM task {job.job_id} failed: {str(error).splitlines()[0]}")
-        return [_not_finished(params, f"SLURM task {job.job_id} failed") for params in task]
+        log.error(f"SLURM task {job.job_id} failed: {_first_line(error)}")
+        return [_not_finished(params, f"{_LOST}: SLURM task {job.job_id} failed")
+                for params in task]  # fmt: skip
 
 
 def _lost(job, task: list[tuple], state: str) -> list[JobReturn]:
     numbers = ", ".join(f"#{params[2]}" for params in task)
     log.warning(f"SLURM task {job.job_id} ended {state} before its jobs {numbers} finished; "
                 f"its log: {job.paths.stderr}")  # fmt: skip
-    return [_not_finished(params, f"SLURM task {job.job_id} ended {state}") for params in task]
+    return [_not_finished(params, f"{_LOST}: SLURM task {job.job_id} ended {state}")
+            for params in task]  # fmt: skip
 
 
 def _not_finished(params: tuple, why: str) -> JobReturn:

@@ -115,7 +115,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
     uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         # A server already serves that store: nothing to start, only a link to print.
-        page = runs_page(uri.rstrip("/"), args.experiment)
+        page = runs_page(uri.rstrip("/"), args.experiment, shared=True)
         print(f"{page.url}\n  ({page.reason}; {uri} is a running server, nothing started)")
         return 0
     if args.workers < 1:
@@ -225,8 +225,9 @@ def wait_until_healthy(base: str, server: subprocess.Popen, log_path: Path) -> N
     raise UiError(f"no answer from {base}/health after {START_TIMEOUT_S} s; log: {log_path}")
 
 
-def runs_page(base: str, name: str | None) -> Page:
-    """The runs page of experiment `name`, else of the experiment holding the latest run."""
+def runs_page(base: str, name: str | None, shared: bool = False) -> Page:
+    """The runs page of experiment `name`, else of the experiment holding the latest run.
+    shared: a server this command did not start, whose saved view is not rewritten."""
     experiments = [
         e for e in _api(base, "experiments/search", {"max_results": 1000}).get("experiments", [])
         if e.get("lifecycle_stage", "active") == "active"
@@ -238,7 +239,7 @@ def runs_page(base: str, name: str | None) -> Page:
             return Page(
                 f"{base}/#/experiments", None, f"no experiment {name!r} (there are: {known})"
             )
-        return _page(base, by_name[name], f"experiment {name!r}")
+        return _page(base, by_name[name], f"experiment {name!r}", shared)
     latest = _latest_run(base, [e["experiment_id"] for e in experiments])
     if latest is not None:
         experiment = next(
@@ -247,19 +248,24 @@ def runs_page(base: str, name: str | None) -> Page:
         tags = _tags(latest)
         is_sweep = "mlflow.parentRunId" in tags or tags.get("linreg.sweep") == "true"
         what = "latest sweep" if is_sweep else "latest run"
-        return _page(base, experiment, f"experiment {experiment['name']!r} ({what})")
+        return _page(base, experiment, f"experiment {experiment['name']!r} ({what})", shared)
     if DEFAULT_EXPERIMENT in by_name:
-        return _page(base, by_name[DEFAULT_EXPERIMENT], f"experiment {DEFAULT_EXPERIMENT!r}")
+        return _page(
+            base, by_name[DEFAULT_EXPERIMENT], f"experiment {DEFAULT_EXPERIMENT!r}", shared
+        )
     return Page(f"{base}/#/experiments", None, "no runs yet (train some: make run)")
 
 
-def _page(base: str, experiment: dict, reason: str) -> Page:
+def _page(base: str, experiment: dict, reason: str, shared: bool = False) -> Page:
     """The experiment's runs table, opened on linreg-lab's saved view (tracking/views.py):
     the machine-learning view, the swept params and the losses as columns, parent and
     children flat. Where the view cannot be written, the plain machine-learning view."""
     experiment_id = experiment["experiment_id"]
     url = f"{base}/#/experiments/{experiment_id}/runs?"
     try:
+        tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+        if shared and views.TAG in tags:  # a server this command did not start: theirs stays
+            return Page(url + views.query(), experiment["name"], f"Runs of {reason}")
         _api(base, "experiments/set-experiment-tag", {
             "experiment_id": experiment_id, "key": views.TAG,
             "value": views.tag_value(_view_columns(base, experiment_id)),

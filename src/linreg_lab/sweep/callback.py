@@ -38,6 +38,7 @@ ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
 ENV_SWEEP_HOST = "LINREG_SWEEP_HOST"
 ENV_FINISHED_FILE = "LINREG_SWEEP_FINISHED_FILE"  # job key -> [run id, objective], JSON
 ENV_REUSED_FILE = "LINREG_SWEEP_REUSED_FILE"  # the run ids jobs took instead of training
+LOST_FILE = ".linreg-lost"  # in the sweep's folder: numbers of jobs a launcher lost (SLURM)
 # (ENV_SAID_FILE stays set after the sweep: its own last error is weighed against it.)
 ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST,
              ENV_FINISHED_FILE, ENV_REUSED_FILE)  # fmt: skip
@@ -117,6 +118,7 @@ class SweepCallback(Callback):
         os.environ[ENV_SWEEP_PID] = str(os.getpid())
         os.environ[ENV_SWEEP_HOST] = socket.gethostname()
         os.environ[ENV_STOP_FILE] = str(stop_file)
+        stop_file.with_name(LOST_FILE).unlink(missing_ok=True)
         said = stop_file.with_name(".linreg-said")
         said.unlink(missing_ok=True)
         os.environ[ENV_SAID_FILE] = str(said)
@@ -173,6 +175,10 @@ def finish(failure: str | None) -> None:
     sweep, _current = _current, None
     if sweep.ran_to_its_end:
         failure = None
+    lost_file = sweep.stop_file.with_name(LOST_FILE)
+    lost = sorted(set(lost_file.read_text().split())) if lost_file.exists() else []
+    if lost and not failure:  # ran to its end, without some of its jobs
+        failure = f"{len(lost)} jobs did not run to their end (#{', #'.join(lost[:10])})"
     sweep.reuse.clear()  # no job is left to reuse the data
     signals.forget_hooks()
     for name in ENV_NAMES:

@@ -125,31 +125,37 @@ def check_launcher(config: DictConfig) -> None:
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     if not target.endswith("SlurmLauncher"):
         return
-    if shutil.which("sbatch") is None:
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
         raise ConfigError(
-            "hydra/launcher=slurm is not allowed here: SLURM's sbatch is not on PATH; on one "
-            "machine use hydra/launcher=joblib (parallel) or submitit_local"
+            "hydra/launcher=slurm is not allowed here: SLURM's sbatch is not on PATH (or its "
+            "squeue); on one machine use hydra/launcher=joblib (parallel) or submitit_local"
         )
     per_task = OmegaConf.select(config, "hydra.launcher.jobs_per_task", default="auto")
-    if per_task != "auto" and not (isinstance(per_task, int) and per_task >= 1):
+    whole = isinstance(per_task, int) and not isinstance(per_task, bool)
+    if per_task != "auto" and not (whole and per_task >= 1):
         raise ConfigError(
             f"hydra.launcher.jobs_per_task={per_task}: not allowed; use a positive whole number "
             "(sweep jobs per SLURM array task) or auto"
         )
     uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
-    if uri.startswith(("http://", "https://", "databricks")):
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    if scheme not in ("", "file", "sqlite"):  # a server, a database server: reachable by all
         return
     partition = OmegaConf.select(config, "hydra.launcher.partition", default=None)
     nodes = slurm_nodes(partition)
     here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}
-    elsewhere = sorted(set(nodes or ["(unknown: scontrol did not answer)"]) - here)
-    if elsewhere:
-        where = f"partition {partition}" if partition else "the default partition"
+    where = f"partition {partition}" if partition else "the default partition"
+    elsewhere = sorted(set(nodes or []) - here)
+    if nodes is None or elsewhere:
+        on = (
+            f"run on {', '.join(elsewhere[:5])} ({where})"
+            if nodes
+            else (f"may run on other machines (scontrol did not list {where}'s nodes)")
+        )
         raise ConfigError(
-            f"tracking.uri={uri}: not allowed with hydra/launcher=slurm, whose jobs run on "
-            f"{', '.join(elsewhere[:5])} ({where}): a sqlite file written from other machines "
-            "loses runs; use an MLflow server they reach: tracking=server "
-            "MLFLOW_TRACKING_URI=http://<host>:5000 (make server)"
+            f"tracking.uri={uri}: not allowed with hydra/launcher=slurm, whose jobs {on}: a "
+            "sqlite file written from other machines loses runs; use an MLflow server they "
+            "reach: tracking=server MLFLOW_TRACKING_URI=http://<host>:5000 (make server)"
         )
 
 

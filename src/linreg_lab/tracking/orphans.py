@@ -3,12 +3,14 @@
 The rule: a RUNNING run of this project whose linreg.host tag is this host, and whose
 linreg.pid process no longer exists (or is a newer process that reused the pid), is marked
 FAILED with a linreg.failure tag saying so. A run trained in a SLURM job (tag
-linreg.slurm_job) is dead, on any host, once SLURM's squeue no longer lists its job as pending
-or running. Other runs from other hosts are never touched: their owner may still be alive.
+linreg.slurm_job) by this user is dead, on any host, once SLURM's squeue no longer lists its
+job as pending or running (unless its process on this host is alive). Other runs from other
+hosts are never touched: their owner may still be alive.
 """
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from linreg_lab.tracking import records
-from linreg_lab.tracking.tags import FAILED, TAG_HOST, TAG_PID, TAG_SLURM_JOB
+from linreg_lab.tracking.tags import FAILED, TAG_HOST, TAG_PID, TAG_SLURM_JOB, TAG_USER
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
     from mlflow import MlflowClient
@@ -63,22 +65,28 @@ def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
 def close_dead_runs(client: MlflowClient, runs: list[Run], status: str, why: str) -> list[str]:
     """End the RUNNING runs among runs whose owner is gone: a process on this host, or a SLURM
     job anywhere."""
-    host = socket.gethostname()
+    host, user = socket.gethostname(), getpass.getuser()
     running = [run for run in runs if run.info.status == "RUNNING"]
-    slurm_jobs = {run.data.tags[TAG_SLURM_JOB] for run in running if TAG_SLURM_JOB in run.data.tags}
+    # squeue answers for this cluster and, where jobs are private, for this user's jobs only.
+    slurm_jobs = {
+        run.data.tags[TAG_SLURM_JOB]
+        for run in running
+        if TAG_SLURM_JOB in run.data.tags and run.data.tags.get(TAG_USER) == user
+    }
     states = slurm_states(sorted(slurm_jobs)) if slurm_jobs else None
     closed = []
     for run in running:
         pid, slurm_job = run.data.tags.get(TAG_PID, ""), run.data.tags.get(TAG_SLURM_JOB)
-        if slurm_job is not None and states is not None:
+        here = run.data.tags.get(TAG_HOST) == host and pid.isdigit()
+        if here and owner_alive(int(pid), run.info.start_time):
+            continue  # whatever SLURM says, its process is alive
+        if slurm_job in slurm_jobs and states is not None:
             state = states.get(slurm_job, "")
             if state in SLURM_LIVE_STATES:
                 continue
             ended = f"ended {state}" if state else "is no longer known to SLURM"
             reason = f"SLURM job {slurm_job} {ended} without closing this run ({why})"
-        elif run.data.tags.get(TAG_HOST) == host and pid.isdigit():
-            if owner_alive(int(pid), run.info.start_time):
-                continue
+        elif here:
             reason = f"process {pid} on {host} ended without closing this run ({why})"
         else:
             continue

@@ -227,10 +227,13 @@ def compare(
         fig, name = plot(rows, keys)
         if fig is not None:
             client.log_figure(parent.info.run_id, fig, name)
-        if plots:  # every job's loss curve, in place of a PNG per job (plots_per_job)
-            _log_losses(client, run_id, rows)
     except Exception as error:  # the comparison table and CSV are logged; a picture is extra
         log.warning("could not plot the sweep's comparison: %s", error)
+    if plots:  # every job's loss curve, in place of a PNG per job (plots_per_job)
+        try:
+            _log_losses(client, run_id, rows[:_LOSS_CURVES])
+        except Exception as error:
+            log.warning("could not plot the sweep's loss curves: %s", error)
     best = rows[0]
     if best.status == FINISHED:
         now = int(time.time() * 1000)
@@ -243,6 +246,9 @@ def compare(
             tags=[("linreg.best_run_id", best.run_id), ("linreg.best_run", best.name)],
         )  # fmt: skip
     return rows
+
+
+_LOSS_CURVES = 200  # the best jobs' curves in losses.png (a query each; beyond, unreadable)
 
 
 def _log_losses(client: MlflowClient, run_id: str, rows: list[Row]) -> None:

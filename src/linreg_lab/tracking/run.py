@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 
 from linreg_lab.tracking.helper import Handle, helper
 from linreg_lab.tracking.store import TrackingSettings
-from linreg_lab.tracking.tags import TAG_HOST, TAG_PID, TAG_SLURM_JOB, slurm_job_id
+from linreg_lab.tracking.tags import TAG_HOST, TAG_PID, TAG_SLURM_JOB, TAG_USER, slurm_job_id
 
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 _CUT = " ... (cut at MLflow's limit; the whole value is in config.yaml)"
@@ -55,7 +56,7 @@ class Store:
         """Post the run's creation; the run is returned at once."""
         tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
         if slurm_job := slurm_job_id():
-            tags[TAG_SLURM_JOB] = slurm_job
+            tags[TAG_SLURM_JOB], tags[TAG_USER] = slurm_job, getpass.getuser()
         if parent_run_id is not None:
             tags["mlflow.parentRunId"] = parent_run_id
         handle = helper().new_handle()

@@ -8,6 +8,7 @@ FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 # Who owns a RUNNING run, so runs orphaned by SIGKILL can be found later.
 TAG_PID, TAG_HOST = "linreg.pid", "linreg.host"
 TAG_SLURM_JOB = "linreg.slurm_job"  # the SLURM job (array_task) a run was trained in
+TAG_USER = "linreg.user"  # who trained it: only their own SLURM jobs are asked after
 TAG_FAILURE = "linreg.failure"  # why a run ended FAILED or KILLED
 TAG_SWEEP = "linreg.sweep"  # "true" on a sweep's parent run
 

@@ -44,7 +44,7 @@ def swept_keys(parent_params: dict[str, str]) -> list[str]:
             key = key.lstrip("+~")
             if key.startswith(("hydra", "experiment")):
                 continue
-            if "," in values or values.startswith(_SWEEP_FUNCTIONS):
+            if values.startswith(_SWEEP_FUNCTIONS) or ("," in values and values[:1] not in "[{"):
                 keys.append(key)
     return list(dict.fromkeys(keys))
 
