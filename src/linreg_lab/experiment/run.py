@@ -82,6 +82,7 @@ class Setup:
     parent_run_id: object  # str, a tracking Handle, or None
     data: RegressionData
     optimum: LeastSquares
+    plain: dict  # the resolved config (build.plain_config), resolved once per run
 
 
 def set_up(
@@ -100,7 +101,8 @@ def set_up(
     store = store or Store.open(tracking)
     data, optimum = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
-    return Setup(cfg, trainer, tracking, store, parent_run_id, data, optimum)
+    plain = build.plain_config(cfg)
+    return Setup(cfg, trainer, tracking, store, parent_run_id, data, optimum, plain)
 
 
 class _Fresh:
@@ -146,7 +148,7 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
         tags={
             **_git_tags(),
             "linreg.overrides": " ".join(overrides) or "(none)",
-            TAG_JOB_KEY: job_key(build.plain_config(setup.cfg)),
+            TAG_JOB_KEY: job_key(setup.plain),
         },  # fmt: skip
         parent_run_id=setup.parent_run_id,
         flush_seconds=flush_seconds,
@@ -155,7 +157,7 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
 
 def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     """Log what is known before training: params, config, overrides, dataset, optimum."""
-    config = build.plain_config(setup.cfg)
+    config = setup.plain
     run.log_params({**flatten(config), **stability_params(setup.optimum, config)})
     run.log_text(OmegaConf.to_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
