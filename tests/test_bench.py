@@ -18,7 +18,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "latest.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(out.read_text())
@@ -56,5 +56,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert (lr["N"], lr["D"], lr["runs"], lr["batches"]) == (2000, 100, 4, [100])
     (grid,) = [r for r in vectorized if r["case"] == "grid" and r["log_plots"]]
     assert (grid["N"], grid["D"], grid["runs"], grid["batches"]) == (2000, 3, 4, [10, 100])
+    (sweeps,) = results["sweeps"]  # the hand-written peer against ours, each store checked
+    assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
+    assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0
     goals = {g["goal"] for g in results["goals"]}
     assert any("vectorized" in g for g in goals) and "Goals" in result.stdout
