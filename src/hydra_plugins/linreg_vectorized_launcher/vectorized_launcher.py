@@ -67,7 +67,14 @@ class VectorizedLauncher(Launcher):
                 config.hydra.job.num = number
             configs.append(config)
 
-        groups = [g for group in group_jobs(configs) for g in _finished_apart(group, configs)]
+        plains: list[dict | None] = []
+        grouped = group_jobs(configs, plains)
+        groups = [
+            chunk
+            for group in grouped
+            for part in _finished_apart(group, configs, plains)
+            for chunk in _pipelined(part, plains)
+        ]  # fmt: skip
         log.info(
             f"Launching {len(configs)} jobs as {len(groups)} passes: "
             + ", ".join(str(len(group)) for group in groups)
@@ -77,7 +84,7 @@ class VectorizedLauncher(Launcher):
             task = self.task_function
             if len(group) > 1:
                 try:
-                    task = self._replay(group, configs, job_overrides)
+                    task = self._replay(group, configs, job_overrides, plains)
                 except Interrupted as error:
                     # As a single job's task exits: the group's runs already ended KILLED.
                     sys.exit(error.exit_code)
@@ -93,7 +100,7 @@ class VectorizedLauncher(Launcher):
         return [returns[index] for index in range(len(configs))]
 
     @staticmethod
-    def _replay(group, configs, job_overrides) -> TaskFunction:
+    def _replay(group, configs, job_overrides, plains) -> TaskFunction:
         """Train the group now; each job's task then reports its own share of the result."""
         from linreg_lab import build, console, sweep
         from linreg_lab.config.errors import exit_on_user_error
@@ -105,7 +112,9 @@ class VectorizedLauncher(Launcher):
             job = sweep.job(build.tracking(members[0]))
             arguments = {} if job is None else job.run_arguments()
             arguments.pop("wait", None)
-            trained = train_group(members, overrides, **arguments)
+            trained = train_group(
+                members, overrides, plains=[plains[index] for index in group], **arguments
+            )
         outcomes = {id(cfg): outcome for cfg, outcome in zip(members, trained)}
         by_number = {cfg.hydra.job.num: outcomes[id(cfg)] for cfg in members}
 
@@ -122,7 +131,34 @@ class VectorizedLauncher(Launcher):
         return report
 
 
-def _finished_apart(group: list[int], configs: list[DictConfig]) -> list[list[int]]:
+# A group whose whole training costs less than this many multiply-adds (epochs x N x (D + 1):
+# ~10 ms) is trained in passes of at most _CHEAP_PASS jobs: the MLflow helper then writes one
+# pass's runs while the next one is set up, instead of idling until the whole group has been.
+_CHEAP_WORK = 10**7
+_CHEAP_PASS = 8
+
+
+def _pipelined(group: list[int], plains) -> list[list[int]]:
+    """group, in passes of _CHEAP_PASS jobs when its training is cheap, else whole."""
+    work = _work(plains[group[0]]) if plains[group[0]] is not None else None
+    if len(group) <= _CHEAP_PASS or work is None or work > _CHEAP_WORK:
+        return [group]
+    return [group[i : i + _CHEAP_PASS] for i in range(0, len(group), _CHEAP_PASS)]
+
+
+def _work(plain: dict) -> int | None:
+    """epochs x N x (D + 1) as the config states them; None where it does not say (a table)."""
+    dataset, trainer = plain.get("dataset") or {}, plain.get("trainer") or {}
+    n, epochs = dataset.get("num_samples"), trainer.get("epochs")
+    d = dataset.get("num_features")
+    if d is None and isinstance(dataset.get("true_w"), list):
+        d = len(dataset["true_w"])
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, d, epochs)):
+        return None
+    return epochs * n * (d + 1)
+
+
+def _finished_apart(group: list[int], configs: list[DictConfig], plains) -> list[list[int]]:
     """A re-run sweep's jobs that FINISHED before run alone (each is skipped by its task),
     the rest as one group."""
     from linreg_lab import build, sweep
@@ -132,7 +168,8 @@ def _finished_apart(group: list[int], configs: list[DictConfig]) -> list[list[in
         cfg = configs[index]
         if OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
             return False
-        return sweep.finished_run(job_key(build.plain_config(cfg))) is not None
+        plain = plains[index] if plains[index] is not None else build.plain_config(cfg)
+        return sweep.finished_run(job_key(plain)) is not None
 
     done = [index for index in group if finished(index)]
     rest = [index for index in group if index not in done]

@@ -49,11 +49,13 @@ def train(cfg: DictConfig) -> float:
         return math.inf
     # Unresolved: an override may hold an ${...} that names nothing (validation says so).
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    plain = None  # the resolved config, once resolved
     if job is not None and not OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
         from linreg_lab.tracking.params import job_key
 
         with exit_on_user_error():
-            done = sweep.finished_run(job_key(build.plain_config(cfg)))
+            plain = build.plain_config(cfg)
+            done = sweep.finished_run(job_key(plain))
         if done is not None:  # a re-run sweep: this job finished before
             sweep.note_reused(done[0])
             print(
@@ -65,7 +67,9 @@ def train(cfg: DictConfig) -> float:
     arguments = job.run_arguments() if job is not None else {}
     try:
         with exit_on_user_error():
-            outcome = run_experiment(cfg, overrides, quiet=job is not None, **arguments)
+            outcome = run_experiment(
+                cfg, overrides, quiet=job is not None, plain=plain, **arguments
+            )
     except signals.Interrupted as error:  # the run ended KILLED
         if job is not None and not job.in_sweep_process:
             return math.inf  # a worker: its sweep's process decides how the sweep ends
@@ -88,6 +92,8 @@ def _paths_from_where_the_user_stands(cfg: DictConfig) -> None:
     with open_dict(cfg):
         if isinstance(uri, str) and uri.startswith("sqlite:///") and uri[10:11] != "/":
             cfg.tracking.uri = "sqlite:///" + to_absolute_path(uri.removeprefix("sqlite:///"))
+        elif isinstance(uri, str):  # resolved once: each later read re-parses ${oc.env:...}
+            cfg.tracking.uri = uri
         if isinstance(location, str) and location and "://" not in location:
             cfg.tracking.artifact_location = to_absolute_path(location)
         path = OmegaConf.select(cfg, "dataset.path", default=None)

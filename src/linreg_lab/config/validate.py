@@ -212,8 +212,17 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    raw.pop("hydra", None)
+    # Hydra's own node (two thirds of a job's config) is not the user's to check; each of
+    # the user's nodes is read as it is (a copy of them all costs more than the checks).
+    raw = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = OmegaConf.select(cfg, str(key), throw_on_resolution_failure=False)
+        if OmegaConf.is_config(node):
+            raw[key] = OmegaConf.to_container(node, resolve=False)
+        else:  # a plain value (+key=1), unresolved as the nodes' values are
+            raw[key] = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key]))[key]
     check_targets(raw)
     check_arguments(raw)
     _check_dataset(cfg)

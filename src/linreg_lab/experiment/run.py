@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, console
@@ -90,8 +91,11 @@ def set_up(
     store: Store | None = None,
     parent_run_id=None,
     data_source: DataSource | None = None,
+    plain: dict | None = None,
 ) -> Setup:
     """Validate cfg, open the store (unless given), get the data and its optimum.
+
+    plain: cfg resolved (build.plain_config), where the caller has it already.
 
     The store opens in the MLflow helper while the data is built; its failure (a TrackingError)
     surfaces at the next store.check(), at the latest when the run ends.
@@ -101,7 +105,7 @@ def set_up(
     store = store or Store.open(tracking)
     data, optimum = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
-    plain = build.plain_config(cfg)
+    plain = build.plain_config(cfg) if plain is None else plain
     return Setup(cfg, trainer, tracking, store, parent_run_id, data, optimum, plain)
 
 
@@ -159,10 +163,19 @@ def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     """Log what is known before training: params, config, overrides, dataset, optimum."""
     config = setup.plain
     run.log_params({**flatten(config), **stability_params(setup.optimum, config)})
-    run.log_text(OmegaConf.to_yaml(config), "config.yaml")
+    run.log_text(config_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
     run.log_dataset(config["dataset"], DataFacts.of(setup.data))
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
+
+
+def config_yaml(config: dict) -> str:
+    """The resolved config as YAML, as OmegaConf.to_yaml writes it, from the plain dict
+    (~0.5 ms; OmegaConf.to_yaml first rebuilds a DictConfig from it, ~9 ms a job)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(
+        config, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+    )
 
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
@@ -218,12 +231,14 @@ def run_experiment(
     parent_run_id=None,
     data_source: DataSource | None = None,
     wait: bool = True,
+    plain: dict | None = None,
 ) -> Outcome:
     """Validate, build, train and record one run; never leaves the run RUNNING.
 
     wait: return once the run is in the store (False: once it is handed to the helper).
+    plain: cfg resolved (build.plain_config), where the caller has it already.
     """
-    setup = set_up(cfg, store, parent_run_id, data_source)
+    setup = set_up(cfg, store, parent_run_id, data_source, plain)
     model, optimizer_factory = build_model(setup)
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
     run = open_run(setup, overrides)

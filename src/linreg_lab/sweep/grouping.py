@@ -34,23 +34,47 @@ def shares_a_pass(cfg: DictConfig) -> bool:
 
 def pass_key(cfg: DictConfig) -> str | None:
     """Equal keys train together; None: the job runs alone."""
-    if not shares_a_pass(cfg):
-        return None
-    config = build.plain_config(cfg)
-    for group, keys in PER_MODEL_KEYS.items():
-        for key in keys:
-            config.get(group, {}).pop(key, None)
-    return json.dumps(config, sort_keys=True, default=str)
+    return _planned(cfg, {})[0]
 
 
-def group_jobs(configs: list[DictConfig]) -> list[list[int]]:
-    """Indices of configs, grouped by pass_key in first-seen order; ungroupable jobs alone."""
+def group_jobs(
+    configs: list[DictConfig], plains: list[dict | None] | None = None
+) -> list[list[int]]:
+    """Indices of configs, grouped by pass_key in first-seen order; ungroupable jobs alone.
+
+    plains: a list to fill with each config resolved (build.plain_config; None for a job that
+    runs alone), for the group's runs: the jobs of a group are validated here.
+    """
     groups: dict[str, list[int]] = {}
     alone: list[list[int]] = []
+    analytic: dict[str, bool] = {}  # the engine follows from the key: checked once per key
     for index, cfg in enumerate(configs):
-        key = pass_key(cfg)
+        key, plain = _planned(cfg, analytic)
+        if plains is not None:
+            plains.append(plain if key is not None else None)
         if key is None:
             alone.append([index])
         else:
             groups.setdefault(key, []).append(index)
     return list(groups.values()) + alone
+
+
+def _planned(cfg: DictConfig, analytic: dict[str, bool]) -> tuple[str | None, dict | None]:
+    """(pass key or None, cfg resolved); analytic: what the engine check said for each key."""
+    try:
+        validate(cfg)
+        plain = build.plain_config(cfg)
+    except Exception:  # an invalid job runs alone and reports its own error
+        return None, None
+    shared = {
+        group: {k: v for k, v in node.items() if k not in PER_MODEL_KEYS.get(group, ())}
+        if isinstance(node, dict) else node
+        for group, node in plain.items()
+    }  # fmt: skip
+    key = json.dumps(shared, sort_keys=True, default=str)
+    if key not in analytic:
+        try:
+            analytic[key] = build.engine(cfg) == "analytic"
+        except Exception:
+            analytic[key] = False
+    return (key if analytic[key] else None), plain
