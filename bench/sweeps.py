@@ -17,13 +17,19 @@ start-up (imports, Hydra, the store).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.end_to_end import BIN, ROOT, Stores, learning_rates, timed
 
 PEER = ROOT / "bench" / "peer_sweep" / "peer.py"
+NOOP = ROOT / "bench" / "peer_sweep" / "noop.py"
+# The floors: what Hydra alone costs (linreg-train's config, a task that does nothing), and
+# what MLflow alone costs (one of our job's runs written again through MlflowClient).
+FLOORS = ("hydra", "mlflow")
 VARIANTS = {  # name: linreg-train overrides beyond -m optimizer.lr=...
     "basic": [],
     "basic_noplots": ["tracking.log_plots=false"],
@@ -67,10 +73,22 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None) -> list[dic
                 uri = f"sqlite:///{folder / 'mlflow.db'}"
                 seconds[name] = timed(command, folder, MLFLOW_TRACKING_URI=uri)
                 _check_runs(uri, size if name == "peer" else size + 1, f"{name}, {size} jobs")
+                if name == "basic":
+                    ours = uri
+            print(f"    {size} jobs: floors", file=sys.stderr, flush=True)
+            folder = stores.fresh()
+            seconds["hydra"] = timed(
+                [sys.executable, str(NOOP), "-m", f"optimizer.{values}",
+                 f"hydra.sweep.dir={folder / 'multirun'}", "~hydra.callbacks.mlflow_sweep",
+                 "+hydra.callbacks.once._target_=noop.ComposeOnce"],
+                folder,
+            )  # fmt: skip
+            seconds["mlflow"] = mlflow_floor(ours, f"sqlite:///{stores.fresh() / 'mlflow.db'}", size)
             peer_s = seconds["peer"]
             row = {"jobs": size, "peer_s": peer_s}
             row.update({f"{name}_s": seconds.get(name) for name in VARIANTS})
             row.update({f"x_{name}": _ratio(peer_s, seconds.get(name)) for name in VARIANTS})
+            row.update({f"{name}_s": seconds[name] for name in FLOORS})
             rows.append(row)
     slope_ms = slopes(rows)
     return [{**row, "slope_ms": slope_ms} for row in rows]
@@ -80,9 +98,9 @@ def slopes(rows: list[dict]) -> dict[str, float | None]:
     """Per-job overhead in ms of the peer and each variant: (t256 - t64) / 192 * 1000."""
     small, big = ({r["jobs"]: r for r in rows}.get(n) for n in SLOPE_SIZES)
     out = {}
-    for name in ["peer", *VARIANTS]:
+    for name in ["peer", *VARIANTS, *FLOORS]:
         key = f"{name}_s"
-        if small is None or big is None or small[key] is None or big[key] is None:
+        if small is None or big is None or small.get(key) is None or big.get(key) is None:
             out[name] = None
         else:
             out[name] = (big[key] - small[key]) / (SLOPE_SIZES[1] - SLOPE_SIZES[0]) * 1000
@@ -105,3 +123,43 @@ def _check_runs(uri: str, expected: int, what: str) -> None:
         raise RuntimeError(
             f"{what}: {len(runs)} runs in {uri}, expected {expected}; not FINISHED: {unfinished}"
         )
+
+
+def mlflow_floor(source_uri: str, target_uri: str, jobs: int) -> float:
+    """Seconds MlflowClient takes to write jobs runs, one after another, each holding what a
+    child run of our sweep in source_uri holds (tags, params, every metric's history, the
+    artifacts, the dataset input): the store's share of a sweep, with nothing of ours."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    source = mlflow.MlflowClient(source_uri)
+    ids = [e.experiment_id for e in source.search_experiments()]
+    child = next(r for r in source.search_runs(ids, max_results=50)
+                 if "mlflow.parentRunId" in r.data.tags)  # fmt: skip
+    run_id = child.info.run_id
+    tags = {k: v for k, v in child.data.tags.items() if k != "mlflow.parentRunId"}
+    params = [Param(k, v) for k, v in child.data.params.items()]
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step)
+               for key in child.data.metrics for m in source.get_metric_history(run_id, key)]
+    datasets = child.inputs.dataset_inputs
+    with tempfile.TemporaryDirectory(prefix="linreg-floor-") as tmp:
+        (Path(tmp) / "from").mkdir()
+        artifacts = Path(source.download_artifacts(run_id, "", str(Path(tmp) / "from")))
+        target = mlflow.MlflowClient(target_uri)
+        experiment = target.create_experiment("floor", (Path(tmp) / "store").as_uri())
+        start = time.perf_counter()
+        for _ in range(jobs):
+            run = target.create_run(experiment, tags=tags, run_name=child.info.run_name)
+            new_id = run.info.run_id
+            target.log_batch(new_id, params=params[:100])
+            for i in range(100, len(params), 100):
+                target.log_batch(new_id, params=params[i : i + 100])
+            for i in range(0, len(metrics), 1000):
+                target.log_batch(new_id, metrics=metrics[i : i + 1000],
+                                 tags=[RunTag("linreg.engine", "floor")])  # fmt: skip
+            target.log_artifacts(new_id, str(artifacts))
+            if datasets:
+                target.log_inputs(new_id, datasets=datasets)
+            target.set_terminated(new_id, "FINISHED")
+        return time.perf_counter() - start

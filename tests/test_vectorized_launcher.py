@@ -74,6 +74,41 @@ def test_grouping_follows_from_the_configs():
     assert OmegaConf.select(configs[0], "optimizer.lr") == 0.1
 
 
+def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
+    """A group whose training is cheap runs as passes of 8 jobs (the MLflow helper writes one
+    pass while the next is set up); each job still gets its run, params, epochs and folder."""
+    lrs = [round(0.01 + 0.002 * i, 4) for i in range(12)]
+    result = store.train("-m", "optimizer.lr=" + ",".join(map(str, lrs)),
+                         "hydra/launcher=vectorized")  # fmt: skip
+    assert "Launching 12 jobs as 2 passes: 8, 4" in result.stdout + result.stderr
+    children = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
+    assert sorted(float(r.data.params["optimizer.lr"]) for r in children) == lrs
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["linreg.engine"] == "vectorized"
+        history = store.client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
+        artifacts = {a.path for a in store.client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "overrides.txt", "parameters.json"} <= artifacts
+    assert len(list(Path(store.root, "multirun").glob("*/*/*/.hydra/config.yaml"))) == 12
+
+
+def test_only_cheap_groups_are_split():
+    from hydra_plugins.linreg_vectorized_launcher.vectorized_launcher import _pipelined
+
+    from linreg_lab import build
+
+    def plain(*overrides):
+        return build.plain_config(make(*overrides))
+
+    group = list(range(20))
+    assert [len(p) for p in _pipelined(group, [plain()] * 20)] == [8, 8, 4]
+    big = plain("dataset.num_samples=1000000", "dataset.num_features=100")
+    assert _pipelined(group, [big] * 20) == [group]  # its one pass is worth more
+    assert _pipelined(group, [plain("dataset=diabetes")] * 20) == [group]  # size unknown
+    assert _pipelined(list(range(5)), [plain()] * 5) == [list(range(5))]
+
+
 @pytest.mark.parametrize("path", ["compiled", "compiled-threads", "blas"])
 def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
     import functools
