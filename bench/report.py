@@ -132,8 +132,10 @@ def _sweeps(rows: list[dict]) -> None:
         print("   floors: hydra = bench/peer_sweep/noop.py (our config, Hydra's basic launcher, a")
         print("   task that does nothing); mlflow = one of our job's runs written again per job")
         print("   through MlflowClient (tags, params, metrics, artifacts, dataset), in one process")
-        _table(["jobs", "hydra alone", "mlflow alone"],
-               [[r["jobs"], f"{r['hydra_s']:.1f} s", f"{r['mlflow_s']:.1f} s"] for r in rows])
+        _table(
+            ["jobs", "hydra alone", "mlflow alone"],
+            [[r["jobs"], f"{r['hydra_s']:.1f} s", f"{r['mlflow_s']:.1f} s"] for r in rows],
+        )
     slope = rows[-1]["slope_ms"] if rows else {}
     if any(v is not None for v in slope.values()):
         print("   per-job overhead, ms: the slope of wall time from 64 to 256 jobs")

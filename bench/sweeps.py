@@ -83,7 +83,9 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None) -> list[dic
                  "+hydra.callbacks.once._target_=noop.ComposeOnce"],
                 folder,
             )  # fmt: skip
-            seconds["mlflow"] = mlflow_floor(ours, f"sqlite:///{stores.fresh() / 'mlflow.db'}", size)
+            seconds["mlflow"] = mlflow_floor(
+                ours, f"sqlite:///{stores.fresh() / 'mlflow.db'}", size
+            )
             peer_s = seconds["peer"]
             row = {"jobs": size, "peer_s": peer_s}
             row.update({f"{name}_s": seconds.get(name) for name in VARIANTS})
@@ -140,8 +142,11 @@ def mlflow_floor(source_uri: str, target_uri: str, jobs: int) -> float:
     run_id = child.info.run_id
     tags = {k: v for k, v in child.data.tags.items() if k != "mlflow.parentRunId"}
     params = [Param(k, v) for k, v in child.data.params.items()]
-    metrics = [Metric(m.key, m.value, m.timestamp, m.step)
-               for key in child.data.metrics for m in source.get_metric_history(run_id, key)]
+    metrics = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in child.data.metrics
+        for m in source.get_metric_history(run_id, key)
+    ]
     datasets = child.inputs.dataset_inputs
     with tempfile.TemporaryDirectory(prefix="linreg-floor-") as tmp:
         (Path(tmp) / "from").mkdir()

@@ -95,7 +95,6 @@ def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
 
 def test_only_cheap_groups_are_split():
     from hydra_plugins.linreg_vectorized_launcher.vectorized_launcher import _pipelined
-
     from linreg_lab import build
 
     def plain(*overrides):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from collections.abc import Callable
+from enum import Enum
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
