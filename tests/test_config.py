@@ -256,3 +256,41 @@ def test_a_key_can_be_deleted():
     validate(cfg)
     assert "nesterov" not in cfg.optimizer
     assert build.engine(cfg) == "analytic"  # SGD's own default for nesterov
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["dataset=diabetes"], ["optimizer=adam", "+extra=???"], ["+e=1", "+w=${e}"],
+     ["+z=${optimizer}"], ["+lr_copy=${optimizer.lr}"]],
+    ids=str,
+)  # fmt: skip
+def test_the_resolved_config_is_omegaconfs_own(overrides):
+    """build.plain_config (node by node) is what OmegaConf resolves from the task's keys, and
+    config.yaml is the text OmegaConf.to_yaml writes for it."""
+    from omegaconf import OmegaConf
+
+    from linreg_lab.experiment.run import config_yaml
+
+    cfg = make(*overrides)
+    task_keys = [key for key in cfg if key != "hydra"]
+    expected = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, task_keys), resolve=True, enum_to_str=True
+    )
+    plain = build.plain_config(cfg)
+    assert plain == expected and list(plain) == list(expected)
+    tricky = {"a": "1e5", "b": "🚀 ünï", "c": "yes", "n": None, "d": "10e-3", "e": "0x1F",
+              "f": [1, 2.5], "g": "plain words", "h": ""}  # fmt: skip
+    shared = [1, 2]
+    for config in (plain, {**plain, "tricky": tricky, "s1": shared, "s2": shared}):
+        assert config_yaml(config) == OmegaConf.to_yaml(config)
+
+
+def test_settings_are_shared_per_resolved_config_and_nothing_else():
+    """build.trainer / build.tracking hand out one frozen object per resolved config."""
+    first, again = build.tracking(make()), build.tracking(make())
+    assert first is again
+    named = build.tracking(make("tracking.run_name=mine"))
+    assert named is not first and named.run_name == "mine" and first.run_name is None
+    assert build.trainer(make("trainer.epochs=7")).epochs == 7
+    assert build.trainer(make("trainer.epochs=7")) is build.trainer(make("trainer.epochs=7"))
+    assert build.trainer(make()).epochs == 3

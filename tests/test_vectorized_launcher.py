@@ -106,6 +106,18 @@ def test_only_cheap_groups_are_split():
     assert _pipelined(group, [big] * 20) == [group]  # its one pass is worth more
     assert _pipelined(group, [plain("dataset=diabetes")] * 20) == [group]  # size unknown
     assert _pipelined(list(range(5)), [plain()] * 5) == [list(range(5))]
+    assert _pipelined(group, [plain()] * 20, pass_size=0) == [group]  # the switch: off
+    assert [len(p) for p in _pipelined(group, [plain()] * 20, pass_size=16)] == [16, 4]
+
+
+def test_a_bad_pass_size_is_refused_before_any_run(store):
+    result = store.train("-m", "optimizer.lr=0.1,0.2", "hydra/launcher=vectorized",
+                         "hydra.launcher.pass_size=-1", check=False)  # fmt: skip
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "pass_size" in line]
+    assert len(lines) == 1 and "hydra.launcher.pass_size=-1" in lines[0] and ">= 0" in lines[0]
+    experiment = store.client.get_experiment_by_name("linreg")
+    assert experiment is None or not store.runs()
 
 
 @pytest.mark.parametrize("path", ["compiled", "compiled-threads", "blas"])

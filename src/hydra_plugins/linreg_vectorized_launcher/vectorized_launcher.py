@@ -28,13 +28,22 @@ class VectorizedLauncherConf:
     _target_: str = (
         "hydra_plugins.linreg_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
     )
+    # A group whose training is cheap trains in passes of at most this many jobs, so that the
+    # MLflow helper writes one pass's runs while the next is set up; 0: one pass per group.
+    pass_size: int = 8
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf)
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, pass_size: int = 8) -> None:
+        if not isinstance(pass_size, int) or isinstance(pass_size, bool) or pass_size < 0:
+            sys.exit(
+                f"hydra.launcher.pass_size={pass_size}: allowed: an integer >= 0 (the most "
+                "jobs a cheap group trains in one pass; 0: one pass per group)"
+            )
+        self.pass_size = pass_size
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -73,7 +82,7 @@ class VectorizedLauncher(Launcher):
             chunk
             for group in grouped
             for part in _finished_apart(group, configs, plains)
-            for chunk in _pipelined(part, plains)
+            for chunk in _pipelined(part, plains, self.pass_size)
         ]  # fmt: skip
         log.info(
             f"Launching {len(configs)} jobs as {len(groups)} passes: "
@@ -132,18 +141,18 @@ class VectorizedLauncher(Launcher):
 
 
 # A group whose whole training costs less than this many multiply-adds (epochs x N x (D + 1):
-# ~10 ms) is trained in passes of at most _CHEAP_PASS jobs: the MLflow helper then writes one
-# pass's runs while the next one is set up, instead of idling until the whole group has been.
+# ~10 ms) is cheap: split into passes (pass_size), the MLflow helper writes one pass's runs
+# while the next one is set up, instead of idling until the whole group has been. A costlier
+# group stays one pass: one pass over its data is what the launcher is for.
 _CHEAP_WORK = 10**7
-_CHEAP_PASS = 8
 
 
-def _pipelined(group: list[int], plains) -> list[list[int]]:
-    """group, in passes of _CHEAP_PASS jobs when its training is cheap, else whole."""
+def _pipelined(group: list[int], plains, pass_size: int = 8) -> list[list[int]]:
+    """group, in passes of pass_size jobs when its training is cheap, else whole."""
     work = _work(plains[group[0]]) if plains[group[0]] is not None else None
-    if len(group) <= _CHEAP_PASS or work is None or work > _CHEAP_WORK:
+    if pass_size == 0 or len(group) <= pass_size or work is None or work > _CHEAP_WORK:
         return [group]
-    return [group[i : i + _CHEAP_PASS] for i in range(0, len(group), _CHEAP_PASS)]
+    return [group[i : i + pass_size] for i in range(0, len(group), pass_size)]
 
 
 def _work(plain: dict) -> int | None:

@@ -218,10 +218,13 @@ def _validate(cfg: DictConfig) -> None:
     for key in cfg:
         if key == "hydra":
             continue
-        node = OmegaConf.select(cfg, str(key), throw_on_resolution_failure=False)
+        missing_or_interpolated = OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(
+            cfg, key
+        )
+        node = None if missing_or_interpolated else cfg[key]
         if OmegaConf.is_config(node):
             raw[key] = OmegaConf.to_container(node, resolve=False)
-        else:  # a plain value (+key=1), unresolved as the nodes' values are
+        else:  # a value (+key=1, ???, ${...}), unresolved as the nodes' values are
             raw[key] = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key]))[key]
     check_targets(raw)
     check_arguments(raw)

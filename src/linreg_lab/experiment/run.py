@@ -8,7 +8,6 @@ opens the store itself and builds its own data.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import signal
@@ -170,13 +169,37 @@ def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     run.log_metrics({"optimum/loss": setup.optimum.loss}, step=0)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """YAML as OmegaConf.to_yaml writes a resolved config: strings that would read back as
+    numbers or booleans quoted ('1e5', 'yes'), no &anchors, unicode as it is."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+_YAML_BOOLS = {"y", "n", "yes", "no", "on", "off", "true", "false"}
+
+
+def _quoted_if_not_a_string(dumper: yaml.SafeDumper, text: str):
+    try:
+        float(text)
+        reads_as_other = True
+    except ValueError:
+        reads_as_other = text.lower() in _YAML_BOOLS
+    style = "'" if reads_as_other else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_ConfigDumper.add_representer(str, _quoted_if_not_a_string)
+
+
 def config_yaml(config: dict) -> str:
     """The resolved config as YAML, as OmegaConf.to_yaml writes it, from the plain dict
-    (~0.5 ms; OmegaConf.to_yaml first rebuilds a DictConfig from it, ~9 ms a job)."""
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    (~2 ms; OmegaConf.to_yaml first rebuilds a DictConfig from it, ~9 ms a job)."""
     return yaml.dump(
-        config, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
-    )
+        config, Dumper=_ConfigDumper, default_flow_style=False, allow_unicode=True,
+        sort_keys=False,
+    )  # fmt: skip
 
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
@@ -343,10 +366,19 @@ def _parameters_report(data, optimum, model) -> dict:
     return report
 
 
-@functools.cache
 def _git_tags() -> dict[str, str]:
     """The commit (and whether the work tree differs) of the code this process loaded: asked
-    of git once per process, not once per run of a sweep (two git calls, ~5 ms)."""
+    of git once per process, not once per run of a sweep (two git calls, ~5 ms); asked again
+    while git has not answered."""
+    if not _git_seen:
+        _git_seen.update(_ask_git())
+    return dict(_git_seen)
+
+
+_git_seen: dict[str, str] = {}
+
+
+def _ask_git() -> dict[str, str]:
     try:
         commit = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],

@@ -123,6 +123,13 @@ def check_launcher(config: DictConfig) -> None:
     import shutil
 
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if target.endswith("VectorizedLauncher"):
+        size = OmegaConf.select(config, "hydra.launcher.pass_size", default=8)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConfigError(
+                f"hydra.launcher.pass_size={size}: not allowed; use a whole number >= 0 (the "
+                "most jobs a cheap group trains in one pass; 0: one pass per group)"
+            )
     if not target.endswith("SlurmLauncher"):
         return
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:

@@ -6,7 +6,8 @@ tests/test_compose_once.py compare every recomposed config with Hydra's own comp
 fail loudly on a Hydra version where this no longer holds. It uses
 hydra._internal.config_loader_impl (ConfigLoaderImpl._apply_overrides_to_config,
 get_overrides_dirname) and wraps the config loader's load_sweep_config. Delete this module
-and its one call (sweep/callback.py) to go back to Hydra's own composition.
+and its calls (sweep/callback.py, the vectorized launcher's setup, bench/peer_sweep/noop.py) to
+go back to Hydra's own composition.
 
 Hydra's sweepers compose every job of a batch to validate it and discard the result; the
 launcher then composes the same job again (~0.15 s a job). Wrapped here, the config loader

@@ -23,31 +23,20 @@ PER_MODEL_KEYS = {
 }
 
 
-def shares_a_pass(cfg: DictConfig) -> bool:
-    """True when cfg trains a linear model with SGD: the analytic engine's domain."""
-    try:
-        validate(cfg)
-        return build.engine(cfg) == "analytic"
-    except Exception:  # an invalid job runs alone and reports its own error
-        return False
-
-
-def pass_key(cfg: DictConfig) -> str | None:
-    """Equal keys train together; None: the job runs alone."""
-    return _planned(cfg, {})[0]
-
-
 def group_jobs(
     configs: list[DictConfig], plains: list[dict | None] | None = None
 ) -> list[list[int]]:
-    """Indices of configs, grouped by pass_key in first-seen order; ungroupable jobs alone.
+    """Indices of configs, grouped in first-seen order: jobs whose configs are equal once the
+    per-model settings are set aside, that the analytic engine trains; other jobs alone.
 
     plains: a list to fill with each config resolved (build.plain_config; None for a job that
     runs alone), for the group's runs: the jobs of a group are validated here.
     """
     groups: dict[str, list[int]] = {}
     alone: list[list[int]] = []
-    analytic: dict[str, bool] = {}  # the engine follows from the key: checked once per key
+    # The engine follows from the key (the optimizer's and model's type, trainer.engine): it is
+    # checked once per key. Each job's own values were validated (its lr, momentum, ...).
+    analytic: dict[str, bool] = {}
     for index, cfg in enumerate(configs):
         key, plain = _planned(cfg, analytic)
         if plains is not None:

@@ -393,12 +393,12 @@ def serve(conn: Connection, owner_pid: int) -> None:
     # (~1.8 s beyond mlflow itself; a server's client needs none of it). The plots (~0.5 s, for
     # a sweep's pictures at its end) are readied at the first moment with nothing to do.
     if not conn.poll(0) and not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        _warm(_import_database_store)
     plots_ready = False
     served = _Served()
     while True:
         if not plots_ready and not conn.poll(0):
-            plots.warm_up()
+            _warm(plots.warm_up)
             plots_ready = True
         try:
             message = conn.recv()
@@ -420,6 +420,18 @@ def serve(conn: Connection, owner_pid: int) -> None:
             result = result.id
         if message.wants_result:
             _reply(conn, ("result", message.seq, result))
+
+
+def _import_database_store() -> None:
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+def _warm(step) -> None:
+    """A head start only: whatever fails here fails again, and is reported, where it is used."""
+    try:
+        step()
+    except Exception:
+        pass
 
 
 def _reply(conn: Connection, message) -> None:
