@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from linreg_lab.config.nodes import task_container
 from linreg_lab.data import DataError, RegressionData
 from linreg_lab.engines import choose_engine
 from linreg_lab.engines.settings import TrainerSettings
@@ -18,28 +19,7 @@ from linreg_lab.tracking import TrackingSettings
 
 def plain_config(cfg: DictConfig) -> dict:
     """The resolved config without Hydra's own node (which resolves only inside a job)."""
-    # Node by node: a masked copy of the whole would first copy every node (~2 ms a job).
-    # A top-level value that is not a node of its own (1, ???, ${...}) is taken as before.
-    task_keys = [key for key in cfg if key != "hydra"]
-    plain, others = {}, []
-    for key in task_keys:
-        node = None if _not_a_node(cfg, key) else cfg[key]
-        if OmegaConf.is_config(node):
-            plain[key] = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-        else:
-            plain[key], others = None, [*others, key]
-    if others:  # resolved among all the task's keys, as an interpolation may name any of them
-        whole = OmegaConf.masked_copy(cfg, task_keys)
-        plain.update(
-            {key: OmegaConf.to_container(whole, resolve=True, enum_to_str=True)[key]
-             for key in others}
-        )  # fmt: skip
-    return plain
-
-
-def _not_a_node(cfg: DictConfig, key) -> bool:
-    """Whether cfg[key] is a missing value or an interpolation (kept as written)."""
-    return OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key)
+    return task_container(cfg, resolve=True, enum_to_str=True)
 
 
 def trainer(cfg: DictConfig) -> TrainerSettings:

@@ -16,6 +16,7 @@ import math
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from linreg_lab.config.nodes import task_container
 from linreg_lab.data import DataError, split_fractions
 from linreg_lab.engines.settings import COMPILED, DEVICES, ENGINES
 from linreg_lab.tables import MISSING_CHOICES
@@ -212,20 +213,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    # Hydra's own node (two thirds of a job's config) is not the user's to check; each of
-    # the user's nodes is read as it is (a copy of them all costs more than the checks).
-    raw = {}
-    for key in cfg:
-        if key == "hydra":
-            continue
-        missing_or_interpolated = OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(
-            cfg, key
-        )
-        node = None if missing_or_interpolated else cfg[key]
-        if OmegaConf.is_config(node):
-            raw[key] = OmegaConf.to_container(node, resolve=False)
-        else:  # a value (+key=1, ???, ${...}), unresolved as the nodes' values are
-            raw[key] = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key]))[key]
+    raw = task_container(cfg, resolve=False)  # Hydra's own node is not the user's to check
     check_targets(raw)
     check_arguments(raw)
     _check_dataset(cfg)
