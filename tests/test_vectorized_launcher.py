@@ -95,19 +95,15 @@ def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
 
 def test_only_cheap_groups_are_split():
     from hydra_plugins.linreg_vectorized_launcher.vectorized_launcher import _pipelined
-    from linreg_lab import build
-
-    def plain(*overrides):
-        return build.plain_config(make(*overrides))
 
     group = list(range(20))
-    assert [len(p) for p in _pipelined(group, [plain()] * 20)] == [8, 8, 4]
-    big = plain("dataset.num_samples=1000000", "dataset.num_features=100")
+    assert [len(p) for p in _pipelined(group, [make()] * 20)] == [8, 8, 4]
+    big = make("dataset.num_samples=1000000", "dataset.num_features=100")
     assert _pipelined(group, [big] * 20) == [group]  # its one pass is worth more
-    assert _pipelined(group, [plain("dataset=diabetes")] * 20) == [group]  # size unknown
-    assert _pipelined(list(range(5)), [plain()] * 5) == [list(range(5))]
-    assert _pipelined(group, [plain()] * 20, pass_size=0) == [group]  # the switch: off
-    assert [len(p) for p in _pipelined(group, [plain()] * 20, pass_size=16)] == [16, 4]
+    assert _pipelined(group, [make("dataset=diabetes")] * 20) == [group]  # size unknown
+    assert _pipelined(list(range(5)), [make()] * 5) == [list(range(5))]
+    assert _pipelined(group, [make()] * 20, pass_size=0) == [group]  # the switch: off
+    assert [len(p) for p in _pipelined(group, [make()] * 20, pass_size=16)] == [16, 4]
 
 
 def test_a_bad_pass_size_is_refused_before_any_run(store):

@@ -38,11 +38,10 @@ ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=Vec
 
 class VectorizedLauncher(Launcher):
     def __init__(self, pass_size: int = 8) -> None:
-        if not isinstance(pass_size, int) or isinstance(pass_size, bool) or pass_size < 0:
-            sys.exit(
-                f"hydra.launcher.pass_size={pass_size}: allowed: an integer >= 0 (the most "
-                "jobs a cheap group trains in one pass; 0: one pass per group)"
-            )
+        from linreg_lab.sweep.check import pass_size_problem
+
+        if problem := pass_size_problem(pass_size):  # (linreg-train refuses it before this)
+            sys.exit(problem)
         self.pass_size = pass_size
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -82,7 +81,7 @@ class VectorizedLauncher(Launcher):
             chunk
             for group in grouped
             for part in _finished_apart(group, configs, plains)
-            for chunk in _pipelined(part, plains, self.pass_size)
+            for chunk in _pipelined(part, configs, self.pass_size)
         ]  # fmt: skip
         log.info(
             f"Launching {len(configs)} jobs as {len(groups)} passes: "
@@ -147,24 +146,22 @@ class VectorizedLauncher(Launcher):
 _CHEAP_WORK = 10**7
 
 
-def _pipelined(group: list[int], plains, pass_size: int = 8) -> list[list[int]]:
+def _pipelined(group: list[int], configs: list[DictConfig], pass_size: int = 8) -> list[list[int]]:
     """group, in passes of pass_size jobs when its training is cheap, else whole."""
-    work = _work(plains[group[0]]) if plains[group[0]] is not None else None
+    work = _work(configs[group[0]])
     if pass_size == 0 or len(group) <= pass_size or work is None or work > _CHEAP_WORK:
         return [group]
     return [group[i : i + pass_size] for i in range(0, len(group), pass_size)]
 
 
-def _work(plain: dict) -> int | None:
+def _work(cfg: DictConfig) -> int | None:
     """epochs x N x (D + 1) as the config states them; None where it does not say (a table)."""
-    dataset, trainer = plain.get("dataset") or {}, plain.get("trainer") or {}
-    n, epochs = dataset.get("num_samples"), trainer.get("epochs")
-    d = dataset.get("num_features")
-    if d is None and isinstance(dataset.get("true_w"), list):
-        d = len(dataset["true_w"])
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, d, epochs)):
+    from linreg_lab.experiment.run import stated_size
+
+    size, epochs = stated_size(cfg), OmegaConf.select(cfg, "trainer.epochs", default=None)
+    if size is None or not isinstance(epochs, int):
         return None
-    return epochs * n * (d + 1)
+    return epochs * size[0] * (size[1] + 1)
 
 
 def _finished_apart(group: list[int], configs: list[DictConfig], plains) -> list[list[int]]:

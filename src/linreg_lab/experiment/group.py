@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -31,7 +29,6 @@ from linreg_lab.experiment.run import (
 from linreg_lab.tracking import FAILED, FINISHED, Store
 
 ENGINE = "vectorized"
-FLUSH_SECONDS = 1.0  # the group's metrics are posted together at most this often
 
 
 def train_group(
@@ -41,20 +38,15 @@ def train_group(
     store: Store | None = None,
     parent_run_id=None,
     data_source: DataSource | None = None,
-    plains: Sequence[dict] | None = None,
+    plains: Sequence[dict],
 ) -> list[Outcome]:
     """One pass over the shared data for every config; each gets its own run and outcome.
 
-    The configs must share everything but per-model settings (sweep.grouping decides).
-    plains: the configs resolved and validated (by sweep.grouping.group_jobs); the members
-    then share the first one's settings, store and data instead of each setting up its own."""
-    first_plain = plains[0] if plains is not None else None
-    shared = set_up(configs[0], store, parent_run_id, data_source, first_plain)
-    if plains is None:
-        same = _Same(shared)
-        others = [set_up(cfg, shared.store, parent_run_id, same) for cfg in configs[1:]]
-    else:
-        others = [_member(cfg, plain, shared) for cfg, plain in zip(configs[1:], plains[1:])]
+    The configs must share everything but per-model settings, and be validated and resolved
+    (plains): sweep.grouping.group_jobs does both. The members share the first one's
+    settings, store and data instead of each setting up its own."""
+    shared = set_up(configs[0], store, parent_run_id, data_source, plains[0])
+    others = [_member(cfg, plain, shared) for cfg, plain in zip(configs[1:], plains[1:])]
     setups = [shared, *others]
     built = [build_model(setup) for setup in setups]
     models = [model for model, _ in built]
@@ -67,11 +59,8 @@ def train_group(
                      validation=first.validation)
         for s in setups[1:]
     ]  # fmt: skip
-    # Metrics are posted every second, as a single run's are: a crash loses at most those. The
-    # group posts all its runs' at once, on its own clock: each run's own clock would have run
-    # out while the group's other runs were created, posting every run's every epoch.
-    runs = [open_run(s, o, flush_seconds=math.inf) for s, o in zip(setups, overrides)]
-    last_flush = time.monotonic()
+    # Metrics are posted every second, as a single run's are: a crash loses at most those.
+    runs = [open_run(s, o) for s, o in zip(setups, overrides)]
     with ExitStack() as stack:
         statuses = [stack.enter_context(ended(run)) for run in runs]
         for run, setup, job_overrides in zip(runs, setups, overrides):
@@ -83,7 +72,6 @@ def train_group(
         d = data.num_features
 
         def on_epoch_end(epoch: int, last_losses: torch.Tensor, theta: torch.Tensor) -> None:
-            nonlocal last_flush
             losses = shared.optimum.losses(theta).tolist()
             for k, (run, monitor, status) in enumerate(zip(runs, monitors, statuses)):
                 if status.status != FINISHED:
@@ -96,11 +84,6 @@ def train_group(
                     end_quietly(run, FAILED, str(error))
                     continue
                 run.log_metrics(metrics, step=epoch)
-            if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                for run, status in zip(runs, statuses):
-                    if status.status == FINISHED:
-                        run.flush()
-                last_flush = time.monotonic()
             shared.store.check()
 
         orders = batch_orders(
@@ -131,13 +114,3 @@ def _member(cfg: DictConfig, plain: dict, shared: Setup) -> Setup:
     """A validated member's setup: the group's trainer, store and data; its own tracking
     settings (its run name may differ) and resolved config."""
     return dataclasses.replace(shared, cfg=cfg, tracking=build.tracking(cfg), plain=plain)
-
-
-class _Same:
-    """The group's other members train on the first one's data."""
-
-    def __init__(self, first) -> None:
-        self._first = first
-
-    def get(self, cfg, trainer, build):
-        return self._first.data, self._first.optimum

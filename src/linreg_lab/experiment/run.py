@@ -116,7 +116,7 @@ class _Fresh:
 
 def data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
     """The data and its least-squares optimum, on the run's threads (its pages fault in there)."""
-    size = _stated_size(cfg)
+    size = stated_size(cfg)
     if size is not None:  # a custom dataset target may not say its size
         torch.set_num_threads(trainer.num_threads(*size))
     data = build.dataset(cfg)
@@ -124,7 +124,7 @@ def data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
     return data, least_squares(data.X, data.y)
 
 
-def _stated_size(cfg: DictConfig) -> tuple[int, int] | None:
+def stated_size(cfg: DictConfig) -> tuple[int, int] | None:
     """(N, D) as the dataset config states them (D: num_features, else len(true_w)), or None."""
     num_samples = OmegaConf.select(cfg, "dataset.num_samples", default=None)
     num_features = OmegaConf.select(cfg, "dataset.num_features", default=None)

@@ -124,12 +124,9 @@ def check_launcher(config: DictConfig) -> None:
 
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     if target.endswith("VectorizedLauncher"):
-        size = OmegaConf.select(config, "hydra.launcher.pass_size", default=8)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ConfigError(
-                f"hydra.launcher.pass_size={size}: not allowed; use a whole number >= 0 (the "
-                "most jobs a cheap group trains in one pass; 0: one pass per group)"
-            )
+        problem = pass_size_problem(OmegaConf.select(config, "hydra.launcher.pass_size"))
+        if problem:
+            raise ConfigError(problem)
     if not target.endswith("SlurmLauncher"):
         return
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
@@ -164,6 +161,16 @@ def check_launcher(config: DictConfig) -> None:
             "sqlite file written from other machines loses runs; use an MLflow server they "
             "reach: tracking=server MLFLOW_TRACKING_URI=http://<host>:5000 (make server)"
         )
+
+
+def pass_size_problem(size) -> str | None:
+    """Why hydra.launcher.pass_size (the vectorized launcher's) is not allowed, or None."""
+    if size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+        return None  # (None: the launcher's default)
+    return (
+        f"hydra.launcher.pass_size={size}: not allowed; use a whole number >= 0 (the most jobs "
+        "a cheap group trains in one pass; 0: one pass per group)"
+    )
 
 
 def slurm_nodes(partition: str | None) -> list[str] | None:

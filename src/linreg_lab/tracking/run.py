@@ -92,7 +92,9 @@ class Store:
 
 
 class Run:
-    """One run: params, metrics (buffered, posted at most every flush_seconds), artifacts, end."""
+    """One run: params, metrics (buffered, posted at most every flush_seconds, counted from the
+    first: a run created long before it trains, a vectorized group's, posts no sooner), artifacts,
+    end."""
 
     def __init__(self, store: Store, handle: Handle, flush_seconds: float = 1.0):
         self.store, self.handle = store, handle
@@ -100,7 +102,7 @@ class Run:
         self._pending: list[tuple[str, float, int, int]] = []
         self._end_tags: dict[str, str] = {}  # sent with the run's last metrics
         self._flush_seconds = flush_seconds
-        self._last_flush = time.monotonic()
+        self._last_flush: float | None = None  # the clock starts at the first metric
         self.has_ended = False
 
     @property
@@ -127,7 +129,9 @@ class Run:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self._pending.extend((k, float(v), now, step) for k, v in metrics.items())
-        if time.monotonic() - self._last_flush >= self._flush_seconds:
+        if self._last_flush is None:
+            self._last_flush = time.monotonic()
+        elif time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
     def flush(self) -> None:
