@@ -51,8 +51,18 @@ def _settings(node: DictConfig):
 
 
 def _frozen(value) -> bool:
-    params = getattr(type(value), "__dataclass_params__", None)
-    return dataclasses.is_dataclass(value) and params is not None and params.frozen
+    """A frozen dataclass instance: assigning a field its own value raises FrozenInstanceError."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return False
+    fields = dataclasses.fields(value)
+    if not fields:
+        return False  # nothing it holds could change, and nothing to try
+    name = fields[0].name
+    try:
+        setattr(value, name, getattr(value, name))
+    except dataclasses.FrozenInstanceError:
+        return True
+    return False
 
 
 def dataset(cfg: DictConfig) -> RegressionData:

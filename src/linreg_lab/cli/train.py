@@ -22,9 +22,8 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from linreg_lab.paths import CONF_DIR, PROJECT_ROOT  # noqa: E402
-
-OmegaConf.register_new_resolver("linreg.root", lambda: str(PROJECT_ROOT), replace=True)
+import linreg_lab.config  # noqa: E402, F401  # registers ${linreg.root:}
+from linreg_lab.paths import CONF_DIR  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -27,7 +27,7 @@ _KERNEL_LOAD_IN_STEPS = 20_000
 _KERNEL_LOAD_IN_WORK = 1 << 26
 # Multiply-adds per compiled call: the loop returns to Python this often (~10-50 ms), so a
 # signal's stop request is acted on promptly.
-_WORK_PER_CALL = 1 << 24
+WORK_PER_CALL = 1 << 24
 # Prefetch rows once X outgrows the L1/L2 caches (it paid off from N 10^5, D 3: 1.2 MB).
 _PREFETCH_MIN_BYTES = 1 << 18
 # Split each batch's rows between torch's threads once X outgrows the L2 caches and each thread's
@@ -101,7 +101,7 @@ def train_analytic(
 
 
 def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_end) -> None:
-    """train_analytic's CPU path: one compiled call per epoch (per _WORK_PER_CALL on long ones).
+    """train_analytic's CPU path: one compiled call per epoch (per WORK_PER_CALL on long ones).
 
     Each step is in the kernel; this loop is the whole per-fit overhead, so it stays lean.
     """
@@ -120,7 +120,7 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
         steps, last = loops.sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
     # Whole batches per call, so batch boundaries do not depend on the call size. Threads share
     # a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
-    work = _WORK_PER_CALL * (4 * threads if threads > 1 else 1)
+    work = WORK_PER_CALL * (4 * threads if threads > 1 else 1)
     span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()

@@ -16,7 +16,7 @@ import torch
 
 from linreg_lab import signals
 from linreg_lab.engines.analytic import (
-    _WORK_PER_CALL,
+    WORK_PER_CALL,
     SGDHyper,
     compiled_arrays,
     kernels,
@@ -83,7 +83,7 @@ def _train_compiled(theta, hypers, X, y, orders, batch_size: int, on_epoch_end) 
     else:
         steps = loops.sgd_steps_many
     # Whole batches per call, returning to Python often enough for Ctrl-C to act promptly.
-    span = max(1, _WORK_PER_CALL // ((d + 1) * k * batch_size)) * batch_size
+    span = max(1, WORK_PER_CALL // ((d + 1) * k * batch_size)) * batch_size
     for epoch, order in enumerate(orders, start=1):
         order_np = order.numpy()
         for begin in range(0, n, span):

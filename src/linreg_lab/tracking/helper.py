@@ -17,13 +17,16 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, Pipe
+from multiprocessing.connection import Client, Connection, Listener, Pipe
 
 from linreg_lab.tracking import dataset, orphans, plots, records, report, store
 from linreg_lab.tracking.store import TrackingError, TrackingSettings
@@ -94,16 +97,17 @@ class Helper:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        ours, theirs = Pipe(duplex=True)
-        self._conn: Connection = ours
+        # The helper listens on a socket in a folder only this user can enter; we connect at
+        # the first message (multiprocessing's public Listener and Client, not a raw fd).
+        self._folder = tempfile.mkdtemp(prefix="linreg-helper-")
+        self._address = os.path.join(self._folder, "socket")
+        self._connection: Connection | None = None
         self._process = subprocess.Popen(
-            [sys.executable, "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()],
+            [sys.executable, "-m", MODULE, self._address, str(os.getpid())],
             stdin=subprocess.DEVNULL,
             # Ignored from its first instruction: a Ctrl-C during its imports must not kill it.
             preexec_fn=_ignore_stop_signals,
         )
-        theirs.close()
         self._seq = itertools.count(1)
         self._handles = itertools.count(1)
         self._posted = 0
@@ -113,6 +117,27 @@ class Helper:
         self._ids: dict[Handle, str] = {}  # what the helper said its handles stand for
         self._open: dict[Handle | str, TrackingSettings | None] = {}  # runs created, not ended
         self._lost: HelperLost | None = None
+
+    @property
+    def _conn(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._connect()
+        return self._connection
+
+    def _connect(self) -> Connection:
+        """The helper's end, once it listens; one that reads as a dead helper if it died first."""
+        while True:
+            try:
+                connection = Client(self._address, family="AF_UNIX")
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self._process.poll() is not None:
+                    connection, theirs = Pipe(duplex=True)
+                    theirs.close()  # poll() is True, recv() is EOF, send() a broken pipe
+                    break
+                time.sleep(0.002)
+        shutil.rmtree(self._folder, ignore_errors=True)
+        return connection
 
     def new_handle(self) -> Handle:
         return Handle(f"{self.pid}-{next(self._handles)}")
@@ -155,6 +180,7 @@ class Helper:
         if self._posted == 0:  # nothing to write: no need to wait for its imports
             self._process.kill()
             self._process.wait()
+            shutil.rmtree(self._folder, ignore_errors=True)
             return
         deadline = time.monotonic() + timeout
         try:
@@ -346,7 +372,7 @@ _UNREACHABLE = ("Failed to establish a new connection", "Connection refused",
 def _first_line(error: BaseException) -> str:
     if any(sign in str(error) for sign in _UNREACHABLE):
         return "the MLflow server does not answer (connection refused)"
-    return store._first_line(error)[:300]
+    return store.first_line(error)[:300]
 
 
 def _is_the_stores(error: BaseException) -> bool:
@@ -441,13 +467,30 @@ def _reply(conn: Connection, message) -> None:
         pass  # the owner is gone; the next recv ends the loop
 
 
+def _outlive_no_owner(owner_pid: int, connected: threading.Event) -> None:
+    """Exit if the owner dies before it connects (nothing was sent: nothing to write)."""
+    while not connected.wait(0.2):
+        if os.getppid() != owner_pid:
+            os._exit(0)
+
+
 def main(argv: list[str]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     # MLflow prints a run page's link as a server's run ends, in the GenAI view, once per job:
     # linreg-ui prints the runs table's link instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    serve(Connection(int(argv[0])), int(argv[1]))
+    owner_pid = int(argv[1])
+    listener = Listener(argv[0], family="AF_UNIX")
+    connected = threading.Event()
+    threading.Thread(target=_outlive_no_owner, args=(owner_pid, connected), daemon=True).start()
+    conn = listener.accept()
+    connected.set()
+    try:
+        listener.close()
+    except OSError:  # the owner removed the socket's folder first
+        pass
+    serve(conn, owner_pid)
     # Every write is committed by now; skip the interpreter's teardown of MLflow (~1-2 s).
     sys.stdout.flush()
     sys.stderr.flush()

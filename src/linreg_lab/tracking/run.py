@@ -44,7 +44,7 @@ class Store:
     @property
     def experiment_id(self) -> str:
         """The experiment's id (waits for the helper to have opened it)."""
-        return self._resolve(self._experiment)
+        return self.resolve(self._experiment)
 
     def start_run(
         self,
@@ -87,7 +87,8 @@ class Store:
         """Wait until everything posted is written; raise the first failure."""
         helper().call("sync", None)
 
-    def _resolve(self, value: str | Handle) -> str:
+    def resolve(self, value: str | Handle) -> str:
+        """The id a Handle stands for (waits for the helper to have made it); ids pass as is."""
         return helper().call("resolve", None, value) if isinstance(value, Handle) else value
 
 
@@ -109,7 +110,7 @@ class Run:
     def id(self) -> str:
         """The run's MLflow id (waits until the helper has created the run)."""
         if self._id is None:
-            self._id = self.store._resolve(self.handle)
+            self._id = self.store.resolve(self.handle)
         return self._id
 
     def _post(self, verb: str, *args) -> None:

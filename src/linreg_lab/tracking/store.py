@@ -129,7 +129,7 @@ def _open_client(settings: TrackingSettings):
     except TrackingError:
         raise
     except Exception as error:  # MLflow raises several kinds for a bad or foreign store
-        message = _first_line(error)
+        message = first_line(error)
         if db is not None and db.exists():
             message += _sqlite_diagnosis(db, settings.uri)
         raise TrackingError(f"tracking.uri={settings.uri}: {message}") from None
@@ -139,31 +139,26 @@ def _create(db: Path, uri: str) -> None:
     """Create a new sqlite store whole or not at all: MLflow builds it (tables, then its
     migrations) in a file beside db, which takes db's name only once it is complete. A full
     disk or a kill midway leaves no half-made store behind."""
-    from mlflow import MlflowClient
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     building = db.with_name(f".{db.name}.creating")
     building.unlink(missing_ok=True)  # an earlier creation's, killed midway
     try:
-        client = MlflowClient(tracking_uri=f"sqlite:///{building}")
-        client.search_experiments(max_results=1)
-        _dispose(client)
+        # The store MlflowClient would open, made here so that its connections can be closed
+        # before the file is renamed (what the client keeps of it is not public).
+        made = SqlAlchemyStore(f"sqlite:///{building}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        made.search_experiments(max_results=1)
+        made.engine.dispose()
         os.replace(building, db)
     except BaseException as error:
         building.unlink(missing_ok=True)
         if isinstance(error, Exception):
             raise TrackingError(
-                f"tracking.uri={uri}: the new store could not be created ({_first_line(error)}); "
+                f"tracking.uri={uri}: the new store could not be created ({first_line(error)}); "
                 "nothing was left behind"
             ) from None
         raise
-
-
-def _dispose(client) -> None:
-    """Close the connections a client's sqlite store holds (the file is about to be renamed)."""
-    engine = getattr(getattr(client, "_tracking_client", None), "store", None)
-    engine = getattr(engine, "engine", None)
-    if engine is not None:
-        engine.dispose()
 
 
 def _opened(client):
@@ -272,9 +267,9 @@ def _call(method, settings: TrackingSettings, *args):
     try:
         return method(*args)
     except Exception as error:
-        raise TrackingError(f"tracking.uri={settings.uri}: {_first_line(error)}") from None
+        raise TrackingError(f"tracking.uri={settings.uri}: {first_line(error)}") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
