@@ -64,6 +64,20 @@ class Store:
     def train(self, *args: str, **kwargs):
         return self.run("linreg-train", *args, **kwargs)
 
+    def train_here(self, *overrides: str, **kwargs):
+        """One run as linreg-train makes it, in this process: the config composed by Hydra's
+        compose API from the project's conf/, run by the library's run_experiment (what the
+        command calls). For tests of what a run records; the command's own behaviour (exit
+        codes, signals, its output) is tested through the command."""
+        from hydra import compose, initialize_config_dir
+
+        from linreg_lab.experiment import run_experiment
+        from linreg_lab.paths import CONF_DIR
+
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, f"tracking.uri={self.uri}"])
+        return run_experiment(cfg, list(overrides), **kwargs)
+
     def runs(self, experiment: str = "linreg", filter_string: str = ""):
         experiment_ = self.client.get_experiment_by_name(experiment)
         assert experiment_ is not None, f"no experiment {experiment!r} in {self.uri}"

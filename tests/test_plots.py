@@ -150,10 +150,9 @@ def test_log_dataset_records_name_digest_shape_and_generator(store):
     assert {(t.key, t.value) for t in entry.tags} == {("mlflow.data.context", "training")}
 
 
-@pytest.mark.slow
 def test_training_logs_plots_dataset_and_optionally_the_model(store):
-    store.train("trainer.epochs=2")
-    store.train("trainer.epochs=2", "optimizer.lr=0.1", "tracking.log_model=true")
+    store.train_here("trainer.epochs=2")
+    store.train_here("trainer.epochs=2", "optimizer.lr=0.1", "tracking.log_model=true")
     plain, with_model = sorted(store.runs(), key=lambda r: r.info.start_time)
     for run in (plain, with_model):
         artifacts = [a.path for a in store.client.list_artifacts(run.info.run_id, "plots")]

@@ -175,30 +175,40 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
     """A sweep re-run (here with one value more): only the jobs that did not finish before
     train (FINISHED ones are skipped; FAILED and KILLED ones train again); the comparison
     lists every job once."""
-    first = store.train("-m", "optimizer.lr=0.01,0.03", "trainer.epochs=2", *launcher)
+    first = store.train("-m", "optimizer.lr=0.01,0.03,50", "trainer.epochs=2", *launcher)
     assert "skipped" not in first.stdout
-    again = store.train("-m", "optimizer.lr=0.01,0.03,0.1", "trainer.epochs=2", *launcher)
-    assert again.stdout.count("FINISHED before, in run") == 2, again.stdout
+    by_lr = {r.data.params["optimizer.lr"]: r for r in store.runs()
+             if "mlflow.parentRunId" in r.data.tags}  # fmt: skip
+    assert by_lr["50.0" if "50.0" in by_lr else "50"].info.status == "FAILED"  # diverged
+    # A job stopped by Ctrl-C ends KILLED (tests/test_failures.py); here the store says so.
+    store.client.set_terminated(by_lr["0.03"].info.run_id, "KILLED")
+    again = store.train("-m", "optimizer.lr=0.01,0.03,50,0.1", "trainer.epochs=2", *launcher,
+                        check=False)  # fmt: skip
+    assert again.stdout.count("FINISHED before, in run") == 1, again.stdout
+    assert f"FINISHED before, in run {by_lr['0.01'].info.run_id}" in again.stdout
     runs = store.runs()
     parents = sorted((r for r in runs if r.data.tags.get("linreg.sweep") == "true"),
                      key=lambda r: r.info.start_time)  # fmt: skip
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 2 and len(children) == 3  # 2 + 1 trained, not 2 + 3
+    assert len(parents) == 2 and len(children) == 6  # 3 + 3 trained (0.03, 50, 0.1), not 3 + 4
     second = parents[1]
-    assert second.info.status == "FINISHED"
     from linreg_lab.tracking.report import children as sweep_runs
 
     listed = sweep_runs(store.client, store.client.get_run(second.info.run_id))
-    assert sorted(r.data.params["optimizer.lr"] for r in listed) == ["0.01", "0.03", "0.1"]
+    lrs = sorted(r.data.params["optimizer.lr"] for r in listed)
+    assert len(lrs) == 4 and lrs[:3] == ["0.01", "0.03", "0.1"] and lrs[3] in ("50", "50.0")
+    retrained = {r.data.params["optimizer.lr"]: r for r in listed}
+    assert retrained["0.03"].info.status == "FINISHED"  # KILLED before: trained again
+    assert retrained["0.01"].info.run_id == by_lr["0.01"].info.run_id  # the first sweep's
     comparison = store.client.download_artifacts(second.info.run_id, "comparison.csv",
                                                  str(store.root))  # fmt: skip
-    assert open(comparison).read().count("\n") == 4  # a header and each job once
+    assert open(comparison).read().count("\n") == 5  # a header and each job once
     note = second.data.tags["mlflow.note.content"]  # the parent's description in the UI
     assert all(f"| {lr} |" in note for lr in ("0.01", "0.03", "0.1")), note
     forced = store.train("-m", "optimizer.lr=0.01", "trainer.epochs=2",
                          "sweep.rerun_finished=true", *launcher)  # fmt: skip
     assert "skipped" not in forced.stdout
-    assert len([r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]) == 4
+    assert len([r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]) == 7
 
 
 @pytest.mark.slow

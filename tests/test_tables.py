@@ -157,11 +157,10 @@ def test_the_default_synthetic_experiment_has_no_held_out_rows():
     assert held.X.shape[0] == 700 and held.split.X_val.shape[0] == 200
 
 
-@pytest.mark.slow
 def test_a_table_run_logs_held_out_losses_and_its_dataset(store, tmp_path):
     path, _ = _houses(store.root)
-    store.train(
-        "dataset=table", f"dataset.path={path.name}", "dataset.target=price",
+    store.train_here(
+        "dataset=table", f"dataset.path={path}", "dataset.target=price",
         "dataset.split.test=0.1", "trainer.epochs=20", "trainer.batch_size=16",
     )  # fmt: skip
     (run,) = store.runs()

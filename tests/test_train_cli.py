@@ -1,4 +1,7 @@
-"""linreg-train as a user runs it, read back through the MLflow client."""
+"""linreg-train as a user runs it, read back through the MLflow client.
+
+What the command itself does (its output, exit codes, --help) runs the real command; what a
+run records runs in this process through the same run_experiment (Store.train_here)."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def test_default_experiment_end_to_end(store):
 
 
 def test_overrides_reach_the_run_and_name_it(store):
-    store.train("optimizer.lr=0.1", "trainer.batch_size=32", "trainer.epochs=5")
+    store.train_here("optimizer.lr=0.1", "trainer.batch_size=32", "trainer.epochs=5")
     (run,) = store.runs()
     assert (
         run.data.params["optimizer.lr"] == "0.1" and run.data.params["trainer.batch_size"] == "32"
@@ -57,7 +60,7 @@ def test_overrides_reach_the_run_and_name_it(store):
 
 
 def test_adam_and_larger_dataset(store):
-    store.train("optimizer=adam", "dataset.num_samples=5000", "tracking.experiment_name=adam")
+    store.train_here("optimizer=adam", "dataset.num_samples=5000", "tracking.experiment_name=adam")
     (run,) = store.runs("adam")
     assert run.info.status == "FINISHED" and run.data.tags["linreg.engine"] == "autograd"
     assert run.data.params["optimizer._target_"] == "torch.optim.Adam"
@@ -65,28 +68,18 @@ def test_adam_and_larger_dataset(store):
 
 
 def test_seeds_decide_the_trajectory(store):
-    store.train("trainer.seed=7", "tracking.run_name=a")
-    store.train("trainer.seed=7", "tracking.run_name=b")
-    store.train("trainer.seed=8", "tracking.run_name=c")
+    store.train_here("trainer.seed=7", "tracking.run_name=a")
+    store.train_here("trainer.seed=7", "tracking.run_name=b")
+    store.train_here("trainer.seed=8", "tracking.run_name=c")
     runs = {r.info.run_name: r.info.run_id for r in store.runs()}
     curves = {name: metric_values(store.client, rid, "train/loss") for name, rid in runs.items()}
     assert curves["a"] == curves["b"]
     assert curves["a"] != curves["c"]
 
 
-def test_help_lists_groups_and_cfg_prints_the_config(store):
-    help_text = store.train("--help").stdout
-    for line in ["dataset: diabetes, synthetic, table", "optimizer: adam, sgd", "trainer: default",
-                 "experiment:"]:  # fmt: skip
-        assert line in help_text
-    assert "schema" not in help_text
-    job = store.train("--cfg", "job").stdout
-    assert "lr: 0.03" in job and "batch_size: 10" in job and "mlflow.db" in job
-    assert store.all_runs() == []
-
-
 def test_large_random_problem(store):
-    store.train("dataset.num_features=50", "dataset.num_samples=20000", "trainer.batch_size=100")
+    store.train_here("dataset.num_features=50", "dataset.num_samples=20000",
+                     "trainer.batch_size=100")  # fmt: skip
     (run,) = store.runs()
     assert "param/w_0" not in run.data.metrics  # only small D logs each weight
     assert run.data.metrics["error/w_l2"] < 0.01
@@ -100,11 +93,15 @@ def test_a_diverged_run_says_why_and_exits_1(store):
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["linreg.failure"]
 
 
-def test_help_is_this_tools_page(store):
+def test_help_is_this_tools_page_and_cfg_prints_the_config(store):
     page = store.train("--help").stdout
     assert page.startswith("linreg-train: linear regression in PyTorch")
-    for text in ("dataset: diabetes, synthetic, table", "optimizer: adam, sgd",
-                 "hydra/launcher=joblib", "linreg-train -m optimizer.lr=", "mlruns/mlflow.db",
-                 "lr: 0.03", "--hydra-help"):  # fmt: skip
+    for text in ("dataset: diabetes, synthetic, table", "optimizer: adam, sgd", "trainer: default",
+                 "experiment:", "hydra/launcher=joblib", "linreg-train -m optimizer.lr=",
+                 "mlruns/mlflow.db", "lr: 0.03", "--hydra-help"):  # fmt: skip
         assert text in page, text
+    assert "schema" not in page
     assert "Hydra" in store.train("--hydra-help").stdout  # Hydra's own stays
+    job = store.train("--cfg", "job").stdout
+    assert "lr: 0.03" in job and "batch_size: 10" in job and "mlflow.db" in job
+    assert store.all_runs() == []

@@ -285,8 +285,9 @@ def test_seeded_orders_are_batch_orders_of_a_fresh_generator():
 
 
 def test_cached_shuffle_is_uniform():
-    counts = Counter(tuple(permutation(4, seed)) for seed in range(24_000))
-    assert len(counts) == 24 and all(800 < c < 1200 for c in counts.values())
+    # 200 draws of each of the 24 orders expected: 4.3 standard deviations either side.
+    counts = Counter(tuple(permutation(4, seed)) for seed in range(4_800))
+    assert len(counts) == 24 and all(140 < c < 260 for c in counts.values())
     # Many buckets: where index 0 lands is uniform over the positions.
     n = 1 << 17
     positions = [int(np.flatnonzero(permutation(n, seed) == 0)[0]) for seed in range(400)]
