@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench import limits
+
 
 def _si(value: float | None, unit: str = "") -> str:
     if value is None:
@@ -143,6 +145,7 @@ def _sweeps(rows: list[dict]) -> None:
 
 
 _PRINTERS = {
+    "limits": limits.print_rows,
     "table": _table_item,
     "throughput": _throughput, "paths": _paths, "large": _large,
     "default_experiment": _default_experiment, "sweep": _sweep, "vectorized": _vectorized,
@@ -195,6 +198,11 @@ def goals(results: dict) -> list[dict]:
                  lambda v, factor=factor: v >= factor)  # fmt: skip
     if "sweeps" in results:
         _sweeps_goals(results["sweeps"], goal)
+    if "limits" in results:  # the README's promises, once asserted with a clock in tests
+        limits = results["limits"]
+        goal("a dead server refused within 30 s", limits["dead_server_s"], lambda v: v <= 30)
+        goal("linreg-ui answers within 60 s", limits["ui_start_s"], lambda v: v <= 60)
+        goal("linreg-ui's server holds < 1500 MB", limits["ui_server_rss_mb"], lambda v: v < 1500)
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
 
-from bench import end_to_end, paths, report, sweeps, table, throughput  # noqa: E402
+from bench import end_to_end, limits, paths, report, sweeps, table, throughput  # noqa: E402
 
 FULL = {
     "throughput_shapes": [(1000, 3), (100_000, 3), (100_000, 100)],
@@ -41,7 +41,7 @@ FULL = {
     "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
 SECTIONS = ["throughput", "paths", "large", "table", "default_experiment", "sweep", "vectorized",
-            "sweeps"]  # fmt: skip
+            "sweeps", "limits"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
     section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"]))
+    section("limits", limits.measure)
     results["goals"] = report.goals(results)
     results["seconds"] = time.perf_counter() - started
     report.print_goals(results["goals"])

@@ -78,6 +78,33 @@ class Store:
             cfg = compose("config", overrides=[*overrides, f"tracking.uri={self.uri}"])
         return run_experiment(cfg, list(overrides), **kwargs)
 
+    def report(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """linreg-report in this process (its main(argv), as the command calls it), against
+        this store; its exit code and output as a finished command's."""
+        import contextlib
+        import io
+
+        from linreg_lab.cli.report import main
+
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = self.uri
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main(list(args))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI")
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+        result = subprocess.CompletedProcess(["linreg-report", *args], code, out.getvalue(),
+                                             err.getvalue())  # fmt: skip
+        if check and code != 0:
+            raise AssertionError(f"linreg-report {' '.join(args)} exited {code}\n{err.getvalue()}")
+        return result
+
     def runs(self, experiment: str = "linreg", filter_string: str = ""):
         experiment_ = self.client.get_experiment_by_name(experiment)
         assert experiment_ is not None, f"no experiment {experiment!r} in {self.uri}"

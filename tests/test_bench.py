@@ -60,5 +60,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
     assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0
     assert sweeps["hydra_s"] > 0 and sweeps["mlflow_s"] > 0  # the floors, measured too
+    limits = results["limits"]
+    assert limits["dead_server_s"] > 0 and limits["ui_start_s"] > 0
+    assert limits["ui_server_rss_mb"] > 0
     goals = {g["goal"] for g in results["goals"]}
     assert any("vectorized" in g for g in goals) and "Goals" in result.stdout

@@ -52,11 +52,17 @@ BAD_INPUT = [
 )
 def test_bad_input_is_one_line_and_creates_nothing(store, args, named):
     result = store.train(*args, check=False)
-    assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     message = [line for line in result.stderr.splitlines() if line.strip()]
-    assert any(named in line for line in message), result.stderr
+    if named in HYDRAS_OWN:  # Hydra's composition errors: its own text, exit 1 (README)
+        assert result.returncode == 1 and any(named in line for line in message), result.stderr
+    else:  # ours: one line naming the setting, exit 2
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        assert len(message) == 1 and named in message[0], result.stderr
     assert store.all_runs() == []
+
+
+HYDRAS_OWN = {"optimizer.lrr", "optimizer/adamw"}
 
 
 def test_store_from_another_mlflow_version(store):
@@ -67,11 +73,12 @@ def test_store_from_another_mlflow_version(store):
     assert "another MLflow version" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-def test_dead_server_fails_fast_naming_the_uri(store):
-    started = time.monotonic()
+def test_dead_server_is_one_line_naming_the_uri(store):
+    # How fast (MLflow's own retries would take minutes): make bench, item 9 (limits).
     result = store.train("tracking=server", "tracking.uri=http://127.0.0.1:9", check=False)
-    assert time.monotonic() - started < 30  # MLflow's own retries would take minutes
-    assert result.returncode == 2 and "tracking.uri=http://127.0.0.1:9" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "tracking.uri=http://127.0.0.1:9" in line and "does not answer" in line
 
 
 def start_in_group(store, *args: str) -> subprocess.Popen:

@@ -80,11 +80,23 @@ def test_a_diverging_job_fails_alone(store):
     }
 
 
+@pytest.mark.check
 def test_report_reads_a_past_sweep(store):
-    store.train("-m", "trainer.seed=1,2", "trainer.epochs=1")
+    """A real 2-job sweep (make check runs it too): its parent, its comparison, linreg-report."""
+    result = store.train("-m", "trainer.seed=1,2", "trainer.epochs=1")
     parent, children = sweep_runs(store)
-    latest = store.run("linreg-report", "--csv").stdout
-    by_id = store.run("linreg-report", "--run", parent.info.run_id, "--csv").stdout
+    assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.run_id in result.stdout and "best first" in result.stdout
+    best = min(children, key=lambda c: c.data.metrics["train/loss"])
+    assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
+    assert parent.data.tags["linreg.best_run"] == best.info.run_name
+    assert parent.data.metrics["best/train_loss"] == best.data.metrics["train/loss"]
+    assert parent.data.metrics["best/error_w_l2"] == best.data.metrics["error/w_l2"]
+    compared = list(csv.DictReader(io.StringIO(open(store.client.download_artifacts(
+        parent.info.run_id, "comparison.csv", str(store.root))).read())))  # fmt: skip
+    assert [row["trainer.seed"] for row in compared][0] == best.data.params["trainer.seed"]
+    latest = store.report("--csv").stdout
+    by_id = store.report("--run", parent.info.run_id, "--csv").stdout
     assert latest == by_id
     rows = list(csv.DictReader(io.StringIO(latest)))
     assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
@@ -96,19 +108,24 @@ def test_report_reads_a_past_sweep(store):
         assert float(row["train/loss"]) == child.data.metrics["train/loss"]
         assert row["optimizer.lr"] == child.data.params["optimizer.lr"]
         assert row["stability.lr_critical"] == child.data.params["stability.lr_critical"]
-    table = store.run("linreg-report", "--experiment", "linreg").stdout
+    table = store.report("--experiment", "linreg").stdout
     assert all(c.info.run_id in table for c in children)
-    missing = store.run("linreg-report", "--experiment", "nope", check=False)
-    assert missing.returncode == 2 and "--experiment=nope: not found" in missing.stderr
-    missing = store.run("linreg-report", "--run", "nope", check=False)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert "--run=nope: no such run" in missing.stderr
-    child = store.run("linreg-report", "--run", children[0].info.run_id, check=False)
-    assert child.returncode == 2 and "not a sweep's parent run" in child.stderr
+    for args, says in [
+        (["--experiment", "nope"], "--experiment=nope: not found"),
+        (["--run", "nope"], "--run=nope: no such run"),
+        (["--run", children[0].info.run_id], "not a sweep's parent run"),
+    ]:
+        refused = store.report(*args, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert line.startswith("linreg-report: error:") and says in line, line
     absent = store.root / "absent.db"
-    nowhere = store.run("linreg-report", "--uri", f"sqlite:///{absent}", check=False)
+    nowhere = store.report("--uri", f"sqlite:///{absent}", check=False)
     assert nowhere.returncode == 2 and f"--uri=sqlite:///{absent}: no such store" in nowhere.stderr
     assert not absent.exists()  # reading a store never creates one
+    # The command itself, once: its exit code and output as a user sees them.
+    command = store.run("linreg-report", "--run", "nope", check=False)
+    assert command.returncode == 2 and command.stderr.startswith("linreg-report: error: --run=")
 
 
 def test_a_sweeps_settings_are_checked_together_as_each_job_has_them(store):

@@ -112,10 +112,8 @@ def experiment_id(store, name: str) -> str:
 def test_ui_serves_loopback_only_prints_the_runs_page_and_stops_on_ctrl_c(store, ui_factory):
     store.train("trainer.epochs=1")
     port = free_port()
-    started = time.monotonic()
     ui = ui_factory(store.uri, "--port", str(port))
-    url = ui.wait_for_url()
-    startup_s = time.monotonic() - started
+    url = ui.wait_for_url()  # how soon, and the server's memory: make bench (item 9, limits)
     expected = experiment_id(store, "linreg")
     assert url == (
         f"http://127.0.0.1:{port}/#/experiments/{expected}/runs"
@@ -128,7 +126,6 @@ def test_ui_serves_loopback_only_prints_the_runs_page_and_stops_on_ctrl_c(store,
         "attributes.`Dataset`", "params.`optimizer.lr`", "params.`trainer.batch_size`",
         "metrics.`train/loss`", "metrics.`error/w_l2`",
     ]  # fmt: skip
-    assert startup_s < 60, f"the UI took {startup_s:.0f} s to answer"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
         assert response.status == 200
 
@@ -139,8 +136,6 @@ def test_ui_serves_loopback_only_prints_the_runs_page_and_stops_on_ctrl_c(store,
         c.laddr for p in server for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN
     ]
     assert listening and {a.ip for a in listening} == {"127.0.0.1"}, listening
-    memory_mb = sum(p.memory_info().rss for p in server) / 2**20
-    assert memory_mb < 1500, f"the server holds {memory_mb:.0f} MB"
 
     # An http URI is a running server: linreg-ui prints its link and starts nothing.
     linked = subprocess.run(

@@ -113,7 +113,6 @@ def test_a_sweep_into_a_deleted_experiment_is_one_line(store):
 def test_a_store_file_deleted_mid_run_is_reported(store):
     import os
     import signal
-    import time
 
     from tests.test_failures import start_in_group, wait_for_metric
 
@@ -129,7 +128,6 @@ def test_a_store_file_deleted_mid_run_is_reported(store):
             os.killpg(process.pid, signal.SIGKILL)
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert "deleted or replaced" in err and len(err.strip().splitlines()) == 1
-    time.sleep(0.1)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from linreg_lab.tracking.store import TrackingError, mask_secrets
 
 USER_ERRORS = (ConfigError, TrackingError, EngineError, DataError)
 EXIT_USER_ERROR = 2
-_said: set[str] = set()  # a job's error that also ends its sweep (a dead helper) is said once
+_said: set[str] = set()  # in a sweep: a job's error that also ends it (a dead helper), said once
 # In a sweep, a file its processes share: the first error line any of them said. A sweep's own
 # error after a job's (a dead server fails both) follows from it and is not said again.
 ENV_SAID_FILE = "LINREG_SWEEP_SAID_FILE"
@@ -42,7 +42,8 @@ def exit_on_user_error(program: str = "linreg-train"):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         line = " ".join(mask_secrets(error).split())  # one line, whatever the error's text
-        if line not in _said and _first_in_sweep(line):
+        in_sweep = os.environ.get(ENV_SAID_FILE) is not None
+        if not in_sweep or (line not in _said and _first_in_sweep(line)):
             _said.add(line)
             print(f"{program}: error: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -1,0 +1,73 @@
+"""Item 9: how fast the product fails or answers where a user waits on it (limits a test used
+to assert with a clock): a dead tracking server, and linreg-ui's start and memory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+URL = re.compile(r"(http://127\.0\.0\.1:\d+/\S+)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dead_server(folder: Path) -> float:
+    """Seconds linreg-train takes to refuse a server that does not answer (README: ~5 s)."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(BIN / "linreg-train"), "tracking=server", "tracking.uri=http://127.0.0.1:9"],
+        cwd=folder, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    return time.perf_counter() - started
+
+
+def ui(folder: Path) -> tuple[float, float]:
+    """linreg-ui over a new store: seconds until it prints the runs page, MB its server holds."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    subprocess.run([str(BIN / "linreg-train"), "trainer.epochs=1"], cwd=folder, env=env,
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [str(BIN / "linreg-ui"), "--port", str(_free_port())], cwd=folder, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if URL.search(line):
+                break
+        start_s = time.perf_counter() - started
+        server = psutil.Process(process.pid).children(recursive=True)
+        rss_mb = sum(p.memory_info().rss for p in server) / 2**20
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    return start_s, rss_mb
+
+
+def measure() -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        dead_s = dead_server(Path(folder))
+        start_s, rss_mb = ui(Path(folder))
+    return {"dead_server_s": dead_s, "ui_start_s": start_s, "ui_server_rss_mb": rss_mb}
+
+
+def print_rows(row: dict) -> None:
+    print("9. where a user waits: a dead tracking server refused; linreg-ui's start")
+    print(f"   dead server refused in {row['dead_server_s']:.1f} s (whole command)")
+    print(f"   linreg-ui printed its runs page in {row['ui_start_s']:.1f} s; its server holds "
+          f"{row['ui_server_rss_mb']:.0f} MB")  # fmt: skip
