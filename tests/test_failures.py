@@ -78,7 +78,7 @@ def test_dead_server_is_one_line_naming_the_uri(store):
     result = store.train("tracking=server", "tracking.uri=http://127.0.0.1:9", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "tracking.uri=http://127.0.0.1:9" in line and "does not answer" in line
+    assert "tracking.uri=http://127.0.0.1:9" in line and "no MLflow server answers" in line
 
 
 def start_in_group(store, *args: str) -> subprocess.Popen:
@@ -169,6 +169,31 @@ def test_interrupted_sweep_stops_and_ends_killed(store, launcher, signum, to_gro
     with open(table) as rows:
         compared = {row["run_id"]: row["status"] for row in csv.DictReader(rows)}
     assert compared == {c.info.run_id: c.info.status for c in children}
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process pid has a handler installed for signum (/proc/PID/status SigCgt)."""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_exits_before_any_run(store, signum):
+    """README: during start-up the command exits as it does in training, before any run."""
+    process = start_in_group(store)
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(process.pid, signal.SIGTERM):  # linreg-train's handlers are in
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(process.pid, signum)  # while it imports torch and Hydra
+        code = process.wait(timeout=60)
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert code == 128 + signum and "Traceback" not in err, (code, err[-2000:])
+    assert store.all_runs() == []
 
 
 def test_sigkill_leaves_a_run_the_next_start_marks_failed(store):

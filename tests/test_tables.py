@@ -190,6 +190,8 @@ def test_a_sweep_on_real_data_ranks_by_validation_loss(store):
     assert parent.data.metrics["best/val_loss"] == best.data.metrics["val/loss"]
     bad = store.train("dataset=table", "dataset.path=missing.csv", "dataset.target=y", check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "dataset.path" in bad.stderr and "missing.csv" in bad.stderr
+    assert len(store.runs()) == len(runs)  # a bad table leaves no run
 
 
 def test_parquet_read_in_batches_packs_what_pandas_would(tmp_path):
