@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test sweep ui server bench lint clean-store
+.PHONY: run test check sweep ui server bench lint clean-store
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,18 @@ $(INSTALLED): pyproject.toml constraints.txt
 run: $(INSTALLED)  ## train the default experiment into ./mlruns
 	$(BIN)/linreg-train
 
-test: $(INSTALLED)  ## run the test suite
-	$(BIN)/python -m pytest
+# Test workers (pytest-xdist): the suite waits on processes, servers and SLURM as much as it
+# computes, so a third worker helps on 2 cores. Tests that share something (the SLURM cluster)
+# carry one xdist_group and run on one worker (--dist loadgroup).
+TEST_WORKERS ?= 3
+
+test: $(INSTALLED)  ## the whole suite (~N min on 2 cores)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+check: $(INSTALLED)  ## the fast tier (~N min): lint, import contracts, unit and config tests, one real run, one real 2-job sweep
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow or check"
 
 sweep: $(INSTALLED)  ## the README's sweep: learning rate x batch size, 2 parallel workers
 	$(BIN)/linreg-train -m experiment=lr_batch_grid hydra/launcher=joblib

@@ -94,7 +94,9 @@ def private_uses(path: Path) -> list[str]:
             if node.level == 0 and (names or hidden):
                 name = module + ":" + ",".join(names)
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if any(p.startswith("_") for p in a.name.split("."))]
+            names = [
+                a.name for a in node.names if any(p.startswith("_") for p in a.name.split("."))
+            ]
             name = ",".join(names) or None
         if name is not None:
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")

@@ -24,7 +24,11 @@ def make_sweep(client, name: str, with_val: bool = True):
             "mlflow.parentRunId": parent.info.run_id, "linreg.overrides": f"optimizer.lr={lr}",
             "linreg.job_key": f"key-{job}"})  # fmt: skip
         client.log_param(run.info.run_id, "optimizer.lr", lr)
-        metrics = {"train/loss": train, "error/w_l2": train / 10, **({"val/loss": val} if with_val else {})}
+        metrics = {
+            "train/loss": train,
+            "error/w_l2": train / 10,
+            **({"val/loss": val} if with_val else {}),
+        }
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, value, step=1)
         client.set_terminated(run.info.run_id, "FINISHED")

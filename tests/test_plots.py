@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 import torch
 
 from linreg_lab.data import make_synthetic_regression

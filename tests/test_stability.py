@@ -18,7 +18,9 @@ from linreg_lab.engines.stability import curvature
 from linreg_lab.model import init_linear
 
 
-def _trains(data, lr: float, batch: int, epochs: int, momentum: float = 0.0, **sgd_settings) -> bool:
+def _trains(
+    data, lr: float, batch: int, epochs: int, momentum: float = 0.0, **sgd_settings
+) -> bool:
     """Whether SGD at lr stays finite and ends below the loss it started from."""
     torch.manual_seed(0)
     model = init_linear(torch.nn.Linear(data.num_features, 1))

@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def metric_values(client, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+@pytest.mark.slow
+@pytest.mark.check
 def test_default_experiment_end_to_end(store):
     result = store.train()
     (run,) = store.runs()
@@ -85,6 +85,7 @@ def test_large_random_problem(store):
     assert run.data.metrics["error/w_l2"] < 0.01
 
 
+@pytest.mark.slow
 def test_a_diverged_run_says_why_and_exits_1(store):
     result = store.train("optimizer.lr=50", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -93,6 +94,7 @@ def test_a_diverged_run_says_why_and_exits_1(store):
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["linreg.failure"]
 
 
+@pytest.mark.slow
 def test_help_is_this_tools_page_and_cfg_prints_the_config(store):
     page = store.train("--help").stdout
     assert page.startswith("linreg-train: linear regression in PyTorch")

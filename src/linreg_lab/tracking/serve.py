@@ -1,4 +1,4 @@
-"""The MLflow helper process's entry point: `python -m linreg_lab.tracking.serve SOCKET OWNER_PID`."""
+"""The MLflow helper's entry point: `python -m linreg_lab.tracking.serve SOCKET OWNER_PID`."""
 
 import sys
 
