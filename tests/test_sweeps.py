@@ -41,12 +41,8 @@ def assert_complete_grid(store, parent, children, size: int, epochs: int = 2):
 
 @pytest.mark.parametrize(
     "launcher",
-    [
-        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        [],
-        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
-    ],
-    ids=["joblib", "basic", "submitit_local"],
+    [[], ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]],
+    ids=["basic", "submitit_local"],
 )
 def test_grid_sweep_on_a_fresh_store(fresh_store, launcher):
     result = fresh_store.train("-m", *GRID, *launcher)
@@ -57,11 +53,15 @@ def test_grid_sweep_on_a_fresh_store(fresh_store, launcher):
     assert {c.info.experiment_id for c in children} == {parent.info.experiment_id}
 
 
-def test_named_preset_uses_its_grid_and_experiment(store):
-    store.train("-m", "experiment=lr_batch_grid", "trainer.epochs=1", "hydra/launcher=joblib")
-    parent, children = sweep_runs(store, "lr_batch_grid")
-    assert_complete_grid(store, parent, children, size=12, epochs=1)
+def test_named_preset_in_parallel_on_a_fresh_store(fresh_store):
+    """The preset's grid and experiment, on 2 joblib workers, into a store no one made yet."""
+    result = fresh_store.train("-m", "experiment=lr_batch_grid", "trainer.epochs=1",
+                               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")  # fmt: skip
+    parent, children = sweep_runs(fresh_store, "lr_batch_grid")
+    assert_complete_grid(fresh_store, parent, children, size=12, epochs=1)
     assert "lr_batch_grid" in parent.info.run_name
+    assert parent.info.run_id in result.stdout and "best first" in result.stdout
+    assert {c.info.experiment_id for c in children} == {parent.info.experiment_id}
 
 
 def test_a_diverging_job_fails_alone(store):

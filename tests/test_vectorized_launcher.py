@@ -11,8 +11,6 @@ from omegaconf import OmegaConf
 from linreg_lab.sweep.grouping import group_jobs
 from tests.test_config import make
 
-pytestmark = pytest.mark.slow
-
 SWEEP = ["-m", "optimizer.lr=0.01,0.1,20", "optimizer.momentum=0,0.9", "trainer.epochs=3"]
 
 
@@ -21,6 +19,7 @@ def by_overrides(store):
     return {r.data.tags["linreg.overrides"]: r for r in runs}
 
 
+@pytest.mark.slow
 def test_same_runs_as_the_basic_launcher(tmp_path, template_store):
     from tests.conftest import Store
 
@@ -74,6 +73,7 @@ def test_grouping_follows_from_the_configs():
     assert OmegaConf.select(configs[0], "optimizer.lr") == 0.1
 
 
+@pytest.mark.slow
 def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
     """A group whose training is cheap runs as passes of 8 jobs (the MLflow helper writes one
     pass while the next is set up); each job still gets its run, params, epochs and folder."""
@@ -106,6 +106,7 @@ def test_only_cheap_groups_are_split():
     assert [len(p) for p in _pipelined(group, [make()] * 20, pass_size=16)] == [16, 4]
 
 
+@pytest.mark.slow
 def test_a_bad_pass_size_is_refused_before_any_run(store):
     result = store.train("-m", "optimizer.lr=0.1,0.2", "hydra/launcher=vectorized",
                          "hydra.launcher.pass_size=-1", check=False)  # fmt: skip
@@ -165,6 +166,7 @@ def test_vectorized_engine_matches_separate_fits(path, monkeypatch):
     assert not torch.isfinite(theta[:, -1]).all() and not torch.isfinite(separate[-1]).all()
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_group_ends_it_killed_keeping_a_divergence(store):
     import os
     import signal

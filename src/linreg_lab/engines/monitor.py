@@ -12,7 +12,21 @@ from linreg_lab.engines.least_squares import LeastSquares, least_squares
 
 
 class Diverged(RuntimeError):
-    """The loss became inf or NaN: training stops, the run ends FAILED with this reason."""
+    """The loss exploded (beyond the ceiling below, or inf or NaN): training stops, the run
+    ends FAILED with this reason. metrics: the epoch's finite values, to be logged with it
+    (the store then shows the epoch where it diverged, as the console does)."""
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
+
+
+# A run has diverged once its full-data loss exceeds this many times the larger of the loss
+# it started from and mean(y^2) (the loss of predicting 0): predictions then miss by ~100x the
+# target's own size, which no run on its way to the least-squares optimum passes through (a
+# converging one stays below its start, give or take minibatch noise near the stability
+# bound: ~10x at most in tests/test_monitor.py). Overflow (inf, NaN) is divergence too.
+DIVERGENCE_FACTOR = 1e4
 
 
 @dataclass
@@ -25,11 +39,21 @@ class EpochMonitor:
     history: list[dict[str, float]] = field(default_factory=list)
     # The validation rows' sums (their MSE for any parameters in ~D^2 operations), if any.
     validation: LeastSquares | None = None
+    # The loss beyond which training has diverged (see DIVERGENCE_FACTOR); start() raises it
+    # to the initial parameters' loss where that is larger.
+    ceiling: float = math.inf
 
     def __post_init__(self) -> None:
         if self.validation is None and self.data.has_validation:
             split = self.data.split
             self.validation = least_squares(split.X_val, split.y_val)
+        zero = torch.zeros(self.data.num_features, dtype=torch.float64)
+        self.ceiling = DIVERGENCE_FACTOR * max(self.optimum.loss_of(zero, 0.0), 1e-30)
+
+    def start(self, w: torch.Tensor, b: float) -> None:
+        """The parameters training starts from: a loss above theirs x DIVERGENCE_FACTOR is
+        divergence too (a deliberately bad start is not called diverged at once)."""
+        self.ceiling = max(self.ceiling, DIVERGENCE_FACTOR * self.optimum.loss_of(w, b))
 
     def measure(
         self,
@@ -59,10 +83,19 @@ class EpochMonitor:
         self.history.append(metrics)
         # The loss sums in float64 and can stay finite while float32 values have overflowed.
         blown = [key for key, value in metrics.items() if not math.isfinite(value)]
+        finite = {key: value for key, value in metrics.items() if math.isfinite(value)}
         if blown:
             key = "train/loss" if "train/loss" in blown else blown[0]
             raise Diverged(
-                f"diverged at epoch {epoch}: {key}={metrics[key]} (try a smaller optimizer.lr)"
+                f"diverged at epoch {epoch}: {key}={metrics[key]} (try a smaller optimizer.lr)",
+                finite,
+            )
+        if loss > self.ceiling:
+            raise Diverged(
+                f"diverged at epoch {epoch}: train/loss={loss:.4g}, above {self.ceiling:.3g} "
+                f"({DIVERGENCE_FACTOR:.0e} x its starting loss or mean(y^2)); try a smaller "
+                "optimizer.lr",
+                finite,
             )
         return metrics
 

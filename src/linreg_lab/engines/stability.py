@@ -119,6 +119,18 @@ class Verdict:
         return "stable"
 
 
+    def why(self, batch_size: int) -> str:
+        """'lr 1.2 is above 0.964, the full-batch bound of its data: will diverge' (or near or
+        above the minibatch estimate: may diverge); what a sweep and a run print before they
+        start."""
+        if self.word == "will diverge":
+            where = f"above {self.full_batch_bound:.3g}, the full-batch bound of its data"
+        else:
+            near = "near" if self.lr <= self.batch_bound else "above"
+            where = f"{near} ~{self.batch_bound:.3g}, the estimated bound at batch {batch_size}"
+        return f"lr {self.lr:.3g} is {where}: {self.word}"
+
+
 def verdict(c: Curvature, sgd: dict, batch_size: int) -> Verdict | None:
     """The verdict for torch.optim.SGD settings (a dict: lr, momentum, ...), None for other
     optimizers (Adam's steps are not bounded this way)."""

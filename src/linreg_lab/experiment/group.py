@@ -59,6 +59,8 @@ def train_group(
                      validation=first.validation)
         for s in setups[1:]
     ]  # fmt: skip
+    for monitor, model in zip(monitors, models):  # the loss each starts from: its ceiling
+        monitor.start(model.weight.detach().view(-1), float(model.bias.detach()))
     # Metrics are posted every second, as a single run's are: a crash loses at most those.
     runs = [open_run(s, o) for s, o in zip(setups, overrides)]
     with ExitStack() as stack:
@@ -80,7 +82,8 @@ def train_group(
                 try:
                     metrics = monitor.measure(epoch, float(last_losses[k]), w, b, losses[k])
                 except Diverged as error:
-                    status.status = FAILED  # as a single run: the diverged epoch is not logged
+                    status.status = FAILED  # as a single run: the diverged epoch is logged
+                    run.log_metrics(error.metrics, step=epoch)
                     end_quietly(run, FAILED, str(error))
                     continue
                 run.log_metrics(metrics, step=epoch)

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -202,6 +203,17 @@ def config_yaml(config: dict) -> str:
     )  # fmt: skip
 
 
+def _say_if_unstable(setup: Setup) -> None:
+    """The run's lr against its data's bounds, on stderr before it trains: 'will diverge' or
+    'may diverge' (nothing when stable, or for optimizers without a bound)."""
+    config = setup.plain
+    batch = int(config.get("trainer", {}).get("batch_size", 1))
+    c = setup.optimum.curvature
+    v = stability.verdict(c, config.get("optimizer", {}), batch)
+    if v is not None and v.word != "stable":
+        print(f"linreg-lab: {v.why(batch)}", file=sys.stderr, flush=True)
+
+
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
     """The dataset's curvature and the run's lr against its bounds (engines.stability)."""
     c = optimum.curvature
@@ -265,6 +277,10 @@ def run_experiment(
     setup = set_up(cfg, store, parent_run_id, data_source, plain)
     model, optimizer_factory = build_model(setup)
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
+    if (start := linear_parameters(model)) is not None:
+        monitor.start(*start)
+    if not quiet:  # a sweep says it for every job before the sweep starts (preflight)
+        _say_if_unstable(setup)
     run = open_run(setup, overrides)
     try:
         with ended(run) as outcome:
@@ -272,7 +288,11 @@ def run_experiment(
             with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
 
                 def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float) -> None:
-                    metrics = monitor.measure(epoch, last_batch_loss, w, b)
+                    try:
+                        metrics = monitor.measure(epoch, last_batch_loss, w, b)
+                    except Diverged as error:  # the epoch it diverged at is kept too
+                        run.log_metrics(error.metrics, step=epoch)
+                        raise
                     run.log_metrics(metrics, step=epoch)
                     progress(epoch, metrics["train/loss"])
                     setup.store.check()  # a store that failed to open stops training here

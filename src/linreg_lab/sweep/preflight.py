@@ -40,13 +40,7 @@ def preflight(jobs: list[tuple[list[str], DictConfig]], reuse: DataReuse):
             continue
         counts[v.word] += 1
         name = " ".join(job) or "the job"
-        if v.word == "will diverge":
-            why = f"above {v.full_batch_bound:.3g}, the full-batch bound of its data"
-        else:
-            batch = cfg.trainer.batch_size
-            where = "near" if v.lr <= v.batch_bound else "above"
-            why = f"{where} ~{v.batch_bound:.3g}, the estimated bound at batch {batch}"
-        lines.append(f"linreg-lab: job #{number} ({name}): lr {v.lr:.3g} is {why}: {v.word}")
+        lines.append(f"linreg-lab: job #{number} ({name}): {v.why(int(cfg.trainer.batch_size))}")
     if params:
         params["stability.jobs_will_diverge"] = counts["will diverge"]
         params["stability.jobs_may_diverge"] = counts["may diverge"]
