@@ -183,3 +183,29 @@ def test_a_server_killed_mid_sweep(store):
     assert len(runs) >= 3 and "RUNNING" not in {r.info.status for r in runs}
     swept = [r for r in runs if {"mlflow.parentRunId", "linreg.sweep"} & set(r.data.tags)]
     assert len(swept) >= 3 and all(r.info.status in ("FAILED", "KILLED") for r in swept)
+
+
+def test_hydra_interpolations_in_a_sweep_are_each_jobs_and_the_sweep_stays_one(store):
+    """`${hydra:job.num}` (resolved per job, as in any Hydra app) used to break the sweep's
+    start: Hydra turned the error into a warning and ran every job as a lone run."""
+    result = store.train("-m", "tracking.run_name=job${hydra:job.num}", "optimizer.lr=0.01,0.1",
+                         "trainer.epochs=1")  # fmt: skip
+    assert "UserWarning" not in result.stderr, result.stderr
+    runs = store.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["job0", "job1"]
+    assert parent.info.status == "FINISHED"
+
+
+def test_any_error_at_a_sweeps_start_stops_it_in_one_line(store):
+    blocked = store.root / "a-file"
+    blocked.write_text("not a folder")  # the sweep's folder cannot be made under it
+    result = store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=1",
+                         f"hydra.sweep.dir={blocked}/sweep", check=False)  # fmt: skip
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and "the sweep could not start" in lines[0], result.stderr
+    runs = store.runs() if store.client.get_experiment_by_name("linreg") else []
+    assert not [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # no job ran
+    assert all(r.info.status == "FAILED" for r in runs)  # a parent made first is not RUNNING

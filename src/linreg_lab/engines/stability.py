@@ -118,7 +118,6 @@ class Verdict:
             return "may diverge"
         return "stable"
 
-
     def why(self, batch_size: int) -> str:
         """'lr 1.2 is above 0.964, the full-batch bound of its data: will diverge' (or near or
         above the minibatch estimate: may diverge); what a sweep and a run print before they

@@ -22,12 +22,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, signals
-from linreg_lab.config.errors import ENV_SAID_FILE, exit_on_user_error
-from linreg_lab.sweep.check import check_launcher, check_sweep, task_overrides
+from linreg_lab.config.errors import ENV_SAID_FILE, EXIT_USER_ERROR, exit_on_user_error
+from linreg_lab.sweep.check import as_job, check_launcher, check_sweep, task_overrides
 from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.preflight import preflight
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
+from linreg_lab.tracking.store import mask_secrets
 from linreg_lab.tracking.report import TAG_REUSED
 from linreg_lab.tracking.tags import TAG_SWEEP
 
@@ -79,6 +80,17 @@ class SweepCallback(Callback):
     """Opens the parent run at on_multirun_start; ends it at on_multirun_end (or finish())."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """The sweep starts whole, or the command stops here: Hydra would turn an error raised
+        in a callback into a warning and run every job as a lone run (no check, no parent)."""
+        try:
+            self._start(config)
+        except Exception as error:  # a user's error is a SystemExit(2) already
+            text = " ".join(mask_secrets(error).split()) or type(error).__name__
+            print(f"linreg-train: error: the sweep could not start: {text}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            sys.exit(EXIT_USER_ERROR)  # a parent already made ends FAILED at the command's end
+
+    def _start(self, config: DictConfig) -> None:
         global _current
 
         if GlobalHydra.instance().is_initialized():
@@ -86,7 +98,8 @@ class SweepCallback(Callback):
         with exit_on_user_error():
             check_launcher(config)
             jobs = check_sweep(config)
-            tracking = build.tracking(config)
+            with as_job(config, 0):  # e.g. tracking.run_name=job${hydra:job.num}
+                tracking = build.tracking(config)
         store = Store.open(tracking)
         overrides = task_overrides(config)
         node = OmegaConf.select(config, "hydra.sweeper.params", default=None)

@@ -12,11 +12,13 @@ import copy
 import itertools
 import math
 import socket
+from contextlib import contextmanager
 
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from linreg_lab.config.validate import ConfigError, validate
 
@@ -74,6 +76,27 @@ def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(jobs))
 
 
+@contextmanager
+def as_job(config: DictConfig, number: int):
+    """Hydra's config as job `number` of the sweep `config` sees it (hydra.job.num and id
+    set), so a `${hydra:job.num}` in a job's settings resolves before the job exists."""
+    instance = HydraConfig.instance()
+    saved = instance.cfg
+    if OmegaConf.select(config, "hydra", default=None) is None:
+        yield
+        return
+    job = copy.deepcopy(OmegaConf.masked_copy(config, "hydra"))
+    OmegaConf.set_readonly(job.hydra, False)
+    with open_dict(job.hydra.job):
+        job.hydra.job.num = number
+        job.hydra.job.id = str(number)
+    instance.set_config(job)
+    try:
+        yield
+    finally:
+        instance.cfg = saved
+
+
 def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """Raise ConfigError, naming the setting and the job, for the first job that cannot run;
     the jobs checked (their overrides and composed configs) otherwise.
@@ -107,8 +130,9 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
             except Exception as error:  # the schema refuses the value's type
                 raise ConfigError(f"{override}: {one_line(error)}") from None
         try:
-            validate(cfg)
-            _check_engine(cfg)
+            with as_job(config, len(checked)):
+                validate(cfg)
+                _check_engine(cfg)
         except ConfigError as error:
             where = f" (in the sweep's job {' '.join(job)})" if swept else ""
             raise ConfigError(f"{error}{where}") from None
