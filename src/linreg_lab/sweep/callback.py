@@ -28,8 +28,8 @@ from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.preflight import preflight
 from linreg_lab.sweep.reuse import DataReuse
 from linreg_lab.tracking import FAILED, Run, Store, TrackingError
-from linreg_lab.tracking.store import mask_secrets
 from linreg_lab.tracking.report import TAG_REUSED
+from linreg_lab.tracking.store import mask_secrets
 from linreg_lab.tracking.tags import TAG_SWEEP
 
 ENV_PARENT_RUN_ID = "LINREG_PARENT_RUN_ID"
