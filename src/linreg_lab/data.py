@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +27,62 @@ _DRAW_ROWS = 1 << 12
 
 class DataError(ValueError):
     """Data that cannot be trained on; str() is the one line shown to the user."""
+
+
+def content_digest(path: str | os.PathLike) -> str | None:
+    """16 hex digits of SHA-256 over the file's bytes (a folder: each file's name and bytes,
+    by name), or None where there is no such file. What a re-run compares to know the data
+    did not change: rewriting identical bytes gives the same digest.
+
+    Hashing reads the whole file once (~0.6 GB/s here: ~7 s for 4 GB); the digest is then
+    kept in ~/.cache/linreg-lab/digests.json under the file's path, size, mtime and inode,
+    so it is read again only once the file is rewritten or touched."""
+    target = Path(os.path.expanduser(str(path))).absolute()
+    if not target.exists():
+        return None
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    stats = [(str(f), f.stat()) for f in files]
+    key = "|".join(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" for name, st in stats)
+    cache = _digest_cache()
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    for file in files:
+        if target.is_dir():
+            digest.update(str(file.relative_to(target)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    value = digest.hexdigest()[:16]
+    _remember_digest(key, value)
+    return value
+
+
+def _digest_file() -> Path:
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(home) / "linreg-lab" / "digests.json"
+
+
+def _digest_cache() -> dict[str, str]:
+    try:
+        return json.loads(_digest_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(key: str, value: str) -> None:
+    """Kept for the next run (the last 1000 files); a cache that cannot be written is skipped."""
+    cache = _digest_cache()
+    cache[key] = value
+    kept = dict(list(cache.items())[-1000:])
+    file = _digest_file()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=file.parent, prefix=".digests.")
+        with os.fdopen(fd, "w") as out:
+            json.dump(kept, out)
+        os.replace(temporary, file)  # whole or not at all, whoever else writes it
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ only. Columns that are not numeric are refused by name (no silent encoding).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -24,6 +23,7 @@ from linreg_lab.data import (
     Scaling,
     Split,
     TableSource,
+    content_digest,
     split_fractions,
     split_rows,
 )
@@ -406,7 +406,6 @@ def _read_csv(file: Path):
 
 
 def _file_digest(file: Path) -> str:
-    """8 hex digits naming the file's version: its path, size and modification time."""
-    stat = file.stat()
-    key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+    """8 hex digits naming the file's content (data.content_digest: the same bytes, the same
+    digest, wherever and whenever written)."""
+    return (content_digest(file) or "")[:8]

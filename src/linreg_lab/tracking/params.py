@@ -32,17 +32,20 @@ TAG_JOB_KEY = "linreg.job_key"
 def job_key(config: Mapping) -> str:
     """What makes two runs the same job, for a re-run sweep to skip a finished one: the whole
     resolved config but sweep.* and tracking.* (where it is recorded; the experiment is where a
-    re-run looks), a table's path made absolute, and linreg-lab's version, hashed."""
+    re-run looks), a table's path made absolute and its content's digest, and linreg-lab's
+    version, hashed."""
     import hashlib
     import json
     import os
 
     from linreg_lab import __version__
+    from linreg_lab.data import content_digest
 
     kept = {k: v for k, v in config.items() if k not in ("sweep", "tracking")}
     dataset = kept.get("dataset")
     if isinstance(dataset, Mapping) and isinstance(dataset.get("path"), str):
         path = os.path.abspath(os.path.expanduser(dataset["path"]))
-        kept["dataset"] = {**dataset, "path": path}
+        # The data's bytes too: a re-run on a changed file trains again (data.content_digest)
+        kept["dataset"] = {**dataset, "path": path, "content": content_digest(path)}
     canonical = json.dumps([kept, __version__], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
