@@ -235,3 +235,32 @@ def test_parquet_read_in_batches_packs_what_pandas_would(tmp_path):
     from linreg_lab.data import packed_rows
 
     assert packed_rows(streamed.X, streamed.y) is not None
+
+
+def test_every_column_is_accounted_for(tmp_path, caplog):
+    """Issue 27, item 3: no column dropped without a word; repeated names refused, CSV and
+    Parquet alike; an empty or repeated feature list refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from linreg_lab.tables import TableError, load_table
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("x1,x1,y\n" + "".join(f"{i},{i + 1},{2 * i}\n" for i in range(20)))
+    with pytest.raises(TableError, match=r"column names \['x1'\] appear more than once"):
+        load_table(str(dup), "y")
+    table = pa.table([pa.array(range(20)), pa.array(range(20)), pa.array(range(20))],
+                     names=["x", "x", "y"])  # fmt: skip
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(TableError, match=r"column names \['x'\] appear more than once"):
+        load_table(str(tmp_path / "dup.parquet"), "y")
+    text = tmp_path / "text.csv"
+    text.write_text("a,b,y\n" + "".join(f'{i},"1,{i}34.5",{i * 3}\n' for i in range(20)))
+    with caplog.at_level("WARNING"):
+        data = load_table(str(text), "y", split={"val": 0.2, "test": 0.0, "seed": 0})
+    assert list(data.feature_names) == ["a"]
+    assert "1 columns left out, not numeric: ['b']" in caplog.text
+    with pytest.raises(TableError, match=r"dataset.features=\[\] is not allowed"):
+        load_table(str(text), "y", features=[])
+    with pytest.raises(TableError, match=r"\['a'\] named more than once"):
+        load_table(str(text), "y", features=["a", "a"])

@@ -127,6 +127,7 @@ class _ParquetColumns:
             ) from None
         self.schema = self.file.schema_arrow
         self.names = [str(n) for n in self.schema.names]
+        _refuse_repeated_names(self.names, f"dataset.path={file}")
         self.num_rows = self.file.metadata.num_rows
         self.where = f"dataset.path={file}"
 
@@ -205,8 +206,20 @@ def _assemble(
         chosen = [c for c in columns if c != target and table.is_numeric(c)]
         if not chosen:
             raise TableError(f"{where}: no numeric column besides the target {target!r}")
+        left_out = [c for c in columns if c != target and c not in chosen]
+        if left_out:  # said, not silent: a "1,234.5" column is text to pandas
+            log.warning("dataset: %d columns left out, not numeric: %s (dataset.features=[...] "
+                        "chooses the features)", len(left_out), left_out)  # fmt: skip
     else:
         chosen = [str(f) for f in features]
+        if not chosen:
+            raise TableError(
+                "dataset.features=[] is not allowed: name at least one column (null: every "
+                "numeric column but the target)"
+            )
+        repeated = sorted({f for f in chosen if chosen.count(f) > 1})
+        if repeated:
+            raise TableError(f"dataset.features: {repeated} named more than once")
         unknown = [f for f in chosen if f not in columns]
         if unknown:
             raise TableError(
@@ -398,11 +411,26 @@ def _read_csv(file: Path):
     where = f"dataset.path={file}"
     try:
         sep = "\t" if file.name.lower().endswith(".tsv") else ","
+        # The header as written: pandas renames a repeated name (x1, x1.1) without a word.
+        header = pd.read_csv(file, sep=sep, header=None, nrows=1, dtype=str)
+        if len(header):
+            _refuse_repeated_names([str(v) for v in header.iloc[0].tolist()], where)
         return pd.read_csv(file, sep=sep)
+    except TableError:
+        raise
     except (ValueError, OSError, ImportError, pd.errors.ParserError) as error:
         raise TableError(f"{where}: cannot read it as csv: {_first(error)}") from None
     except Exception as error:
         raise TableError(f"{where}: cannot read it as csv: {error}") from None
+
+
+def _refuse_repeated_names(names: list[str], where: str) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TableError(
+            f"{where}: column names {repeated} appear more than once; give each column its own "
+            "name in the file"
+        )
 
 
 def _file_digest(file: Path) -> str:
