@@ -157,7 +157,7 @@ def test_the_default_synthetic_experiment_has_no_held_out_rows():
     assert held.X.shape[0] == 700 and held.split.X_val.shape[0] == 200
 
 
-def test_a_table_run_logs_held_out_losses_and_its_dataset(store, tmp_path):
+def test_a_table_run_logs_held_out_losses_and_its_dataset(store, tmp_path, capsys):
     path, _ = _houses(store.root)
     store.train_here(
         "dataset=table", f"dataset.path={path}", "dataset.target=price",
@@ -177,6 +177,17 @@ def test_a_table_run_logs_held_out_losses_and_its_dataset(store, tmp_path):
     assert report["features"] == ["size", "rooms"] and "true" not in report
     assert report["units"].startswith("standardized")
     np.testing.assert_allclose(report["original_units"]["least_squares"]["w"], [3, 10], rtol=0.01)
+    # The console shows the table's own units, says so, and names the intercept as no column.
+    shown = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in shown.splitlines()
+            if line.startswith("│")}  # fmt: skip
+    lsq = report["original_units"]["least_squares"]
+    assert float(rows["size"][0]) == pytest.approx(lsq["w"][0], abs=1e-4)
+    assert float(rows["rooms"][0]) == pytest.approx(lsq["w"][1], abs=1e-4)
+    assert float(rows["(intercept)"][0]) == pytest.approx(lsq["b"], abs=1e-4)
+    recovered = report["original_units"]["recovered"]
+    assert float(rows["size"][1]) == pytest.approx(recovered["w"][0], abs=1e-4)
+    assert "units: the table's own" in shown and "b" not in rows
 
 
 @pytest.mark.slow

@@ -49,17 +49,29 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     if outcome.failure:  # the engine may not have said which it was before the failure
         title = f"{outcome.status}: {outcome.failure}"
     truth = data.has_truth
-    table = Table(title=title)
+    reference = data.true_w.tolist() if truth else list(fitted[0])
+    reference_b = data.true_b if truth else fitted[1]
+    scaling = getattr(data, "scaling", None)
+    caption = "units: the data's own"
+    if scaling is not None and not scaling.is_identity:  # back to the table's own units
+        w, b = _original(scaling, w, b)
+        reference, reference_b = _original(scaling, reference, reference_b)
+        caption = ("units: the table's own (training ran on standardized columns; "
+                   "parameters.json has both)")  # fmt: skip
+    table = Table(title=title, caption=caption)
     table.add_column("parameter")
     table.add_column("true" if truth else "least squares", justify="right")
     table.add_column("recovered", justify="right")
-    reference = data.true_w.tolist() if truth else fitted[0]
-    names = data.feature_names or [f"w_{i}" for i in range(len(w))]
+    names = list(data.feature_names or [f"w_{i}" for i in range(len(w))])
     for i in range(shown):
-        table.add_row(names[i], f"{float(reference[i]):.4f}", f"{w[i]:.4f}")
+        table.add_row(names[i], _number(reference[i]), _number(w[i]), end_section=i == shown - 1)
     if shown < len(w):
-        table.add_row(f"... {len(w) - shown} more", "", "")
-    table.add_row("b", f"{(data.true_b if truth else fitted[1]):.4f}", f"{b:.4f}")
+        table.add_row(f"... {len(w) - shown} more", "", "", end_section=True)
+    # Named so that no column can be mistaken for it (a table may have a column "b").
+    intercept = "(intercept)" if data.feature_names else "b"
+    if intercept in names:
+        intercept += " [not a column]"
+    table.add_row(intercept, _number(reference_b), _number(b))
     console.print(table)
     nan = float("nan")
     loss = metrics.get("train/loss", nan)
@@ -79,16 +91,39 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     console.print(f"Browse it: {browse_command(tracking)}; plots under the run's Artifacts, plots/")
 
 
+def _original(scaling, w, b) -> tuple[list[float], float]:
+    import numpy as np
+
+    w_original, b_original = scaling.original_units(np.asarray(w, np.float64), float(b))
+    return w_original.tolist(), float(b_original)
+
+
+def _number(value: float) -> str:
+    """4 decimals where that shows the value, else 5 significant digits (173.9451, 2.1e-07)."""
+    value = float(value)
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e7 else f"{value:.5g}"
+
+
 def browse_command(tracking) -> str:
     """The command that opens the UI on the store and experiment that tracking names."""
+    import os
     import shlex
+    from pathlib import Path
 
-    from linreg_lab.paths import DEFAULT_TRACKING_URI
+    from linreg_lab.paths import DEFAULT_TRACKING_URI, PROJECT_ROOT
 
-    ui = f".venv/bin/linreg-ui --experiment {shlex.quote(tracking.experiment_name)}"
+    # The command as it can be typed where the user stands: .venv/bin/... and `make ui` only
+    # in the project's folder; elsewhere the program beside this Python, by its full path.
+    here = Path.cwd().resolve() == PROJECT_ROOT.resolve()
+    program = Path(sys.executable).parent / "linreg-ui"
+    if here and (PROJECT_ROOT / ".venv" / "bin" / "linreg-ui").exists():
+        program = Path(".venv/bin/linreg-ui")
+    elif not os.access(program, os.X_OK):
+        program = Path("linreg-ui")
+    ui = f"{shlex.quote(str(program))} --experiment {shlex.quote(tracking.experiment_name)}"
     if tracking.uri != DEFAULT_TRACKING_URI:
         return f"{ui} --uri {shlex.quote(tracking.uri)}"
-    return f"make ui   (or {ui})"
+    return f"make ui   (or {ui})" if here else ui
 
 
 def job_line(job: str, outcome) -> None:
