@@ -85,3 +85,51 @@ def test_what_a_sweeper_gets_is_the_ranking_metric():
     assert without.objective == 0.5
     failed = Outcome(None, FAILED, {"train/loss": 0.5, "val/loss": 2.0}, "analytic")
     assert failed.objective == math.inf
+
+
+# lr, seed, train/loss: lr 0.1 has the single best run (a lucky seed), lr 0.03 the best mean
+REPLICATES = [("0.1", "1", 0.5), ("0.1", "2", 3.0), ("0.1", "3", 3.1),
+              ("0.03", "1", 1.0), ("0.03", "2", 1.2), ("0.03", "3", 1.1)]  # fmt: skip
+
+
+def make_replicated_sweep(client):
+    experiment = client.create_experiment("replicated")
+    parent = client.create_run(experiment, run_name="seeds", tags={"linreg.sweep": "true"})
+    for lr, seed, loss in REPLICATES:
+        run = client.create_run(experiment, run_name=f"lr={lr} seed={seed}", tags={
+            "mlflow.parentRunId": parent.info.run_id,
+            "linreg.overrides": f"optimizer.lr={lr} trainer.seed={seed}"})  # fmt: skip
+        client.log_param(run.info.run_id, "optimizer.lr", lr)
+        client.log_param(run.info.run_id, "trainer.seed", seed)
+        client.log_metric(run.info.run_id, "train/loss", loss, step=1)
+        client.log_metric(run.info.run_id, "error/w_l2", loss / 10, step=1)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return client.get_run(parent.info.run_id)
+
+
+def test_replicates_are_averaged_and_the_best_mean_wins(store, capsys):
+    client = store.client
+    parent = make_replicated_sweep(client)
+    compare(client, parent, log=True, plots=False)
+    parent = client.get_run(parent.info.run_id)
+    table = client.download_artifacts(parent.info.run_id, "comparison.csv")
+    rows = list(csv.DictReader(io.StringIO(open(table).read())))
+    assert [(r["optimizer.lr"], r["n"]) for r in rows] == [("0.03", "3"), ("0.1", "3")]
+    assert "trainer.seed" not in rows[0]  # a configuration per row, not a run
+    assert float(rows[0]["train/loss"]) == pytest.approx(1.1)
+    assert float(rows[0]["train/loss_std"]) == pytest.approx(0.1)
+    assert float(rows[1]["train/loss"]) == pytest.approx(6.6 / 3)
+    assert parent.data.metrics["best/train_loss"] == pytest.approx(1.1)  # the best mean
+    assert parent.data.metrics["best/replicates"] == 3
+    assert parent.data.metrics["best/train_loss_std"] == pytest.approx(0.1)
+    best_run = client.get_run(parent.data.tags["linreg.best_run_id"])
+    assert best_run.data.params["optimizer.lr"] == "0.03"  # not the lucky 0.5 of lr 0.1
+    assert best_run.data.metrics["train/loss"] == 1.0  # the best configuration's best run
+    assert parent.data.tags["linreg.best_config"] == "optimizer.lr=0.03"
+    assert "± 1.0e-01 (3)" in capsys.readouterr().out
+    assert "± 1.0e-01 (3)" in parent.data.tags["mlflow.note.content"]
+    shown = store.report("--run", parent.info.run_id).stdout
+    assert "1.1000e+00 ± 1.0e-01 (3)" in shown
+    every = list(csv.DictReader(io.StringIO(store.report("--run", parent.info.run_id,
+                                                         "--csv").stdout)))  # fmt: skip
+    assert len(every) == 6  # each run stays available

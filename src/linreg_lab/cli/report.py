@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{parent.info.run_name} ({parent.info.run_id}, {parent.info.status}): best first"
             )
         keys = report.varied_keys(rows)
-        if args.csv:
+        if args.csv:  # every run, replicates too
             sys.stdout.write(report.to_full_csv(rows))
-        else:
-            report.print_table(rows, keys, title)
+        else:  # a configuration per row where seeds were replicated: mean ± std (n)
+            report.print_table(*report.replicates(rows, keys), title)
 
 
 def _open(uri: str):

@@ -34,6 +34,10 @@ class Row:
     val_loss: float = math.nan
     lsq_l2: float = math.nan  # the distance to the least-squares solution (no truth needed)
     metrics: dict[str, float] = field(default_factory=dict)  # every metric's last value
+    # A configuration's row (replicates averaged): how many runs, and each metric's standard
+    # deviation over its FINISHED runs (loss, val_loss, w_l2, lsq_l2: their means).
+    n: int = 1
+    std: dict[str, float] = field(default_factory=dict)
 
     def sort_key(self, metric: str) -> tuple:
         loss = self.val_loss if metric == "val/loss" else self.loss
@@ -137,6 +141,71 @@ def varied_keys(rows: list[Row]) -> list[str]:
     return swept or differing({k for row in rows for k in row.params})
 
 
+# Keys whose values only redraw the same experiment: jobs that differ in nothing else are
+# replicates of one configuration, compared by their mean.
+SEED_KEYS = ("trainer.seed", "dataset.seed", "dataset.split.seed")
+
+
+def replicates(rows: list[Row], keys: list[str]) -> tuple[list[Row], list[str]]:
+    """(rows, keys) to compare: per run, or, where seeds were swept, one row per configuration
+    (the other swept keys' values): n runs, the mean and standard deviation of each metric over
+    its FINISHED runs, its best run's id; ranked by the mean (configurations with a run that
+    did not finish after the others)."""
+    seeds = [k for k in keys if k in SEED_KEYS]
+    if not seeds:
+        return rows, keys
+    kept = [k for k in keys if k not in SEED_KEYS]
+    metric = ranking_metric(rows)
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:  # rows come ranked: each group's first is its best run
+        groups.setdefault(tuple(row.params.get(k, "") for k in kept), []).append(row)
+    configs = [_config_row(group, kept, metric) for group in groups.values()]
+    return sorted(configs, key=lambda row: row.sort_key(metric)), kept
+
+
+def _config_row(group: list[Row], keys: list[str], metric: str) -> Row:
+    finished = [row for row in group if row.status == FINISHED]
+    statuses = {row.status for row in group}
+    status = FINISHED if statuses == {FINISHED} else (KILLED if KILLED in statuses else FAILED)
+    names = sorted({k for row in finished for k in row.metrics})
+    mean = {k: _mean([row.metrics.get(k, math.nan) for row in finished]) for k in names}
+    std = {k: _std([row.metrics.get(k, math.nan) for row in finished]) for k in names}
+    failure = (
+        ""
+        if status == FINISHED
+        else f"{len(group) - len(finished)} of {len(group)} runs did not finish"
+    )
+    best = group[0]
+    return Row(
+        best.run_id, " ".join(f"{k}={best.params.get(k, '')}" for k in keys) or "all runs",
+        best.overrides, status, mean.get("train/loss", math.nan), mean.get("error/w_l2", math.nan),
+        failure, {k: best.params.get(k, "") for k in best.params}, mean.get("val/loss", math.nan),
+        mean.get("error/lsq_l2", math.nan), mean, len(group), std,
+    )  # fmt: skip
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _std(values: list[float]) -> float:
+    """The sample standard deviation (n - 1); 0 for one value."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return 0.0 if finite else math.nan
+    mean = sum(finite) / len(finite)
+    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+def _cell(row: Row, metric: str, value: float, digits: str = ".4e") -> str:
+    """'1.0000e-04' for a run; 'mean ± std (n)' for a configuration of replicates."""
+    text = format(value, digits)
+    if row.n > 1:
+        text += f" ± {format(row.std.get(metric, math.nan), '.1e')} ({row.n})"
+    return text
+
+
 def to_full_csv(rows: list[Row]) -> str:
     """Every param and every metric (its last value) of every run, ranked: linreg-report --csv."""
     out = io.StringIO()
@@ -153,18 +222,28 @@ def to_full_csv(rows: list[Row]) -> str:
 
 
 def to_csv(rows: list[Row], keys: list[str]) -> str:
+    """The comparison: a row per run, or per configuration where seeds were replicated (then
+    n, and beside each metric's mean its standard deviation, `<metric>_std`)."""
     out = io.StringIO()
     writer = csv.writer(out)
     val = ranking_metric(rows) == "val/loss"
     losses = ["train/loss", "val/loss"] if val else ["train/loss"]
     error = error_column(rows)
-    writer.writerow(["rank", *keys, *losses, error, "status", "run_id", "failure"])
+    averaged = any(row.n > 1 for row in rows)
+    shown = [*losses, error]
+    head = [c for m in shown for c in ([m, f"{m}_std"] if averaged else [m])]
+    writer.writerow(["rank", *keys, *(["n"] if averaged else []), *head, "status", "run_id",
+                     "failure"])  # fmt: skip
     for rank, row in enumerate(rows, start=1):
         values = [row.params.get(k, "") for k in keys]
-        loss_values = [row.loss, row.val_loss] if val else [row.loss]
-        writer.writerow(
-            [rank, *values, *loss_values, _error(row, error), row.status, row.run_id, row.failure]
-        )
+        means = {"train/loss": row.loss, "val/loss": row.val_loss, error: _error(row, error)}
+        cells = [
+            c
+            for m in shown
+            for c in ([means[m], row.std.get(m, math.nan)] if averaged else [means[m]])
+        ]
+        writer.writerow([rank, *values, *([row.n] if averaged else []), *cells, row.status,
+                         row.run_id, row.failure])  # fmt: skip
     return out.getvalue()
 
 
@@ -180,10 +259,11 @@ def print_table(rows: list[Row], keys: list[str], title: str) -> None:
         table.add_column(column, justify="right" if column not in ("status", "run id") else "left")
     for rank, row in enumerate(rows, start=1):
         status = row.status if not row.failure else f"{row.status}: {row.failure[:60]}"
-        loss_cells = [f"{row.loss:.4e}"] + ([f"{row.val_loss:.4e}"] if val else [])
+        loss_cells = [_cell(row, "train/loss", row.loss)]
+        loss_cells += [_cell(row, "val/loss", row.val_loss)] if val else []
         table.add_row(
             str(rank), *(row.params.get(k, "") for k in keys),
-            *loss_cells, f"{_error(row, error):.2e}", status, row.run_id,
+            *loss_cells, _cell(row, error, _error(row, error), ".2e"), status, row.run_id,
         )  # fmt: skip
     Console(highlight=False, width=200).print(table)
 
@@ -197,9 +277,10 @@ def to_markdown(rows: list[Row], keys: list[str], title: str) -> str:
              "| # | " + " | ".join([*keys, *losses, error, "status", "run"]) + " |",
              "|" + "---|" * (len(keys) + len(losses) + 4)]  # fmt: skip
     for rank, row in enumerate(rows, start=1):
-        loss_cells = [f"{row.loss:.4e}"] + ([f"{row.val_loss:.4e}"] if val else [])
+        loss_cells = [_cell(row, "train/loss", row.loss)]
+        loss_cells += [_cell(row, "val/loss", row.val_loss)] if val else []
         cells = [str(rank), *(row.params.get(k, "") for k in keys), *loss_cells,
-                 f"{_error(row, error):.2e}", row.status, row.run_id]  # fmt: skip
+                 _cell(row, error, _error(row, error), ".2e"), row.status, row.run_id]  # fmt: skip
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -213,18 +294,18 @@ def compare(
     client: MlflowClient, parent: Run, *, log: bool, show: bool = True, plots: bool = True
 ) -> list[Row]:
     rows = rows_of(children(client, parent))
-    keys = varied_keys(rows)
+    shown, keys = replicates(rows, varied_keys(rows))  # configurations where seeds repeat
     if show:
-        print_table(rows, keys, f"{parent.info.run_name} ({parent.info.run_id}): best first")
+        print_table(shown, keys, f"{parent.info.run_name} ({parent.info.run_id}): best first")
     if not log or not rows:
         return rows
     run_id = parent.info.run_id
-    records.log_text(client, run_id, to_csv(rows, keys), "comparison.csv")
+    records.log_text(client, run_id, to_csv(shown, keys), "comparison.csv")
     # The parent's description in the UI: the comparison, readable without opening a file.
-    note = to_markdown(rows, keys, parent.info.run_name or "the sweep")[:20000]
+    note = to_markdown(shown, keys, parent.info.run_name or "the sweep")[:20000]
     client.set_tag(run_id, "mlflow.note.content", note)
     try:
-        fig, name = plot(rows, keys)
+        fig, name = plot(shown, keys)
         if fig is not None:
             client.log_figure(parent.info.run_id, fig, name)
     except Exception as error:  # the comparison table and CSV are logged; a picture is extra
@@ -234,16 +315,28 @@ def compare(
             _log_losses(client, run_id, rows[:_LOSS_CURVES])
         except Exception as error:
             log.warning("could not plot the sweep's loss curves: %s", error)
-    best = rows[0]
+    best = shown[0]  # the best run, or the best configuration's mean over its replicates
     if best.status == FINISHED:
         now = int(time.time() * 1000)
         best_metrics = {"best/train_loss": best.loss, "best/error_w_l2": best.w_l2}
         if math.isfinite(best.val_loss):
             best_metrics["best/val_loss"] = best.val_loss
+        tags = [("linreg.best_run_id", best.run_id), ("linreg.best_run", best.name)]
+        if best.n > 1:  # its best run's id; best/* are the configuration's means over n runs
+            best_metrics["best/replicates"] = best.n
+            best_metrics.update(
+                {
+                    f"best/{k.replace('/', '_')}_std": best.std.get(k, math.nan)
+                    for k in ("train/loss", "val/loss")
+                    if k in best.std
+                }
+            )
+            tags.append(("linreg.best_config", best.name))
         records.log_batch(
             client, run_id,
-            metrics=[(key, value, now, 0) for key, value in best_metrics.items()],
-            tags=[("linreg.best_run_id", best.run_id), ("linreg.best_run", best.name)],
+            metrics=[(key, value, now, 0) for key, value in best_metrics.items()
+                     if math.isfinite(value)],
+            tags=tags,
         )  # fmt: skip
     return rows
 
