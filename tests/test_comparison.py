@@ -133,3 +133,22 @@ def test_replicates_are_averaged_and_the_best_mean_wins(store, capsys):
     every = list(csv.DictReader(io.StringIO(store.report("--run", parent.info.run_id,
                                                          "--csv").stdout)))  # fmt: skip
     assert len(every) == 6  # each run stays available
+
+
+def test_a_sweep_where_one_job_ran_still_shows_what_it_swept(store):
+    client = store.client
+    experiment = client.create_experiment("one")
+    parent = client.create_run(experiment, run_name="cut", tags={"linreg.sweep": "true"})
+    client.log_param(parent.info.run_id, "sweep.override.0", "optimizer.lr=0.01,0.1")
+    client.log_param(parent.info.run_id, "sweep.override.1", "trainer.epochs=2")
+    run = client.create_run(experiment, run_name="only", tags={
+        "mlflow.parentRunId": parent.info.run_id,
+        "linreg.overrides": "optimizer.lr=0.01 trainer.epochs=2"})  # fmt: skip
+    client.log_param(run.info.run_id, "optimizer.lr", "0.01")
+    client.log_param(run.info.run_id, "trainer.epochs", "2")
+    client.log_metric(run.info.run_id, "train/loss", 1.0, step=1)
+    client.set_terminated(run.info.run_id, "KILLED")
+    compare(client, client.get_run(parent.info.run_id), log=True, plots=False)
+    table = client.download_artifacts(parent.info.run_id, "comparison.csv")
+    (row,) = list(csv.DictReader(io.StringIO(open(table).read())))
+    assert row["optimizer.lr"] == "0.01" and "trainer.epochs" not in row

@@ -42,6 +42,9 @@ BAD_INPUT = [
     (["-m", "optimizer.momentum=0.9", "optimizer.dampening=0,0.5", "optimizer.nesterov=false,true"],
      "optimizer.nesterov=True is not allowed"),  # one job of the grid
     (["-m", "trainer.engine=analytic", "optimizer=adam,sgd"], "trainer.engine=analytic"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "trainer.seed=1,2"],
+     "hydra.launcher.n_jobs=0"),
+    (["dataset=diabetes", "dataset.split.seed=abc"], "dataset.split.seed=abc"),
     *([(["-m", "hydra/launcher=slurm", "trainer.seed=1,2"], "sbatch is not on PATH")]
       if shutil.which("sbatch") is None else []),
 ]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,8 @@ def test_report_reads_a_past_sweep(store):
     parent, children = sweep_runs(store)
     assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
     assert parent.info.run_id in result.stdout and "best first" in result.stdout
+    sweep_dir = Path(parent.data.tags["linreg.sweep_dir"])
+    assert sweep_dir.is_absolute() and (sweep_dir / "multirun.yaml").exists()
     best = min(children, key=lambda c: c.data.metrics["train/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
     assert parent.data.tags["linreg.best_run"] == best.info.run_name

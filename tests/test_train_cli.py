@@ -57,6 +57,7 @@ def test_overrides_reach_the_run_and_name_it(store):
     )
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) == 5
     assert run.info.run_name == "lr=0.1 batch_size=32 epochs=5"
+    assert run.data.params["model.module.in_features"] == "3"  # from the data, not ???
 
 
 def test_adam_and_larger_dataset(store):

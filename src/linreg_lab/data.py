@@ -298,6 +298,9 @@ def split_fractions(split: dict | None) -> SplitFractions:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not 0 <= value < 1 or math.isnan(value):
             raise DataError(f"dataset.split.{name}={value} is not allowed: a fraction in [0, 1)")
+    seed = fractions.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise DataError(f"dataset.split.seed={seed} is not allowed: a whole number >= 0")
     if fractions.val + fractions.test >= 1:
         raise DataError(
             f"dataset.split: val {fractions.val} + test {fractions.test} >= 1 leaves no "

@@ -163,7 +163,10 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0)
 def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
     """Log what is known before training: params, config, overrides, dataset, optimum."""
     config = setup.plain
-    run.log_params({**flatten(config), **stability_params(setup.optimum, config)})
+    params = flatten(config)
+    if params.get("model.module.in_features") == "???":  # filled in from the data
+        params["model.module.in_features"] = setup.data.num_features
+    run.log_params({**params, **stability_params(setup.optimum, config)})
     run.log_text(config_yaml(config), "config.yaml")
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
     run.log_dataset(config["dataset"], DataFacts.of(setup.data))

@@ -109,7 +109,7 @@ class SweepCallback(Callback):
             sweep_name(config),
             tags={
                 TAG_SWEEP: "true",
-                "linreg.sweep_dir": str(config.hydra.sweep.dir),
+                "linreg.sweep_dir": str(Path(config.hydra.sweep.dir).absolute()),
                 "linreg.launcher": launcher,
             },
         )

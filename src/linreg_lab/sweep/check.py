@@ -151,6 +151,14 @@ def check_launcher(config: DictConfig) -> None:
         problem = pass_size_problem(OmegaConf.select(config, "hydra.launcher.pass_size"))
         if problem:
             raise ConfigError(problem)
+    if target.endswith("JoblibLauncher"):
+        workers = OmegaConf.select(config, "hydra.launcher.n_jobs", default=-1)
+        whole = isinstance(workers, int) and not isinstance(workers, bool)
+        if workers is not None and (not whole or workers == 0):
+            raise ConfigError(
+                f"hydra.launcher.n_jobs={workers} is not allowed: a positive number of worker "
+                "processes, or -1 for one per CPU (joblib's negative counts: CPUs + 1 + n_jobs)"
+            )
     if not target.endswith("SlurmLauncher"):
         return
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:

@@ -206,6 +206,21 @@ def _cell(row: Row, metric: str, value: float, digits: str = ".4e") -> str:
     return text
 
 
+def swept_keys(parent: Run) -> list[str]:
+    """The keys a sweep's command swept (its parent's sweep.override.* params: `k=a,b`,
+    `k=range(...)`, a sweeper's params)."""
+    keys = []
+    for name, value in sorted(parent.data.params.items()):
+        key, _, values = value.partition("=")
+        if name.startswith("sweep.params."):
+            keys.append(name.removeprefix("sweep.params."))
+        elif name.startswith("sweep.override.") and (
+            "," in values or values.startswith(("range(", "glob(", "choice(", "interval("))
+        ):
+            keys.append(key.lstrip("+~"))
+    return list(dict.fromkeys(keys))
+
+
 def to_full_csv(rows: list[Row]) -> str:
     """Every param and every metric (its last value) of every run, ranked: linreg-report --csv."""
     out = io.StringIO()
@@ -294,7 +309,12 @@ def compare(
     client: MlflowClient, parent: Run, *, log: bool, show: bool = True, plots: bool = True
 ) -> list[Row]:
     rows = rows_of(children(client, parent))
-    shown, keys = replicates(rows, varied_keys(rows))  # configurations where seeds repeat
+    # What was swept: the values that differ, or (one job ran: nothing differs) the keys the
+    # sweep's command swept, so its column is there either way.
+    varied = varied_keys(rows) or [
+        k for k in swept_keys(parent) if any(k in r.params for r in rows)
+    ]
+    shown, keys = replicates(rows, varied)  # configurations where seeds repeat
     if show:
         print_table(shown, keys, f"{parent.info.run_name} ({parent.info.run_id}): best first")
     if not log or not rows:
