@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hydra import initialize_config_dir
 
-from linreg_lab.cli import train as train_cli  # noqa: F401  # registers the linreg.root resolver
+import linreg_lab.config  # noqa: F401  # registers the linreg.root resolver
 from linreg_lab.paths import CONF_DIR
 
 

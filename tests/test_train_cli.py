@@ -108,3 +108,18 @@ def test_help_is_this_tools_page_and_cfg_prints_the_config(store):
     job = store.train("--cfg", "job").stdout
     assert "lr: 0.03" in job and "batch_size: 10" in job and "mlflow.db" in job
     assert store.all_runs() == []
+
+
+def test_the_library_runs_twice_in_one_process_without_the_command(store):
+    """Compose with Hydra's API, run, run again with other overrides: the resolver is the
+    library's, no signal handler is installed, nothing of the first run leaks into the second."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    first = store.train_here("trainer.epochs=1", "tracking.run_name=first")
+    second = store.train_here("trainer.epochs=2", "optimizer.lr=0.1", "tracking.run_name=second")
+    assert {s: signal.getsignal(s) for s in before} == before
+    runs = {r.info.run_name: r for r in store.runs()}
+    assert runs["first"].info.run_id == first.run_id and runs["second"].info.run_id == second.run_id
+    assert len(store.client.get_metric_history(second.run_id, "train/loss")) == 2
+    assert runs["second"].data.params["optimizer.lr"] == "0.1"
