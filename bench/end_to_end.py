@@ -133,9 +133,10 @@ def vectorized(cases: list[dict]) -> list[dict]:
 
     A case is {"case", "N", "D" (None: the default 3 features), "lrs", "batches"}; both
     launchers use trainer.engine=auto. Each case also runs with tracking.log_plots=false where
-    that key exists (per-run matplotlib plots otherwise dominate).
+    that key exists (per-run matplotlib plots otherwise dominate), unless the case names its
+    "log_plots" settings (the quick run: one each).
     """
-    plot_settings = [True, False] if has_plot_switch() else [True]
+    switch = has_plot_switch()
     rows = []
     with tempfile.TemporaryDirectory(prefix="linreg-bench-") as tmp:
         workdir = Path(tmp)
@@ -149,7 +150,8 @@ def vectorized(cases: list[dict]) -> list[dict]:
             ]  # fmt: skip
             if case["D"] is not None:
                 overrides.append(f"dataset.num_features={case['D']}")
-            for log_plots in plot_settings:
+            plot_settings = case.get("log_plots", [True, False])
+            for log_plots in plot_settings if switch else [True]:
                 extra = [] if log_plots else ["tracking.log_plots=false"]
                 folder = workdir / f"sweep{len(rows)}"
                 basic = train(stores, *overrides, *extra, f"hydra.sweep.dir={folder / 'basic'}")

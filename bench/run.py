@@ -51,9 +51,10 @@ QUICK = {
     "table": [(100_000, 10)],
     "repeats": 1,
     "sweep_runs": 2,
-    "vectorized": [
-        {"case": "lr", "N": 2000, "D": 100, "lrs": 4, "batches": [100]},
-        {"case": "grid", "N": 2000, "D": None, "lrs": 2, "batches": [10, 100]},
+    "vectorized": [  # each case with one of the two plot settings: both kinds still run
+        {"case": "lr", "N": 2000, "D": 100, "lrs": 4, "batches": [100], "log_plots": [True]},
+        {"case": "grid", "N": 2000, "D": None, "lrs": 2, "batches": [10, 100],
+         "log_plots": [False]},
     ],
     "sweeps": [2],
     "sweeps_joblib": [],

@@ -1,9 +1,11 @@
-"""`bench/run.py --quick` runs end to end and writes every row (no timing is asserted)."""
+"""`bench/run.py --quick` runs end to end and writes every row (no timing is asserted).
+
+One test per group of sections (`--only`), so that test workers share them out; together they
+run every section of the quick plan."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +16,21 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_quick_benchmark_writes_every_section(tmp_path):
+def quick(tmp_path, *sections: str) -> tuple[dict, str]:
     out = tmp_path / "latest.json"
+    only = [arg for section in sections for arg in ("--only", section)]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", *only, "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(out.read_text())
+    assert set(sections) <= set(results) and "Goals" in result.stdout
+    return results, result.stdout
 
+
+def test_the_engines_rows(tmp_path):
+    results, _ = quick(tmp_path, "throughput", "paths", "large", "table")
     throughput = results["throughput"]
     assert {(r["N"], r["D"], r["batch"]) for r in throughput} >= {
         (1000, 3, b) for b in (1, 10, 100, 1000)
@@ -38,30 +46,40 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     (table,) = results["table"]  # a Parquet file loaded, then trained on
     assert table["N"] == 100_000 and table["load_s"] > 0 and table["read_table_s"] > 0
     assert table["table_epoch_s"] > 0 and table["peak_above_baseline_over_data"] > 0.5
+
+
+def test_the_programs_rows(tmp_path):
+    results, _ = quick(tmp_path, "default_experiment", "sweep", "limits")
     assert results["default_experiment"]["ours_s"] > 0
     assert results["default_experiment"]["reference_s"] > 0
     sweep = results["sweep"]
     assert sweep["runs"] == 2 and sweep["ours_s"] > 0 and sweep["autograd_sweep_s"] > 0
-    vectorized = results["vectorized"]
-    tracking = (ROOT / "conf" / "tracking" / "local.yaml").read_text()
-    has_switch = re.search(r"^log_plots\s*:", tracking, re.MULTILINE) is not None
-    plot_settings = {True, False} if has_switch else {True}  # tracking.log_plots=false too
-    assert {(r["case"], r["log_plots"]) for r in vectorized} == {
-        (case, plots) for case in ("lr", "grid") for plots in plot_settings
-    }
-    for row in vectorized:
-        assert row["basic_s"] > 0 and row["vectorized_s"] > 0 and row["x_basic"] > 0, row
-        assert row["passes"] == len(row["batches"]), row  # one pass per batch size
-    (lr,) = [r for r in vectorized if r["case"] == "lr" and r["log_plots"]]
-    assert (lr["N"], lr["D"], lr["runs"], lr["batches"]) == (2000, 100, 4, [100])
-    (grid,) = [r for r in vectorized if r["case"] == "grid" and r["log_plots"]]
-    assert (grid["N"], grid["D"], grid["runs"], grid["batches"]) == (2000, 3, 4, [10, 100])
-    (sweeps,) = results["sweeps"]  # the hand-written peer against ours, each store checked
-    assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
-    assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0
-    assert sweeps["hydra_s"] > 0 and sweeps["mlflow_s"] > 0  # the floors, measured too
     limits = results["limits"]
     assert limits["dead_server_s"] > 0 and limits["ui_start_s"] > 0
     assert limits["ui_server_rss_mb"] > 0
     goals = {g["goal"] for g in results["goals"]}
-    assert any("vectorized" in g for g in goals) and "Goals" in result.stdout
+    assert "a dead server refused within 30 s" in goals
+
+
+def test_the_launchers_rows(tmp_path):
+    results, _ = quick(tmp_path, "vectorized")
+    vectorized = results["vectorized"]
+    # Each case once, one with the per-run plots and one without (the full run: both each).
+    assert {(r["case"], r["log_plots"]) for r in vectorized} == {("lr", True), ("grid", False)}
+    for row in vectorized:
+        assert row["basic_s"] > 0 and row["vectorized_s"] > 0 and row["x_basic"] > 0, row
+        assert row["passes"] == len(row["batches"]), row  # one pass per batch size
+    (lr,) = [r for r in vectorized if r["case"] == "lr"]
+    assert (lr["N"], lr["D"], lr["runs"], lr["batches"]) == (2000, 100, 4, [100])
+    (grid,) = [r for r in vectorized if r["case"] == "grid"]
+    assert (grid["N"], grid["D"], grid["runs"], grid["batches"]) == (2000, 3, 4, [10, 100])
+    goals = {g["goal"] for g in results["goals"]}
+    assert any("vectorized" in g for g in goals)
+
+
+def test_the_sweeps_rows(tmp_path):
+    results, _ = quick(tmp_path, "sweeps")
+    (sweeps,) = results["sweeps"]  # the hand-written peer against ours, each store checked
+    assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
+    assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0
+    assert sweeps["hydra_s"] > 0 and sweeps["mlflow_s"] > 0  # the floors, measured too

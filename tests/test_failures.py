@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,10 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, _env
+from tests.conftest import BIN, Store, _env
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +54,53 @@ BAD_INPUT = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory, template_store):
+    """Every BAD_INPUT command line, run by linreg-train's own app in one process against one
+    store (tests/commands.py); the store afterwards."""
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copy(template_store, root / "mlflow.db")
+    store = Store(root)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.commands"], cwd=ROOT, env=_env(store.uri),
+        input=json.dumps([args for args, _ in BAD_INPUT]), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(zip(map(tuple, (a for a, _ in BAD_INPUT)), json.loads(result.stdout))), store
+
+
 @pytest.mark.parametrize(
     "args,named", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None
 )
-def test_bad_input_is_one_line_and_creates_nothing(store, args, named):
+def test_bad_input_is_one_line_and_creates_nothing(bad_input_results, args, named):
+    results, store = bad_input_results
+    code, out, err = results[tuple(args)]
+    _assert_refused(code, out, err, named)
+    assert store.all_runs() == []  # no command line of them made a run
+
+
+# Through the real program too: one of each kind (Hydra's composition, a setting, a sweep's
+# job), for the command's own exit path (linreg_lab.cli.train.main, its MLflow helper).
+@pytest.mark.parametrize(
+    "args,named",
+    [(["optimizer=adamw"], "optimizer/adamw"), (["trainer.batch_size=0"], "trainer.batch_size=0"),
+     (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr=-1")],
+)  # fmt: skip
+def test_bad_input_through_the_command(store, args, named):
     result = store.train(*args, check=False)
-    assert "Traceback" not in result.stderr + result.stdout
-    message = [line for line in result.stderr.splitlines() if line.strip()]
-    if named in HYDRAS_OWN:  # Hydra's composition errors: its own text, exit 1 (README)
-        assert result.returncode == 1 and any(named in line for line in message), result.stderr
-    else:  # ours: one line naming the setting, exit 2
-        assert result.returncode == 2, (result.returncode, result.stderr)
-        assert len(message) == 1 and named in message[0], result.stderr
+    _assert_refused(result.returncode, result.stdout, result.stderr, named)
     assert store.all_runs() == []
+
+
+def _assert_refused(code: int, out: str, err: str, named: str) -> None:
+    assert "Traceback" not in err + out
+    message = [line for line in err.splitlines() if line.strip()]
+    if named in HYDRAS_OWN:  # Hydra's composition errors: its own text, exit 1 (README)
+        assert code == 1 and any(named in line for line in message), err
+    else:  # ours: one line naming the setting, exit 2
+        assert code == 2, (code, err)
+        assert len(message) == 1 and named in message[0], err
 
 
 HYDRAS_OWN = {"optimizer.lrr", "optimizer/adamw"}
@@ -147,7 +185,9 @@ def test_interrupted_sweep_stops_and_ends_killed(store, launcher, signum, to_gro
 
     import psutil
 
-    process = start_in_group(store, "-m", *LONG_RUN, "trainer.seed=1,2,3,4,5,6", *launcher)
+    # lrs, not seeds: a sweep over seeds alone compares one configuration (replicates)
+    lrs = "optimizer.lr=" + ",".join(f"{0.01 + 0.001 * i:.3f}" for i in range(6))
+    process = start_in_group(store, "-m", *LONG_RUN, lrs, *launcher)
     try:
         wait_for_metric(store, "linreg")
         processes = psutil.Process(process.pid).children(recursive=True)

@@ -108,6 +108,10 @@ class Helper:
             # Ignored from its first instruction: a Ctrl-C during its imports must not kill it.
             preexec_fn=_ignore_stop_signals,
         )
+        # Connected beside the caller's own start-up, so that its first message never waits
+        # for the helper's (the thread ends once connected, well before training starts).
+        self._connector = threading.Thread(target=self._connect_now, daemon=True)
+        self._connector.start()
         self._seq = itertools.count(1)
         self._handles = itertools.count(1)
         self._posted = 0
@@ -121,8 +125,11 @@ class Helper:
     @property
     def _conn(self) -> Connection:
         if self._connection is None:
-            self._connection = self._connect()
+            self._connector.join()
         return self._connection
+
+    def _connect_now(self) -> None:
+        self._connection = self._connect()
 
     def _connect(self) -> Connection:
         """The helper's end, once it listens; one that reads as a dead helper if it died first."""
