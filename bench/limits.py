@@ -37,7 +37,11 @@ def dead_server(folder: Path) -> float:
 
 
 def ui(folder: Path) -> tuple[float, float]:
-    """linreg-ui over a new store: seconds until it prints the runs page, MB its server holds."""
+    """linreg-ui over a store with a run: seconds until it prints the runs page, MB its server
+    holds."""
+    from bench.end_to_end import Stores
+
+    folder = Stores(folder).fresh()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     subprocess.run([str(BIN / "linreg-train"), "trainer.epochs=1"], cwd=folder, env=env,
                    check=True, capture_output=True, timeout=300)  # fmt: skip

@@ -6,6 +6,7 @@ run records runs in this process through the same run_experiment (Store.train_he
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,8 @@ def test_default_experiment_end_to_end(store):
     )
     assert run.info.run_name == "default"
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    folder = Path(run.data.tags["linreg.output_dir"])  # the run points at its Hydra folder
+    assert folder.is_absolute() and (folder / ".hydra" / "config.yaml").exists()
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "overrides.txt", "parameters.json"} <= artifacts

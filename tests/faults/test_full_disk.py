@@ -54,10 +54,11 @@ def test_a_full_disk_while_the_store_is_created_leaves_no_half_made_store(small_
     assert run.info.status == "FINISHED"
 
 
-def test_a_disk_filled_mid_run_fails_the_run_in_one_line(small_disk):
+def test_a_disk_filled_mid_run_fails_the_run_in_one_line(small_disk, template_store):
     small_disk.grow(8192)
+    shutil.copy(template_store, small_disk.root / "mlflow.db")
     store = Store(small_disk.root)
-    store.train("trainer.epochs=1", "tracking.log_plots=false")
+    store.train_here("trainer.epochs=1", "tracking.log_plots=false")  # a run already there
     small_disk.fill(leave_kib=300)  # room for the run, not for its 3000 epochs
     result = store.train("dataset.num_samples=2000", "trainer.batch_size=2000",
                          "trainer.epochs=3000", check=False)  # fmt: skip
@@ -68,4 +69,5 @@ def test_a_disk_filled_mid_run_fails_the_run_in_one_line(small_disk):
     (failed,) = [r for r in runs if r.info.status != "FINISHED"]
     assert failed.info.status == "FAILED"  # never FINISHED with its metrics missing
     assert "disk is full" in failed.data.tags["linreg.failure"]
-    store.train("trainer.epochs=1")  # the store still takes runs
+    store.train_here("trainer.epochs=1")  # the store still takes runs
+    assert len(store.runs()) == 3

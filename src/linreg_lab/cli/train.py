@@ -64,6 +64,10 @@ def train(cfg: DictConfig) -> float:
             )
             return done[1]
     arguments = job.run_arguments() if job is not None else {}
+    # The run and its folder point at each other: .hydra/, the job's log, the outputs.
+    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    if output_dir:
+        arguments["tags"] = {"linreg.output_dir": os.path.abspath(str(output_dir))}
     try:
         with exit_on_user_error():
             outcome = run_experiment(

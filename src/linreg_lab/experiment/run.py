@@ -146,14 +146,15 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
     return model, optimizer_factory
 
 
-def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0) -> Run:
-    """Create the run: its name, tags, parent; nothing logged yet."""
+def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0, tags=None) -> Run:
+    """Create the run: its name, tags (the caller's too), parent; nothing logged yet."""
     return setup.store.start_run(
         setup.tracking.run_name or run_name_from_overrides(overrides),
         tags={
             **_git_tags(),
             "linreg.overrides": " ".join(overrides) or "(none)",
             TAG_JOB_KEY: job_key(setup.plain),
+            **(tags or {}),
         },  # fmt: skip
         parent_run_id=setup.parent_run_id,
         flush_seconds=flush_seconds,
@@ -271,11 +272,13 @@ def run_experiment(
     data_source: DataSource | None = None,
     wait: bool = True,
     plain: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Outcome:
     """Validate, build, train and record one run; never leaves the run RUNNING.
 
     wait: return once the run is in the store (False: once it is handed to the helper).
     plain: cfg resolved (build.plain_config), where the caller has it already.
+    tags: more tags for the run (linreg-train: its Hydra output folder).
     """
     setup = set_up(cfg, store, parent_run_id, data_source, plain)
     model, optimizer_factory = build_model(setup)
@@ -284,7 +287,7 @@ def run_experiment(
         monitor.start(*start)
     if not quiet:  # a sweep says it for every job before the sweep starts (preflight)
         _say_if_unstable(setup)
-    run = open_run(setup, overrides)
+    run = open_run(setup, overrides, tags=tags)
     try:
         with ended(run) as outcome:
             record_start(run, setup, overrides)
