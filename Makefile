@@ -19,7 +19,7 @@ run: $(INSTALLED)  ## train the default experiment into ./mlruns
 # Test workers (pytest-xdist): the suite waits on processes, servers and SLURM as much as it
 # computes, so a third worker helps on 2 cores. Tests that share something (the SLURM cluster)
 # carry one xdist_group and run on one worker (--dist loadgroup).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 
 test: $(INSTALLED)  ## the whole suite (~N min on 2 cores)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
