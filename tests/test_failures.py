@@ -35,6 +35,7 @@ BAD_INPUT = [
     (["+optimizer.lrr=0.1"], "torch.optim.SGD takes no argument 'lrr'"),  # past the schema
     (["+optimizer.momentum2=???"], "optimizer.momentum2=??? is not allowed"),
     (["optimizer.lr=${nope}"], "optimizer.lr: Interpolation key 'nope' not found"),
+    (["tracking.run_name=${nosuch.key}"], "tracking.run_name: Interpolation key 'nosuch.key'"),
     (["-m", "optimizer.momentum=0,0.9", "optimizer.nesterov=true"],
      "in the sweep's job optimizer.momentum=0"),
     (["optimizer=adamw"], "optimizer/adamw"),

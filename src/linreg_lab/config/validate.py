@@ -345,6 +345,8 @@ _ARTIFACT_PACKAGES = {
 
 
 def _check_tracking(cfg: DictConfig) -> None:
+    for key in ("run_name", "experiment_name"):  # ${nosuch.key} in them: one line, not a traceback
+        OmegaConf.select(cfg, f"tracking.{key}", default=None, throw_on_resolution_failure=True)
     uri = cfg.tracking.uri
     if not uri or not any(
         uri.startswith(s) for s in ("sqlite:///", "http://", "https://", "postgresql", "mysql")
