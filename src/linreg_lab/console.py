@@ -51,7 +51,7 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     truth = data.has_truth
     reference = data.true_w.tolist() if truth else list(fitted[0])
     reference_b = data.true_b if truth else fitted[1]
-    scaling = getattr(data, "scaling", None)
+    scaling = data.scaling
     caption = "units: the data's own"
     if scaling is not None and not scaling.is_identity:  # back to the table's own units
         w, b = _original(scaling, w, b)

@@ -46,14 +46,15 @@ def content_digest(path: str | os.PathLike) -> str | None:
     cache = _digest_cache()
     if key in cache:
         return cache[key]
+    folder = target.is_dir()
     digest = hashlib.sha256()
     for file in files:
-        if target.is_dir():
+        if folder:
             digest.update(str(file.relative_to(target)).encode() + b"\0")
         with open(file, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     value = digest.hexdigest()[:16]
-    _remember_digest(key, value)
+    _remember_digest(cache, key, value)
     return value
 
 
@@ -69,9 +70,8 @@ def _digest_cache() -> dict[str, str]:
         return {}
 
 
-def _remember_digest(key: str, value: str) -> None:
+def _remember_digest(cache: dict[str, str], key: str, value: str) -> None:
     """Kept for the next run (the last 1000 files); a cache that cannot be written is skipped."""
-    cache = _digest_cache()
     cache[key] = value
     kept = dict(list(cache.items())[-1000:])
     file = _digest_file()

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def _assemble(
                 "dataset.features=[] is not allowed: name at least one column (null: every "
                 "numeric column but the target)"
             )
-        repeated = sorted({f for f in chosen if chosen.count(f) > 1})
+        repeated = _repeated(chosen)
         if repeated:
             raise TableError(f"dataset.features: {repeated} named more than once")
         unknown = [f for f in chosen if f not in columns]
@@ -424,8 +425,13 @@ def _read_csv(file: Path):
         raise TableError(f"{where}: cannot read it as csv: {error}") from None
 
 
+def _repeated(names: list[str]) -> list[str]:
+    """The names that appear more than once, sorted."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
 def _refuse_repeated_names(names: list[str], where: str) -> None:
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = _repeated(names)
     if repeated:
         raise TableError(
             f"{where}: column names {repeated} appear more than once; give each column its own "

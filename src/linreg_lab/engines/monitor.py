@@ -83,21 +83,16 @@ class EpochMonitor:
         self.history.append(metrics)
         # The loss sums in float64 and can stay finite while float32 values have overflowed.
         blown = [key for key, value in metrics.items() if not math.isfinite(value)]
-        finite = {key: value for key, value in metrics.items() if math.isfinite(value)}
         if blown:
             key = "train/loss" if "train/loss" in blown else blown[0]
-            raise Diverged(
-                f"diverged at epoch {epoch}: {key}={metrics[key]} (try a smaller optimizer.lr)",
-                finite,
-            )
-        if loss > self.ceiling:
-            raise Diverged(
-                f"diverged at epoch {epoch}: train/loss={loss:.4g}, above {self.ceiling:.3g} "
-                f"({DIVERGENCE_FACTOR:.0e} x its starting loss or mean(y^2)); try a smaller "
-                "optimizer.lr",
-                finite,
-            )
-        return metrics
+            why = f"{key}={metrics[key]} (try a smaller optimizer.lr)"
+        elif loss > self.ceiling:
+            why = (f"train/loss={loss:.4g}, above {self.ceiling:.3g} ({DIVERGENCE_FACTOR:.0e} x "
+                   "its starting loss or mean(y^2)); try a smaller optimizer.lr")  # fmt: skip
+        else:
+            return metrics
+        finite = {key: value for key, value in metrics.items() if math.isfinite(value)}
+        raise Diverged(f"diverged at epoch {epoch}: {why}", finite)
 
     @property
     def final(self) -> dict[str, float]:

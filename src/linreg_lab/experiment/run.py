@@ -207,22 +207,23 @@ def config_yaml(config: dict) -> str:
     )  # fmt: skip
 
 
-def _say_if_unstable(setup: Setup) -> None:
-    """The run's lr against its data's bounds, on stderr before it trains: 'will diverge' or
-    'may diverge' (nothing when stable, or for optimizers without a bound)."""
-    config = setup.plain
+def _verdict(optimum: LeastSquares, config: dict) -> tuple[stability.Verdict | None, int]:
+    """The run's lr against its data's bounds (engines.stability), and its batch size."""
     batch = int(config.get("trainer", {}).get("batch_size", 1))
-    c = setup.optimum.curvature
-    v = stability.verdict(c, config.get("optimizer", {}), batch)
+    return stability.verdict(optimum.curvature, config.get("optimizer", {}), batch), batch
+
+
+def _say_if_unstable(setup: Setup) -> None:
+    """The run's verdict on stderr before it trains: 'will diverge' or 'may diverge' (nothing
+    when stable, or for optimizers without a bound)."""
+    v, batch = _verdict(setup.optimum, setup.plain)
     if v is not None and v.word != "stable":
         print(f"linreg-lab: {v.why(batch)}", file=sys.stderr, flush=True)
 
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:
     """The dataset's curvature and the run's lr against its bounds (engines.stability)."""
-    c = optimum.curvature
-    batch = int(config.get("trainer", {}).get("batch_size", 1))
-    return stability.params(c, stability.verdict(c, config.get("optimizer", {}), batch))
+    return stability.params(optimum.curvature, _verdict(optimum, config)[0])
 
 
 def record_end(

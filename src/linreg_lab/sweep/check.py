@@ -18,7 +18,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from linreg_lab.config.validate import ConfigError, validate
 
@@ -77,24 +77,35 @@ def sample_jobs(swept: dict[str, list[str]]) -> list[tuple[str, ...]]:
 
 
 @contextmanager
-def as_job(config: DictConfig, number: int):
-    """Hydra's config as job `number` of the sweep `config` sees it (hydra.job.num and id
-    set), so a `${hydra:job.num}` in a job's settings resolves before the job exists."""
+def numbered_jobs(config: DictConfig):
+    """Yields number(n): from then on Hydra's config is as job n of the sweep `config` sees it
+    (hydra.job.num and id set), so a `${hydra:job.num}` in a job's settings resolves before
+    the job exists. The sweep's Hydra node is copied once (~16 ms); a number sets two keys."""
     instance = HydraConfig.instance()
     saved = instance.cfg
     if OmegaConf.select(config, "hydra", default=None) is None:
-        yield
+        yield lambda n: None
         return
-    job = copy.deepcopy(OmegaConf.masked_copy(config, "hydra"))
-    OmegaConf.set_readonly(job.hydra, False)
-    with open_dict(job.hydra.job):
-        job.hydra.job.num = number
-        job.hydra.job.id = str(number)
-    instance.set_config(job)
+    instance.set_config(copy.deepcopy(OmegaConf.masked_copy(config, "hydra")))
+    node = instance.cfg.hydra.job
+
+    def number(n: int) -> None:
+        with read_write(node), open_dict(node):
+            node.num = n
+            node.id = str(n)
+
     try:
-        yield
+        yield number
     finally:
         instance.cfg = saved
+
+
+@contextmanager
+def as_job(config: DictConfig, number: int):
+    """Hydra's config as job `number` of the sweep `config` sees it (numbered_jobs)."""
+    with numbered_jobs(config) as set_number:
+        set_number(number)
+        yield
 
 
 def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
@@ -110,33 +121,34 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
     checked = []
-    for job in sample_jobs(swept):
-        parsed = [parser.parse_override(override) for override in job]
-        recomposes = [
-            override
-            for override, p in zip(job, parsed)
-            if p.key_or_group in groups or p.is_add() or p.is_force_add() or p.is_delete()
-            or p.package is not None or p.key_or_group.startswith("hydra")
-        ]  # fmt: skip
-        key = tuple(recomposes)
-        if key not in composed:
-            composed[key] = _compose(config_name, [*fixed, *recomposes])
-        cfg = copy.deepcopy(composed[key])
-        for override, p in zip(job, parsed):
-            if override in recomposes:
-                continue
+    with numbered_jobs(config) as number:
+        for job in sample_jobs(swept):
+            parsed = [parser.parse_override(override) for override in job]
+            recomposes = [
+                override
+                for override, p in zip(job, parsed)
+                if p.key_or_group in groups or p.is_add() or p.is_force_add() or p.is_delete()
+                or p.package is not None or p.key_or_group.startswith("hydra")
+            ]  # fmt: skip
+            key = tuple(recomposes)
+            if key not in composed:
+                composed[key] = _compose(config_name, [*fixed, *recomposes])
+            cfg = copy.deepcopy(composed[key])
+            for override, p in zip(job, parsed):
+                if override in recomposes:
+                    continue
+                try:
+                    OmegaConf.update(cfg, p.get_key_element(), p.value(), merge=True)
+                except Exception as error:  # the schema refuses the value's type
+                    raise ConfigError(f"{override}: {one_line(error)}") from None
+            number(len(checked))
             try:
-                OmegaConf.update(cfg, p.get_key_element(), p.value(), merge=True)
-            except Exception as error:  # the schema refuses the value's type
-                raise ConfigError(f"{override}: {one_line(error)}") from None
-        try:
-            with as_job(config, len(checked)):
                 validate(cfg)
                 _check_engine(cfg)
-        except ConfigError as error:
-            where = f" (in the sweep's job {' '.join(job)})" if swept else ""
-            raise ConfigError(f"{error}{where}") from None
-        checked.append((list(job), cfg))
+            except ConfigError as error:
+                where = f" (in the sweep's job {' '.join(job)})" if swept else ""
+                raise ConfigError(f"{error}{where}") from None
+            checked.append((list(job), cfg))
     return checked
 
 

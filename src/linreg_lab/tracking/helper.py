@@ -97,8 +97,8 @@ class Helper:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        # The helper listens on a socket in a folder only this user can enter; we connect at
-        # the first message (multiprocessing's public Listener and Client, not a raw fd).
+        # The helper listens on a socket in a folder only this user can enter; a thread below
+        # connects to it (multiprocessing's public Listener and Client, not a raw fd).
         self._folder = tempfile.mkdtemp(prefix="linreg-helper-")
         self._address = os.path.join(self._folder, "socket")
         self._connection: Connection | None = None

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -179,14 +180,14 @@ def _config_row(group: list[Row], keys: list[str], metric: str) -> Row:
     return Row(
         best.run_id, " ".join(f"{k}={best.params.get(k, '')}" for k in keys) or "all runs",
         best.overrides, status, mean.get("train/loss", math.nan), mean.get("error/w_l2", math.nan),
-        failure, {k: best.params.get(k, "") for k in best.params}, mean.get("val/loss", math.nan),
+        failure, dict(best.params), mean.get("val/loss", math.nan),
         mean.get("error/lsq_l2", math.nan), mean, len(group), std,
     )  # fmt: skip
 
 
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+    return statistics.fmean(finite) if finite else math.nan
 
 
 def _std(values: list[float]) -> float:
@@ -194,8 +195,7 @@ def _std(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < 2:
         return 0.0 if finite else math.nan
-    mean = sum(finite) / len(finite)
-    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+    return statistics.stdev(finite)
 
 
 def _cell(row: Row, metric: str, value: float, digits: str = ".4e") -> str:
