@@ -49,6 +49,7 @@ def ui(folder: Path) -> tuple[float, float]:
     process = subprocess.Popen(
         [str(BIN / "linreg-ui"), "--port", str(_free_port())], cwd=folder, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_ctrl_c_as_a_terminal,
     )  # fmt: skip
     try:
         for line in process.stdout:
@@ -61,6 +62,11 @@ def ui(folder: Path) -> tuple[float, float]:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
     return start_s, rss_mb
+
+
+def _ctrl_c_as_a_terminal() -> None:
+    """`make bench &` starts us with SIGINT ignored, which exec passes on: the UI's own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def measure() -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+
+# A shell without job control starts background commands (`make test &`, a CI step in the
+# background) with SIGINT ignored, and an ignored signal stays ignored across exec: the
+# programs the tests press Ctrl-C on (linreg-ui, the bench's UI) would never see it. Tests
+# start them as a terminal would: with Ctrl-C's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _env(uri: str, **extra: str) -> dict[str, str]:
