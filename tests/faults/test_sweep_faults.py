@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import BIN, _env
+from tests.conftest import BIN, Store, _env
 from tests.test_failures import start_in_group, wait_for_metric
 
 pytestmark = pytest.mark.slow
@@ -187,11 +188,21 @@ def test_a_server_killed_mid_sweep(store):
 
 def test_hydra_interpolations_in_a_sweep_are_each_jobs_and_the_sweep_stays_one(store):
     """`${hydra:job.num}` (resolved per job, as in any Hydra app) used to break the sweep's
-    start: Hydra turned the error into a warning and ran every job as a lone run."""
-    result = store.train("-m", "tracking.run_name=job${hydra:job.num}", "optimizer.lr=0.01,0.1",
-                         "trainer.epochs=1")  # fmt: skip
+    start: Hydra turned the error into a warning and ran every job as a lone run. And Hydra's
+    hydra.job.env_set moves the whole sweep (its parent too) to the store it names."""
+    moved = Store(store.root / "moved")
+    moved.root.mkdir()
+    shutil.copy(store.root / "mlflow.db", moved.root / "mlflow.db")  # an initialised store
+    result = store.train(
+        "-m",
+        "tracking.run_name=job${hydra:job.num}",
+        "optimizer.lr=0.01,0.1",
+        "trainer.epochs=1",
+        f"+hydra.job.env_set.MLFLOW_TRACKING_URI={moved.uri}",
+    )
     assert "UserWarning" not in result.stderr, result.stderr
-    runs = store.runs()
+    assert store.all_runs() == []  # MLFLOW_TRACKING_URI of the command's environment: unused
+    runs = moved.runs()
     (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["job0", "job1"]

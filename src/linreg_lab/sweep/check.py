@@ -18,6 +18,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import env_override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from linreg_lab.config.validate import ConfigError, validate
@@ -102,10 +103,14 @@ def numbered_jobs(config: DictConfig):
 
 @contextmanager
 def as_job(config: DictConfig, number: int):
-    """Hydra's config as job `number` of the sweep `config` sees it (numbered_jobs)."""
+    """Hydra's config and environment as job `number` of the sweep `config` sees them
+    (numbered_jobs; hydra.job.env_set, which Hydra sets only around each job: a
+    +hydra.job.env_set.MLFLOW_TRACKING_URI=... moves the sweep's parent with its jobs)."""
     with numbered_jobs(config) as set_number:
         set_number(number)
-        yield
+        env_set = OmegaConf.select(config, "hydra.job.env_set", default=None) or {}
+        with env_override({str(k): str(v) for k, v in env_set.items()}):
+            yield
 
 
 def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
