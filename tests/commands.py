@@ -1,35 +1,46 @@
 """linreg-train's Hydra app on several command lines in one process, each as the command runs
-it (same composition, checks and error lines; the exit code its SystemExit carries), for tests
-of what bad input does: ~0.2 s a command line instead of a process's ~8 s of imports.
+it (same composition, checks, sweep and error lines; the exit code its SystemExit carries):
+~0.2 s a command line instead of two processes' ~8 s of imports (the command's and its MLflow
+helper's).
 
     python -m tests.commands < argvs.json > results.json   # [[args...], ...] -> [[code, out, err]]
+    python -m tests.commands --serve   # one JSON request a line: {"args", "cwd", "env"}
 
-The command's own exit path (linreg_lab.cli.train.main) is tested through the real program
-(tests/test_failures.py)."""
+--serve keeps one process and one MLflow helper for a test worker's whole session (conftest's
+Store.command): each command line runs as linreg-train's run_command, then the helper writes
+all it was sent before the reply. What the helper prints (a sweep's job lines and comparison)
+is appended to the command's output. The command's own process behaviour (exit paths,
+signals, its helper's lifetime) is tested through the real program."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 
 
-def run(args: list[str]) -> tuple[int, str, str]:
-    from linreg_lab.cli import train as command  # installs its signal handlers, as it does
-
-    sys.argv = ["linreg-train", *args]
+@contextlib.contextmanager
+def _captured():
+    """fds 1 and 2 into files, whatever writes there (Hydra, logging, print); yields a
+    function that returns (out, err) so far."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
-        os.dup2(out.fileno(), 1)  # whatever writes there (Hydra, logging, print): captured
+        os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
-        code = 0
+
+        def read() -> tuple[str, str]:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            out.seek(0)
+            err.seek(0)
+            return out.read(), err.read()
+
         try:
-            command.train()
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+            yield read
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -37,12 +48,71 @@ def run(args: list[str]) -> tuple[int, str, str]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-        out.seek(0)
-        err.seek(0)
-        return code, out.read(), err.read()
+
+
+def _code(exit: SystemExit) -> int:
+    return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+
+
+def run(args: list[str]) -> tuple[int, str, str]:
+    from linreg_lab.cli import train as command  # installs its signal handlers, as it does
+
+    sys.argv = ["linreg-train", *args]
+    with _captured() as read:
+        code = 0
+        try:
+            command.train()
+        except SystemExit as exit:
+            code = _code(exit)
+        out, err = read()
+    return code, out, err
+
+
+def serve() -> None:
+    from linreg_lab.cli import train as command
+    from linreg_lab.tracking import helper
+
+    replies = os.fdopen(os.dup(1), "w")
+    printed = tempfile.NamedTemporaryFile("a+", suffix=".helper.out")
+    with _captured():
+        saved = os.dup(1), os.dup(2)
+        os.dup2(printed.fileno(), 1)  # the helper's own stdout and stderr, for its whole life
+        os.dup2(printed.fileno(), 2)
+        helper.helper()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+    for line in sys.stdin:
+        request = json.loads(line)
+        os.chdir(request["cwd"])
+        before = {name: os.environ.get(name) for name in request["env"]}
+        os.environ.update(request["env"])
+        start = os.path.getsize(printed.name)
+        sys.argv = ["linreg-train", *request["args"]]
+        with _captured() as read:
+            code = command.run_command()
+            code = _code(SystemExit(code))
+            try:
+                helper.helper().call("sync", None)  # all it was sent is written (or failed)
+            except Exception as error:  # a write that failed: the command's own end says so
+                print(f"commands: the helper: {error}", file=sys.stderr)
+            out, err = read()
+        with open(printed.name) as said:
+            said.seek(start)
+            out += said.read()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        replies.write(json.dumps([code, out, err]) + "\n")
+        replies.flush()
+    helper.close()
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+        return
     results = [run(args) for args in json.load(sys.stdin)]
     sys.stdout.write(json.dumps(results))
 

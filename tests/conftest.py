@@ -39,12 +39,68 @@ def template_store(tmp_path_factory) -> Path:
     return path
 
 
+class Commands:
+    """One `python -m tests.commands --serve` process for a test worker: linreg-train command
+    lines run in it, one after the other, each as the command runs them."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def run(self, root: Path, args: list[str], env: dict[str, str]):
+        import json
+
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.commands", "--serve"], cwd=ROOT,
+                env=_env(os.environ.get("MLFLOW_TRACKING_URI", "")), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        request = {"args": list(args), "cwd": str(root), "env": env}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        if not reply:
+            raise AssertionError(f"tests.commands exited {self.process.wait()}: {args}")
+        code, out, err = json.loads(reply)
+        return subprocess.CompletedProcess(["linreg-train", *args], code, out, err)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=120)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def commands():
+    driver = Commands()
+    yield driver
+    driver.close()
+
+
 class Store:
     """A sqlite store in a test's tmp_path, with the CLI pointed at it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, commands: Commands | None = None):
         self.root = root
         self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self._commands = commands
+
+    def command(self, *args: str, check: bool = True, **env: str):
+        """linreg-train args as the command runs them, in this worker's tests.commands
+        process (no imports to pay): for tests of what runs and sweeps record. What is about
+        the process (exit paths, signals, launchers' workers) goes through train()."""
+        assert self._commands is not None, "Store(root, commands): the commands fixture"
+        result = self._commands.run(self.root, list(args), {"MLFLOW_TRACKING_URI": self.uri,
+                                                            **env})  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"linreg-train {' '.join(args)} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+            )
+        return result
 
     @property
     def client(self):
@@ -124,12 +180,12 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path, template_store) -> Store:
+def store(tmp_path, template_store, commands) -> Store:
     shutil.copy(template_store, tmp_path / "mlflow.db")
-    return Store(tmp_path)
+    return Store(tmp_path, commands)
 
 
 @pytest.fixture
-def fresh_store(tmp_path) -> Store:
+def fresh_store(tmp_path, commands) -> Store:
     """A store that does not exist yet: the first writer creates it."""
-    return Store(tmp_path)
+    return Store(tmp_path, commands)

@@ -41,7 +41,7 @@ def assert_complete_grid(store, parent, children, size: int, epochs: int = 2):
 
 
 def test_grid_sweep_on_a_fresh_store(fresh_store):
-    result = fresh_store.train("-m", *GRID)
+    result = fresh_store.command("-m", *GRID)
     parent, children = sweep_runs(fresh_store)
     assert_complete_grid(fresh_store, parent, children, size=6)
     assert parent.info.run_id in result.stdout and "best first" in result.stdout
@@ -72,7 +72,7 @@ def test_a_sweep_through_submitit_local(store):
 
 def test_named_preset_uses_its_grid_and_experiment(store):
     """The preset's grid and experiment (joblib workers on a new store: test_server.py)."""
-    result = store.train("-m", "experiment=lr_batch_grid", "trainer.epochs=1")
+    result = store.command("-m", "experiment=lr_batch_grid", "trainer.epochs=1")
     parent, children = sweep_runs(store, "lr_batch_grid")
     assert_complete_grid(store, parent, children, size=12, epochs=1)
     assert "lr_batch_grid" in parent.info.run_name
@@ -82,7 +82,7 @@ def test_named_preset_uses_its_grid_and_experiment(store):
 
 
 def test_a_diverging_job_fails_alone(store):
-    result = store.train("-m", "optimizer.lr=0.03,50", "trainer.epochs=2")
+    result = store.command("-m", "optimizer.lr=0.03,50", "trainer.epochs=2")
     parent, children = sweep_runs(store)
     by_lr = {c.data.params["optimizer.lr"]: c for c in children}
     assert by_lr["0.03"].info.status == "FINISHED"
@@ -107,6 +107,9 @@ def test_report_reads_a_past_sweep(store):
     assert parent.info.run_id in shown and "best first" in shown
     sweep_dir = Path(parent.data.tags["linreg.sweep_dir"])
     assert sweep_dir.is_absolute() and (sweep_dir / "multirun.yaml").exists()
+    for child in children:  # each job's log holds its console line, the run's id in it
+        log = (Path(child.data.tags["linreg.output_dir"]) / "train.log").read_text()
+        assert "FINISHED train/loss" in log and child.info.run_id in log, log
     best = min(children, key=lambda c: c.data.metrics["train/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
     assert parent.data.tags["linreg.best_run"] == best.info.run_name
@@ -151,12 +154,12 @@ def test_report_reads_a_past_sweep(store):
 
 def test_a_sweeps_settings_are_checked_together_as_each_job_has_them(store):
     # nesterov=true alone (momentum 0 by default) is refused; with each swept momentum it is fine
-    store.train("-m", "optimizer.momentum=0.5,0.9", "optimizer.nesterov=true", "trainer.epochs=1")
+    store.command("-m", "optimizer.momentum=0.5,0.9", "optimizer.nesterov=true", "trainer.epochs=1")
     parent, children = sweep_runs(store)
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert {c.data.params["optimizer.nesterov"] for c in children} == {"True"}
     # ...and a sweep with one impossible job is refused whole, before any run exists
-    result = store.train(
+    result = store.command(
         "-m", "optimizer.momentum=0,0.9", "optimizer.nesterov=false,true", check=False
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -167,7 +170,7 @@ def test_a_sweeps_settings_are_checked_together_as_each_job_has_them(store):
 
 @pytest.mark.parametrize("launcher", ["basic", "vectorized"])
 def test_a_repeated_job_runs_twice_each_with_its_own_run(store, launcher):
-    store.train("-m", "trainer.seed=1,1", "trainer.epochs=1", f"hydra/launcher={launcher}")
+    store.command("-m", "trainer.seed=1,1", "trainer.epochs=1", f"hydra/launcher={launcher}")
     parent, children = sweep_runs(store)
     assert parent.info.status == "FINISHED"
     assert len({c.info.run_id for c in children}) == 2
@@ -177,7 +180,7 @@ def test_a_repeated_job_runs_twice_each_with_its_own_run(store, launcher):
 
 def test_optuna_preset_searches_and_reports(store):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[optuna]")
-    result = store.train("-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=3")
+    result = store.command("-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=3")
     parent, children = sweep_runs(store, "lr_batch_optuna")
     assert len(children) == 3 and parent.info.status == "FINISHED"
     assert "Best value" in result.stdout + result.stderr
@@ -187,7 +190,7 @@ def test_optuna_preset_searches_and_reports(store):
 
 def test_jobs_on_the_same_data_reuse_it_with_the_same_results(store):
     """The next job with an equal dataset config takes the last job's data and optimum."""
-    store.train("-m", "dataset.seed=0,1", "optimizer.lr=0.01,0.03", "trainer.epochs=1")
+    store.command("-m", "dataset.seed=0,1", "optimizer.lr=0.01,0.03", "trainer.epochs=1")
     parent, children = sweep_runs(store)
     logs = sorted(store.root.glob("multirun/*/*/[0-3]/train.log"))
     reused = ["reused" in log.read_text() for log in logs]
@@ -197,7 +200,7 @@ def test_jobs_on_the_same_data_reuse_it_with_the_same_results(store):
     assert optimum[("0", "0.01")] == optimum[("0", "0.03")] != optimum[("1", "0.01")]
     assert optimum[("1", "0.01")] == optimum[("1", "0.03")]
     # a job on reused data ends where the same job alone ends
-    store.train("dataset.seed=1", "optimizer.lr=0.03", "trainer.epochs=1")
+    store.command("dataset.seed=1", "optimizer.lr=0.03", "trainer.epochs=1")
     alone = [r for r in store.runs() if not r.data.tags.get("mlflow.parentRunId")
              and r.data.tags.get("linreg.sweep") != "true"]  # fmt: skip
     assert len(alone) == 1
@@ -213,14 +216,16 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
     """A sweep re-run (here with one value more): only the jobs that did not finish before
     train (FINISHED ones are skipped; FAILED and KILLED ones train again); the comparison
     lists every job once."""
-    first = store.train("-m", "optimizer.lr=0.01,0.03,50", "trainer.epochs=2", *launcher)
+    # joblib's workers are processes of their own: the real command; the others in-process
+    train = store.train if "hydra/launcher=joblib" in launcher else store.command
+    first = train("-m", "optimizer.lr=0.01,0.03,50", "trainer.epochs=2", *launcher)
     assert "skipped" not in first.stdout
     by_lr = {r.data.params["optimizer.lr"]: r for r in store.runs()
              if "mlflow.parentRunId" in r.data.tags}  # fmt: skip
     assert by_lr["50.0" if "50.0" in by_lr else "50"].info.status == "FAILED"  # diverged
     # A job stopped by Ctrl-C ends KILLED (tests/test_failures.py); here the store says so.
     store.client.set_terminated(by_lr["0.03"].info.run_id, "KILLED")
-    again = store.train("-m", "optimizer.lr=0.01,0.03,50,0.1", "trainer.epochs=2", *launcher,
+    again = train("-m", "optimizer.lr=0.01,0.03,50,0.1", "trainer.epochs=2", *launcher,
                         check=False)  # fmt: skip
     assert again.stdout.count("FINISHED before, in run") == 1, again.stdout
     assert f"FINISHED before, in run {by_lr['0.01'].info.run_id}" in again.stdout
@@ -245,7 +250,7 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
     assert all(f"| {lr} |" in note for lr in ("0.01", "0.03", "0.1")), note
     if "hydra/launcher=joblib" in launcher:
         return  # joblib's jobs skip through linreg-train's code, as the basic launcher's do
-    forced = store.train("-m", "optimizer.lr=0.01", "trainer.epochs=2",
+    forced = train("-m", "optimizer.lr=0.01", "trainer.epochs=2",
                          "sweep.rerun_finished=true", *launcher)  # fmt: skip
     assert "skipped" not in forced.stdout
     assert len([r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]) == 7
@@ -253,13 +258,13 @@ def test_a_rerun_sweep_trains_only_what_did_not_finish(store, launcher):
 
 @pytest.mark.slow
 def test_any_two_swept_keys_get_a_heatmap(store):
-    store.train("-m", "optimizer.lr=0.03,1.2", "trainer.epochs=1,2", "tracking.log_plots=false")
+    store.command("-m", "optimizer.lr=0.03,1.2", "trainer.epochs=1,2", "tracking.log_plots=false")
     parent, _ = sweep_runs(store)
     assert "heatmap.png" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}
 
 
 def test_a_sweeps_loss_curves_are_one_picture_on_its_parent_unless_each_job_is_asked(store):
-    store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=2")
+    store.command("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=2")
     parent, children = sweep_runs(store)
     assert "losses.png" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}
     png = store.client.download_artifacts(parent.info.run_id, "losses.png", str(store.root))
@@ -267,9 +272,35 @@ def test_a_sweeps_loss_curves_are_one_picture_on_its_parent_unless_each_job_is_a
     for child in children:  # what each would repeat of MLflow's charts is not drawn per job
         assert not store.client.list_artifacts(child.info.run_id, "plots")
         assert len(store.client.get_metric_history(child.info.run_id, "train/loss")) == 2
-    store.train("-m", "optimizer.lr=0.02,0.2", "trainer.epochs=2", "tracking.plots_per_job=true")
+    store.command("-m", "optimizer.lr=0.02,0.2", "trainer.epochs=2", "tracking.plots_per_job=true")
     runs = [r for r in store.runs() if r.data.params.get("optimizer.lr") in ("0.02", "0.2")]
     assert len(runs) == 2
     for run in runs:
         plots = {a.path for a in store.client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {"plots/loss.png", "plots/parameters.png"}
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_job_returns_its_configurations_mean_over_replicates(store, launcher):
+    """What a sweeper is given (Optuna's objective) ranks configurations as the comparison
+    does: each job returns the mean of its configuration's runs so far, seeds aside."""
+    import json
+    import statistics
+
+    returns = store.root / "returns.jsonl"
+    store.command("-m", "trainer.seed=1,2", "optimizer.lr=0.01,0.03", "trainer.epochs=1",
+                f"hydra/launcher={launcher}", "+hydra.callbacks.returns._target_="
+                "tests.returns.RecordReturns", f"+hydra.callbacks.returns.path={returns}",
+                PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+    _, children = sweep_runs(store)
+    loss = {(c.data.params["trainer.seed"], c.data.params["optimizer.lr"]):
+            c.data.metrics["train/loss"] for c in children}  # fmt: skip
+    assert len(set(loss.values())) == 4  # each seed its own result
+    got = {}
+    for overrides, value in map(json.loads, returns.read_text().splitlines()):
+        job = dict(o.split("=", 1) for o in overrides if not o.startswith(("hydra", "+hydra")))
+        got[job["trainer.seed"], job["optimizer.lr"]] = value
+    assert len(got) == 4
+    for lr in ("0.01", "0.03"):  # jobs run seed 1 first: alone, then the mean of both
+        assert got["1", lr] == pytest.approx(loss["1", lr], rel=1e-12)
+        assert got["2", lr] == pytest.approx(statistics.fmean([loss["1", lr], loss["2", lr]]))

@@ -44,6 +44,9 @@ def test_default_experiment_end_to_end(store):
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     folder = Path(run.data.tags["linreg.output_dir"])  # the run points at its Hydra folder
     assert folder.is_absolute() and (folder / ".hydra" / "config.yaml").exists()
+    log = (folder / "train.log").read_text()  # the job's log holds what the console showed
+    for line in [x for x in result.stdout.splitlines() if x.strip()][-4:]:
+        assert line.strip() in log, (line, log)
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "overrides.txt", "parameters.json"} <= artifacts

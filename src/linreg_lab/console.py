@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+def log_files() -> list[str]:
+    """The files the root logger writes to: a Hydra job's log (hydra.job_logging), if any."""
+    return [h.baseFilename for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler)]  # fmt: skip
+
+
+def to_log_files(text: str) -> None:
+    """What the console showed, also in the job's log: the log holds what the user saw."""
+    record = logging.LogRecord(__name__, logging.INFO, __file__, 0, text.rstrip("\n"), None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def say(line: str, file=None) -> None:
+    """Print a line for the user (stdout unless file) and keep it in the job's log."""
+    print(line, file=file or sys.stdout, flush=True)
+    to_log_files(line)
 
 
 def interactive() -> bool:
@@ -38,7 +59,7 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, record=True)  # record: for the job's log
     metrics = outcome.metrics
     from linreg_lab.model import linear_parameters
 
@@ -89,6 +110,7 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
 
     console.print(f"MLflow run {outcome.run_id} in {mask_secrets(tracking.uri)}")
     console.print(f"Browse it: {browse_command(tracking)}; plots under the run's Artifacts, plots/")
+    to_log_files(console.export_text())
 
 
 def _original(scaling, w, b) -> tuple[list[float], float]:
@@ -134,4 +156,4 @@ def job_line(job: str, outcome) -> None:
     """
     loss = outcome.metrics.get("train/loss", float("nan"))
     line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {{run_id}}"
-    outcome.run.store.announce(line, outcome.run)
+    outcome.run.store.announce(line, outcome.run, log_files())

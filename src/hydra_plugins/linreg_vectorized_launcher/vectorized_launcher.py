@@ -125,6 +125,7 @@ class VectorizedLauncher(Launcher):
             )
         outcomes = {id(cfg): outcome for cfg, outcome in zip(members, trained)}
         by_number = {cfg.hydra.job.num: outcomes[id(cfg)] for cfg in members}
+        plain_by_number = {configs[i].hydra.job.num: plains[i] for i in group}
 
         def report(cfg: DictConfig) -> float:
             from hydra.core.hydra_config import HydraConfig
@@ -134,7 +135,7 @@ class VectorizedLauncher(Launcher):
             console.job_line(
                 f"job {job.num}: {' '.join(HydraConfig.get().overrides.task)}", outcome
             )
-            return outcome.objective
+            return sweep.job_value(outcome.objective, plain_by_number[job.num])
 
         return report
 

@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> float:
         signals.ignore(signals.signal.SIGINT)
     if signals.stop_requested():  # before the run exists: nothing to record
         if job is not None:
-            print(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted", flush=True)
+            console.say(f"[job {hydra_cfg.job.num}] not started: the sweep was interrupted")
         if job is None or job.in_sweep_process:
             sys.exit(128 + (signals.received() or signals.signal.SIGTERM))
         return math.inf
@@ -57,12 +57,11 @@ def train(cfg: DictConfig) -> float:
             done = sweep.finished_run(job_key(plain))
         if done is not None:  # a re-run sweep: this job finished before
             sweep.note_reused(done[0])
-            print(
+            console.say(
                 f"[job {hydra_cfg.job.num}: {' '.join(overrides)}] FINISHED before, in run "
-                f"{done[0]}: skipped (sweep.rerun_finished=true trains it again)",
-                flush=True,
+                f"{done[0]}: skipped (sweep.rerun_finished=true trains it again)"
             )
-            return done[1]
+            return sweep.job_value(done[1], plain)
     arguments = job.run_arguments() if job is not None else {}
     # The run and its folder point at each other: .hydra/, the job's log, the outputs.
     output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
@@ -76,10 +75,15 @@ def train(cfg: DictConfig) -> float:
     except signals.Interrupted as error:  # the run ended KILLED
         if job is not None and not job.in_sweep_process:
             return math.inf  # a worker: its sweep's process decides how the sweep ends
+        if job is None:  # said at once: what the store still has to write may take a moment
+            console.say(f"linreg-train: {error}: the run ends KILLED, with every epoch it "
+                        "trained", file=sys.stderr)  # fmt: skip
         sys.exit(error.exit_code)
     if job is not None:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
-    elif outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
+        with exit_on_user_error():
+            return sweep.job_value(outcome.objective, plain or build.plain_config(cfg))
+    if outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
         sys.exit(1)
     return outcome.objective
 
@@ -114,12 +118,23 @@ def main() -> None:
 
     if _NO_RUN_FLAGS.isdisjoint(sys.argv[1:]):
         helper.helper()  # first: MLflow's imports run beside Hydra's and torch's
+    code = run_command()
+    helper.close()  # this process owns the helper: its writes end before the command does
+    received = signals.received()
+    if received is not None and code in (0, 1, None):  # launchers turn a stop into an error
+        code = 128 + received
+    _exit(code)
+
+
+def run_command():
+    """linreg-train on sys.argv, its sweep ended whatever ended the command: the exit code
+    (as SystemExit carries it). The MLflow helper stays open: its owner (main) closes it."""
     try:
         train()
         code = 0
     except SystemExit as exit:
         code = exit.code
-    # This process owns the sweep and the helper: end them, whatever ended the command.
+    # This process owns the sweep: end it, whatever ended the command.
     from linreg_lab import sweep
     from linreg_lab.config.errors import exit_on_user_error
 
@@ -128,11 +143,7 @@ def main() -> None:
             sweep.finish("the sweep stopped before its end")
     except SystemExit as exit:  # the store failed: one line, exit 2 (unless already failing)
         code = exit.code if code in (0, None) else code
-    helper.close()
-    received = signals.received()
-    if received is not None and code in (0, 1, None):  # launchers turn a stop into an error
-        code = 128 + received
-    _exit(code)
+    return code
 
 
 def _exit(code) -> None:

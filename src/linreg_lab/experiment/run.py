@@ -218,7 +218,7 @@ def _say_if_unstable(setup: Setup) -> None:
     when stable, or for optimizers without a bound)."""
     v, batch = _verdict(setup.optimum, setup.plain)
     if v is not None and v.word != "stable":
-        print(f"linreg-lab: {v.why(batch)}", file=sys.stderr, flush=True)
+        console.say(f"linreg-lab: {v.why(batch)}", file=sys.stderr)
 
 
 def stability_params(optimum: LeastSquares, config: dict) -> dict:

@@ -42,23 +42,64 @@ class Job:
 
 
 _worker_reuse: DataReuse | None = None  # a worker's own, across the jobs it runs
-_finished: dict[str, list] | None = None
+_finished: tuple[tuple, dict[str, list]] | None = None  # the file as read: (its identity, jobs)
 
 
 def finished_run(key: str) -> tuple[str, float] | None:
     """(run id, objective) of a FINISHED run of the same job in the sweep's experiment, from
-    before this sweep started (none when sweep.rerun_finished=true)."""
+    before this sweep started (none when sweep.rerun_finished=true). The sweep's file is read
+    once per sweep: a later sweep in the same process (or folder) writes a new one."""
     global _finished
-    if _finished is None:
-        import json
+    import json
 
-        path = os.environ.get(callback.ENV_FINISHED_FILE)
+    path = os.environ.get(callback.ENV_FINISHED_FILE)
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    identity = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else (path,)
+    if _finished is None or _finished[0] != identity:
         try:
-            _finished = json.loads(open(path).read()) if path else {}
+            _finished = (identity, json.loads(open(path).read()) if stat else {})
         except (OSError, ValueError):
-            _finished = {}
-    found = _finished.get(key)
+            _finished = (identity, {})
+    found = _finished[1].get(key)
     return (found[0], float(found[1])) if found else None
+
+
+def job_value(objective: float, plain: dict) -> float:
+    """What a sweep's job returns to the sweeper (Optuna's objective): its configuration's
+    mean over the replicates run so far (replicate_mean)."""
+    from linreg_lab.tracking.params import configuration_key
+
+    return replicate_mean(configuration_key(plain), objective)
+
+
+def replicate_mean(config_key: str, objective: float) -> float:
+    """What a job returns to the sweeper: the mean objective of its configuration's runs in
+    this sweep so far, this job's included (replicates differ only by seeds: the comparison's
+    rows); inf once one of them did not finish, as the comparison ranks such a configuration
+    last. Jobs on any launcher or host share the sweep's file, one appended line each."""
+    import math
+    import statistics
+
+    path = os.environ.get(callback.ENV_REPLICATES_FILE)
+    if not path:
+        return objective
+    try:
+        with open(path, "a") as replicates:  # one short line: appends do not interleave
+            replicates.write(f"{config_key} {objective!r}\n")
+        with open(path) as replicates:
+            values = [
+                float(value)
+                for key, value in (line.split() for line in replicates if line.strip())
+                if key == config_key
+            ]
+    except OSError:  # the sweep's folder is gone: this job's own value
+        return objective
+    if not values or not all(math.isfinite(v) for v in values):
+        return math.inf
+    return statistics.fmean(values)
 
 
 def note_reused(run_id: str) -> None:

@@ -39,10 +39,11 @@ ENV_STOP_FILE = "LINREG_SWEEP_STOP_FILE"  # exists once the sweep is interrupted
 ENV_SWEEP_HOST = "LINREG_SWEEP_HOST"
 ENV_FINISHED_FILE = "LINREG_SWEEP_FINISHED_FILE"  # job key -> [run id, objective], JSON
 ENV_REUSED_FILE = "LINREG_SWEEP_REUSED_FILE"  # the run ids jobs took instead of training
+ENV_REPLICATES_FILE = "LINREG_SWEEP_REPLICATES_FILE"  # configuration key, objective: per job
 LOST_FILE = ".linreg-lost"  # in the sweep's folder: numbers of jobs a launcher lost (SLURM)
 # (ENV_SAID_FILE stays set after the sweep: its own last error is weighed against it.)
 ENV_NAMES = (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_PID, ENV_STOP_FILE, ENV_SWEEP_HOST,
-             ENV_FINISHED_FILE, ENV_REUSED_FILE)  # fmt: skip
+             ENV_FINISHED_FILE, ENV_REUSED_FILE, ENV_REPLICATES_FILE)  # fmt: skip
 # Launchers (hydra/launcher choices) whose jobs run in the sweep's own process: they share its
 # MLflow helper, so the sweep need not wait for the parent run's id before they start.
 IN_PROCESS_LAUNCHERS = {"basic", "vectorized"}
@@ -161,6 +162,9 @@ def _note_finished_jobs(config: DictConfig, store: Store, stop_file: Path) -> No
     reused = stop_file.with_name(".linreg-reused")
     reused.unlink(missing_ok=True)
     os.environ[ENV_REUSED_FILE] = str(reused)
+    replicates = stop_file.with_name(".linreg-replicates")
+    replicates.unlink(missing_ok=True)
+    os.environ[ENV_REPLICATES_FILE] = str(replicates)
     rerun = OmegaConf.select(config, "sweep.rerun_finished", default=False)
     with exit_on_user_error():
         jobs = {} if rerun else store.finished_jobs()

@@ -29,6 +29,28 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
 TAG_JOB_KEY = "linreg.job_key"
 
 
+def configuration_key(config: Mapping) -> str:
+    """What makes two runs replicates of one configuration (a sweep averages them): the job
+    key of the config with its seeds (report.SEED_KEYS) left out."""
+    from linreg_lab.tracking.report import SEED_KEYS
+
+    kept = {section: dict(values) if isinstance(values, Mapping) else values
+            for section, values in config.items()}  # fmt: skip
+    for key in SEED_KEYS:
+        section, _, rest = key.partition(".")
+        node = kept.get(section)
+        path = rest.split(".")
+        for name in path[:-1]:  # dataset.split.seed: a copy of each level it passes
+            if isinstance(node, Mapping) and isinstance(node.get(name), Mapping):
+                node[name] = dict(node[name])
+                node = node[name]
+            else:
+                node = None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return job_key(kept)
+
+
 def job_key(config: Mapping) -> str:
     """What makes two runs the same job, for a re-run sweep to skip a finished one: the whole
     resolved config but sweep.* and tracking.* (where it is recorded; the experiment is where a

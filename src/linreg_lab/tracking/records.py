@@ -65,6 +65,14 @@ def end_run(client, run_id: str, status: str, failure: str | None = None) -> Non
         client.set_terminated(run_id, status=status)
 
 
-def announce(client, line: str, run_id: str) -> None:
-    """Print line with {run_id} replaced: from the helper, which knows the id once it exists."""
-    print(line.replace("{run_id}", run_id), flush=True)
+def announce(client, line: str, run_id: str, logs: Sequence[str] = ()) -> None:
+    """Print line with {run_id} replaced: from the helper, which knows the id once it exists;
+    also appended to the log files named (the job's own, which its console line belongs to)."""
+    line = line.replace("{run_id}", run_id)
+    print(line, flush=True)
+    for path in logs:
+        try:
+            with open(path, "a") as log:  # a line appended whole, beside the job's own writes
+                log.write(line + "\n")
+        except OSError:
+            pass  # the console has the line: a log that cannot be written loses only its copy

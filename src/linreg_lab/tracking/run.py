@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from linreg_lab.tracking.helper import Handle, helper
 from linreg_lab.tracking.store import TrackingSettings
@@ -66,9 +66,11 @@ class Store:
         )
         return Run(self, handle, flush_seconds)
 
-    def announce(self, line: str, run: Run | str) -> None:
-        """Print line, with {run_id} as the run's id, once the helper has written what is before."""
-        helper().post("announce", None, line, run.handle if isinstance(run, Run) else run)
+    def announce(self, line: str, run: Run | str, logs: Sequence[str] = ()) -> None:
+        """Print line, with {run_id} as the run's id, once the helper has written what is
+        before; also appended to the log files `logs`."""
+        helper().post("announce", None, line, run.handle if isinstance(run, Run) else run,
+                      list(logs))  # fmt: skip
 
     def finish_sweep(self, parent_run_id: str, failure: str | None, interrupted: str | None):
         """Compare a sweep's children on its parent, then end the parent (waits)."""
@@ -104,6 +106,7 @@ class Run:
         self._end_tags: dict[str, str] = {}  # sent with the run's last metrics
         self._flush_seconds = flush_seconds
         self._last_flush: float | None = None  # the clock starts at the first metric
+        self._in_flight = False  # a batch of metrics posted, perhaps not written yet
         self.has_ended = False
 
     @property
@@ -137,10 +140,17 @@ class Run:
 
     def flush(self) -> None:
         """Post the pending metrics; raise the first write that failed since (TrackingError):
-        a run whose records cannot be written stops, as a dead server or full disk means."""
+        a run whose records cannot be written stops, as a dead server or full disk means.
+
+        Training never runs more than one batch ahead of the store: a run that logs faster
+        than the store writes waits here for the batch before (a round trip when the helper
+        keeps up), so Ctrl-C never waits on seconds of a backlog."""
         if self._pending:
+            if self._in_flight:
+                helper().call("sync", None)
             self._post("log_batch", self._pending)
             self._pending = []
+            self._in_flight = True
         self._last_flush = time.monotonic()
         helper().check()
 
