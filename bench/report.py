@@ -201,6 +201,7 @@ def goals(results: dict) -> list[dict]:
     if "limits" in results:  # the README's promises, once asserted with a clock in tests
         limits = results["limits"]
         goal("a dead server refused within 30 s", limits["dead_server_s"], lambda v: v <= 30)
+        goal("Ctrl-C ends a run within 5 s", limits["ctrl_c_s"], lambda v: v <= 5)
         goal("linreg-ui answers within 60 s", limits["ui_start_s"], lambda v: v <= 60)
         goal("linreg-ui's server holds < 1500 MB", limits["ui_server_rss_mb"], lambda v: v < 1500)
     return out

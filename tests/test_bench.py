@@ -56,7 +56,7 @@ def test_the_programs_rows(tmp_path):
     assert sweep["runs"] == 2 and sweep["ours_s"] > 0 and sweep["autograd_sweep_s"] > 0
     limits = results["limits"]
     assert limits["dead_server_s"] > 0 and limits["ui_start_s"] > 0
-    assert limits["ui_server_rss_mb"] > 0
+    assert limits["ui_server_rss_mb"] > 0 and limits["ctrl_c_s"] > 0
     goals = {g["goal"] for g in results["goals"]}
     assert "a dead server refused within 30 s" in goals
 

@@ -11,7 +11,7 @@ from linreg_lab.tracking.tags import TAG_FAILURE
 
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_TAGS_PER_BATCH = 100
-_MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags of one call together (MLflow's limit)
+MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags of one call together (MLflow's limit)
 
 
 def create_run(
@@ -38,7 +38,7 @@ def log_batch(
     while params or tags or metrics:
         some_params, params = params[:_MAX_PARAMS_PER_BATCH], params[_MAX_PARAMS_PER_BATCH:]
         some_tags, tags = tags[:_MAX_TAGS_PER_BATCH], tags[_MAX_TAGS_PER_BATCH:]
-        room = _MAX_ENTITIES_PER_BATCH - len(some_params) - len(some_tags)
+        room = MAX_ENTITIES_PER_BATCH - len(some_params) - len(some_tags)
         some_metrics, metrics = metrics[:room], metrics[room:]
         client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=some_tags)
 
