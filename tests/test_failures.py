@@ -164,7 +164,7 @@ def test_signal_ends_the_run_killed_keeping_its_metrics(store, signum, code):
     assert run.info.status == "KILLED"
     assert signal.Signals(signum).name in run.data.tags["linreg.failure"]
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
-    store.train("trainer.epochs=1")  # the store still works
+    store.command("trainer.epochs=1")  # the store still works
     assert {r.info.status for r in store.runs()} == {"KILLED", "FINISHED"}
 
 
@@ -250,7 +250,7 @@ def test_sigkill_leaves_a_run_the_next_start_marks_failed(store):
         process.kill()
     (orphan,) = store.runs()
     assert orphan.info.status == "RUNNING"
-    store.train("trainer.epochs=1")
+    store.command("trainer.epochs=1")
     statuses = {r.info.run_id: r for r in store.runs()}
     marked = statuses[orphan.info.run_id]
     assert marked.info.status == "FAILED"

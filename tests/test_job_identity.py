@@ -62,13 +62,13 @@ def test_a_rerun_sweep_trains_again_when_the_table_changed(store):
     table.write_text(ROWS)
     args = ["-m", "dataset=table", f"dataset.path={table}", "dataset.target=y",
             "optimizer.lr=0.01,0.03", "trainer.epochs=2"]  # fmt: skip
-    store.train(*args)
+    store.command(*args)
     table.write_text(ROWS.replace(",", ",").replace("\n", "\n"))  # identical bytes, rewritten
-    same = store.train(*args)
+    same = store.command(*args)
     assert same.stdout.count("FINISHED before") == 2, same.stdout
     scaled = "x,y\n" + "".join(f"{i},{100 * (2 * i + 1)}\n" for i in range(50))
     table.write_text(scaled)  # the target x 100
-    again = store.train(*args)
+    again = store.command(*args)
     assert "FINISHED before" not in again.stdout, again.stdout
     latest = max((r for r in store.runs() if r.data.tags.get("linreg.sweep") == "true"),
                  key=lambda r: r.info.start_time)  # fmt: skip

@@ -112,7 +112,7 @@ def test_the_minibatch_estimate_brackets_measured_divergence(batch, momentum):
 
 @pytest.mark.slow
 def test_a_sweep_names_the_jobs_that_will_diverge_before_it_starts(store):
-    result = store.train(
+    result = store.command(
         "-m", "optimizer.lr=0.1,0.8,1.2,2.0", "trainer.batch_size=1000", "trainer.epochs=300",
         "tracking.log_plots=false", check=False,
     )  # fmt: skip

@@ -192,14 +192,16 @@ def test_a_table_run_logs_held_out_losses_and_its_dataset(store, tmp_path, capsy
 
 @pytest.mark.slow
 def test_a_sweep_on_real_data_ranks_by_validation_loss(store):
-    store.train("-m", "dataset=diabetes", "optimizer.lr=0.001,0.03", "trainer.epochs=5")
+    store.command("-m", "dataset=diabetes", "optimizer.lr=0.001,0.03", "trainer.epochs=5")
     runs = store.runs()
     parent = next(r for r in runs if r.data.tags.get("linreg.sweep") == "true")
     children = [r for r in runs if r is not parent]
     best = min(children, key=lambda r: r.data.metrics["val/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/val_loss"] == best.data.metrics["val/loss"]
-    bad = store.train("dataset=table", "dataset.path=missing.csv", "dataset.target=y", check=False)
+    bad = store.command(
+        "dataset=table", "dataset.path=missing.csv", "dataset.target=y", check=False
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "dataset.path" in bad.stderr and "missing.csv" in bad.stderr
     assert len(store.runs()) == len(runs)  # a bad table leaves no run

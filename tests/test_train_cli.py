@@ -94,7 +94,7 @@ def test_large_random_problem(store):
 
 @pytest.mark.slow
 def test_a_diverged_run_says_why_and_exits_1(store):
-    result = store.train("optimizer.lr=50", check=False)
+    result = store.command("optimizer.lr=50", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "FAILED: diverged at epoch 1" in result.stdout
     (run,) = store.runs()

@@ -78,7 +78,7 @@ def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
     """A group whose training is cheap runs as passes of 8 jobs (the MLflow helper writes one
     pass while the next is set up); each job still gets its run, params, epochs and folder."""
     lrs = [round(0.01 + 0.002 * i, 4) for i in range(12)]
-    result = store.train("-m", "optimizer.lr=" + ",".join(map(str, lrs)),
+    result = store.command("-m", "optimizer.lr=" + ",".join(map(str, lrs)),
                          "hydra/launcher=vectorized")  # fmt: skip
     assert "Launching 12 jobs as 2 passes: 8, 4" in result.stdout + result.stderr
     children = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
@@ -108,7 +108,7 @@ def test_only_cheap_groups_are_split():
 
 @pytest.mark.slow
 def test_a_bad_pass_size_is_refused_before_any_run(store):
-    result = store.train("-m", "optimizer.lr=0.1,0.2", "hydra/launcher=vectorized",
+    result = store.command("-m", "optimizer.lr=0.1,0.2", "hydra/launcher=vectorized",
                          "hydra.launcher.pass_size=-1", check=False)  # fmt: skip
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "pass_size" in line]

@@ -93,7 +93,7 @@ def test_no_worker_outlives_a_killed_joblib_sweep(store):
      ("optimizer.lr=tag(log,interval(0.01,0.1))", "hydra/sweeper=optuna")],
 )  # fmt: skip
 def test_a_sweep_syntax_the_sweeper_does_not_take_is_one_line(store, override, allowed):
-    result = store.train("-m", override, check=False)
+    result = store.command("-m", override, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert override in line and allowed in line
@@ -101,7 +101,7 @@ def test_a_sweep_syntax_the_sweeper_does_not_take_is_one_line(store, override, a
 
 
 def test_a_glob_sweep_over_a_group_has_its_parent(store):
-    result = store.train("-m", "optimizer=glob(*)", "trainer.epochs=1")
+    result = store.command("-m", "optimizer=glob(*)", "trainer.epochs=1")
     runs = store.runs()
     parents = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
     assert len(parents) == 1 and len(runs) == 3, result.stderr
@@ -109,10 +109,10 @@ def test_a_glob_sweep_over_a_group_has_its_parent(store):
 
 
 def test_interpolations_in_swept_overrides_are_each_jobs(store):
-    store.train("-m", "trainer.epochs=${dataset.seed}", "dataset.seed=1,2")
+    store.command("-m", "trainer.epochs=${dataset.seed}", "dataset.seed=1,2")
     runs = [r for r in store.runs() if r.data.tags.get("linreg.sweep") != "true"]
     assert sorted(r.data.params["trainer.epochs"] for r in runs) == ["1", "2"]
-    store.train("-m", "trainer.epochs=1,${trainer.batch_size}", "trainer.batch_size=3",
+    store.command("-m", "trainer.epochs=1,${trainer.batch_size}", "trainer.batch_size=3",
                 "tracking.experiment_name=second")  # fmt: skip
     parent = next(r for r in store.runs("second") if r.data.tags.get("linreg.sweep") == "true")
     assert "trainer.epochs=1,${trainer.batch_size}" in parent.data.params.values()
@@ -122,7 +122,7 @@ def test_a_stop_file_left_by_an_earlier_sweep_does_not_stop_the_next(store):
     folder = store.root / "sweep"
     folder.mkdir()
     (folder / ".linreg-stop").touch()  # an interrupted sweep's, in a fixed hydra.sweep.dir
-    store.train("-m", "optimizer.lr=0.1,0.2", "trainer.epochs=1", f"hydra.sweep.dir={folder}")
+    store.command("-m", "optimizer.lr=0.1,0.2", "trainer.epochs=1", f"hydra.sweep.dir={folder}")
     statuses = sorted(r.info.status for r in store.runs())
     assert statuses == ["FINISHED"] * 3
 
@@ -193,7 +193,7 @@ def test_hydra_interpolations_in_a_sweep_are_each_jobs_and_the_sweep_stays_one(s
     moved = Store(store.root / "moved")
     moved.root.mkdir()
     shutil.copy(store.root / "mlflow.db", moved.root / "mlflow.db")  # an initialised store
-    result = store.train(
+    result = store.command(
         "-m",
         "tracking.run_name=job${hydra:job.num}",
         "optimizer.lr=0.01,0.1",
@@ -210,6 +210,7 @@ def test_hydra_interpolations_in_a_sweep_are_each_jobs_and_the_sweep_stays_one(s
 
 
 def test_any_error_at_a_sweeps_start_stops_it_in_one_line(store):
+    # The real command: its helper's close ends the parent made before the error FAILED.
     blocked = store.root / "a-file"
     blocked.write_text("not a folder")  # the sweep's folder cannot be made under it
     result = store.train("-m", "optimizer.lr=0.01,0.1", "trainer.epochs=1",
