@@ -33,7 +33,8 @@ from linreg_lab.model import linear_parameters
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
-from linreg_lab.tracking.dataset import DataFacts, log_model
+from linreg_lab.tracking.dataset import DataFacts
+from linreg_lab.tracking.model import model_spec
 from linreg_lab.tracking.params import TAG_JOB_KEY, flatten, job_key, run_name_from_overrides
 from linreg_lab.tracking.plots import PlotInputs, png_images
 
@@ -251,7 +252,19 @@ def record_end(
         else:
             run.log_plots(inputs)
     if setup.tracking.log_model:
-        log_model(setup.tracking.uri, run.id, model, setup.data.X)
+        run.log_model(_model_spec(setup, model))
+
+
+def _model_spec(setup: Setup, model) -> dict:
+    """The model a user uses: the recovered weights in the data's own units, by column name."""
+    w, b = linear_parameters(model)
+    w = w.cpu().numpy()
+    scaling = setup.data.scaling
+    if scaling is not None and not scaling.is_identity:
+        w, b = scaling.original_units(w, b)
+    target = OmegaConf.select(setup.cfg, "dataset.target", default=None)
+    return model_spec(setup.data.feature_names, w.tolist(), float(b),
+                      target if isinstance(target, str) else None)  # fmt: skip
 
 
 def _drawn(inputs: PlotInputs) -> dict[str, bytes]:

@@ -6,10 +6,8 @@ generator's parameters identify it exactly: the digest hashes them, never X (may
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,35 +146,3 @@ def log_dataset(client, run_id: str, spec: Mapping[str, object], data: DataFacts
                 raise
             time.sleep(0.05 * (attempt + 1))
     return entry.dataset.digest
-
-
-def log_model(tracking_uri: str, run_id: str, model, example) -> str:
-    """Log the trained model as the run's output (an MLflow LoggedModel); returns its URI.
-
-    pip_requirements is given, so MLflow does not infer it (3-7 s); pickle rather than the
-    default pt2 format, whose torch.export costs ~3 s more for a layer this small.
-    """
-    import mlflow
-    import mlflow.pytorch
-    import torch
-
-    cpu_model = copy.deepcopy(model).to("cpu").eval()
-    example = example[:5].detach().to("cpu").numpy()
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # Model.log reads the global URI, not a client's
-    pytorch_log = logging.getLogger("mlflow.pytorch")
-    level = pytorch_log.level
-    pytorch_log.setLevel(logging.ERROR)  # its pickle warning: we load only models we wrote
-    try:
-        info = mlflow.pytorch.log_model(
-            cpu_model,
-            name="model",
-            input_example=example,  # gives the model a signature: (-1, D) float32 -> (-1, 1)
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            serialization_format="pickle",
-            run_id=run_id,
-        )
-    finally:
-        pytorch_log.setLevel(level)
-        mlflow.set_tracking_uri(previous_uri)
-    return info.model_uri

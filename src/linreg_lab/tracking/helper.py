@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener, Pipe
 
-from linreg_lab.tracking import dataset, orphans, plots, records, report, store
+from linreg_lab.tracking import dataset, model, orphans, plots, records, report, store
 from linreg_lab.tracking.store import TrackingError, TrackingSettings
 from linreg_lab.tracking.tags import FAILED, FINISHED
 
@@ -54,6 +54,7 @@ VERBS = {
     "log_image": records.log_image_bytes,
     "log_dataset": dataset.log_dataset,
     "log_plots": plots.log_plots,
+    "log_model": model.log_linear_model,
     "end_run": records.end_run,
     "finish_sweep": report.finish_sweep,
     "finished_jobs": report.finished_jobs,
@@ -63,7 +64,7 @@ VERBS = {
 }
 _STORELESS = {"announce", "resolve", "sync"}
 # Writes of a run's records: if one fails, the run cannot end FINISHED (its store would lie).
-_RUN_WRITES = {"log_batch", "log_text", "log_image", "log_dataset"}
+_RUN_WRITES = {"log_batch", "log_text", "log_image", "log_dataset", "log_model"}
 
 
 class HelperError(RuntimeError):

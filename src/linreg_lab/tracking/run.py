@@ -172,6 +172,10 @@ class Run:
         for path, png in images.items():
             self._post("log_image", png, path)
 
+    def log_model(self, spec: dict) -> None:
+        """The run's model as a user uses it (tracking.model.model_spec), written by the helper."""
+        self._post("log_model", spec)
+
     def log_plots(self, inputs) -> None:
         """The run's loss and parameter plots (tracking.plots.PlotInputs), drawn by the helper."""
         self._post("log_plots", inputs)

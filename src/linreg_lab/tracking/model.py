@@ -1,0 +1,63 @@
+"""A run's model as a user uses it (runs in the MLflow helper): the recovered linear model in
+the table's own units, logged as an MLflow pyfunc from code (pyfunc_linear.py) with a
+signature that names the columns. Predictions equal parameters.json's original-units weights
+applied to the raw columns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+MODEL_CODE = Path(__file__).with_name("pyfunc_linear.py")
+TAG_MODEL_URI = "linreg.model_uri"
+
+
+def model_spec(features: Sequence[str] | None, w: Sequence[float], b: float,
+               target: str | None) -> dict:  # fmt: skip
+    """What the logged model holds: synthetic data's columns are x0..x{D-1}, its target y."""
+    names = list(features) if features else [f"x{i}" for i in range(len(w))]
+    return {"features": names, "w": [float(v) for v in w], "b": float(b),
+            "target": target or "y"}  # fmt: skip
+
+
+def log_linear_model(client, run_id: str, spec: dict) -> str:
+    """Log spec's model as the run's output (an MLflow LoggedModel named "model"); its URI,
+    also the run's tag linreg.model_uri. pip_requirements are given, so MLflow does not infer
+    them (seconds)."""
+    import mlflow
+    import mlflow.pyfunc
+    import numpy
+    import pandas
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", name) for name in spec["features"]]),
+        outputs=Schema([ColSpec("double", spec["target"])]),
+    )
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # Model.log reads the global URI
+    quiet = logging.getLogger("mlflow.models.model")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        info = Model.log(  # mlflow.pyfunc.log_model, on a run that is not the active one
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pyfunc,
+            python_model=str(MODEL_CODE),
+            model_config=spec,
+            signature=signature,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"numpy=={numpy.__version__}",
+                f"pandas=={pandas.__version__}",
+            ],  # fmt: skip
+            run_id=run_id,
+        )
+    finally:
+        quiet.setLevel(level)
+        mlflow.set_tracking_uri(previous_uri)
+    client.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
+    return info.model_uri

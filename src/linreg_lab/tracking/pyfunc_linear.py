@@ -1,0 +1,38 @@
+"""The model a run logs, as MLflow's "model from code": this file is stored with the model and
+loaded by `mlflow.pyfunc.load_model`, `mlflow models predict` or `linreg-predict`, with numpy
+and pandas only (no linreg-lab, no torch needed where it is used).
+
+It is the run's recovered linear model in the table's own units: the weights of
+parameters.json's original units (standardization folded in), applied to the raw columns by
+name. Its model_config (written by tracking/model.py) holds the feature names, the weights,
+the intercept and the target's name.
+"""
+
+import numpy as np
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+class LinearModel(PythonModel):
+    """y = X[features] @ w + b, on a DataFrame's named columns (any order; others ignored)."""
+
+    def load_context(self, context) -> None:
+        config = context.model_config
+        self.features = [str(name) for name in config["features"]]
+        self.w = np.asarray(config["w"], dtype=np.float64)
+        self.b = float(config["b"])
+        self.target = str(config["target"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = model_input
+        if not isinstance(frame, pd.DataFrame):  # an array: the features in their order
+            frame = pd.DataFrame(np.asarray(frame, dtype=np.float64), columns=self.features)
+        missing = [name for name in self.features if name not in frame.columns]
+        if missing:
+            raise ValueError(f"missing columns {missing}: the model takes {self.features}")
+        values = frame[self.features].to_numpy(dtype=np.float64)
+        return pd.DataFrame({self.target: values @ self.w + self.b}, index=frame.index)
+
+
+set_model(LinearModel())

@@ -1,0 +1,91 @@
+"""The model a run logs is the model a user uses: raw columns in, the target's units out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import BIN, _env
+
+pytestmark = pytest.mark.slow
+
+
+def houses(path, rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Features on very different scales (~50, ~0.002, ~3000) and a target in its own units."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "a": rng.normal(50, 10, rows), "b": rng.normal(0.002, 0.0005, rows),
+        "c": rng.normal(3000, 400, rows),
+    })  # fmt: skip
+    frame["price"] = (2 * frame.a + 8000 * frame.b + 0.01 * frame.c + 3
+                      + rng.normal(0, 0.5, rows))  # fmt: skip
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def load(store, uri: str):
+    """mlflow.pyfunc.load_model(uri) from the test's store (models:/ URIs name no store)."""
+    import mlflow
+    import mlflow.pyfunc
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_the_logged_model_predicts_from_the_raw_table(store):
+    from sklearn.linear_model import LinearRegression
+
+    table = houses(store.root / "houses.csv")
+    store.command("dataset=table", "dataset.path=houses.csv", "dataset.target=price",
+                  "tracking.log_model=true", "trainer.epochs=40")  # fmt: skip
+    (run,) = store.runs()
+    uri = run.data.tags["linreg.model_uri"]
+    model = load(store, uri)
+    inputs = model.metadata.get_input_schema()
+    assert inputs.input_names() == ["a", "b", "c"]
+    assert [t.name for t in inputs.input_types()] == ["double"] * 3
+    report = json.loads(open(store.client.download_artifacts(run.info.run_id, "parameters.json",
+                                                             str(store.root))).read())  # fmt: skip
+    w = np.array(report["original_units"]["recovered"]["w"])
+    b = report["original_units"]["recovered"]["b"]
+    new = table.sample(20, random_state=1)[["c", "price", "a", "b"]]  # any order, extra column
+    new = new.assign(note="ignored")
+    predicted = model.predict(new)["price"].to_numpy()
+    assert predicted == pytest.approx(new[["a", "b", "c"]].to_numpy() @ w + b, rel=1e-9)
+    # ...which is the least-squares fit of the training rows: scikit-learn's, to 1%
+    sklearn = LinearRegression().fit(table[["a", "b", "c"]], table.price)  # (all rows: ~1%)
+    assert predicted == pytest.approx(sklearn.predict(new[["a", "b", "c"]]), rel=0.01)
+    assert abs(predicted - new.price).mean() < 2  # the target's units, not standardized ones
+    with pytest.raises(Exception, match="b"):  # a missing column is named
+        model.predict(new.drop(columns=["b"]))
+    # MLflow's own command, on a CSV of new rows
+    new.drop(columns=["price", "note"]).to_csv(store.root / "new.csv", index=False)
+    out = store.root / "predicted.json"
+    result = subprocess.run(
+        [str(BIN / "mlflow"), "models", "predict", "-m", uri, "-i", str(store.root / "new.csv"),
+         "-t", "csv", "-o", str(out), "--env-manager", "local"],
+        env=_env(store.uri), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(out.read_text())["predictions"]
+    assert [row["price"] for row in answer] == pytest.approx(predicted, rel=1e-9)
+
+
+def test_synthetic_data_names_its_columns_x0_to_xd(store):
+    store.command("tracking.log_model=true", "trainer.epochs=2")
+    (run,) = store.runs()
+    model = load(store, run.data.tags["linreg.model_uri"])
+    assert model.metadata.get_input_schema().input_names() == ["x0", "x1", "x2"]
+    final = run.data.metrics
+    w = [final[f"param/w_{i}"] for i in range(3)]
+    rows = pd.DataFrame({"x0": [1.0, 0.0], "x1": [0.0, 2.0], "x2": [0.0, 0.0]})
+    predicted = model.predict(rows)["y"].to_numpy()
+    assert predicted == pytest.approx([w[0] + final["param/b"], 2 * w[1] + final["param/b"]])
