@@ -89,3 +89,40 @@ def test_synthetic_data_names_its_columns_x0_to_xd(store):
     rows = pd.DataFrame({"x0": [1.0, 0.0], "x1": [0.0, 2.0], "x2": [0.0, 0.0]})
     predicted = model.predict(rows)["y"].to_numpy()
     assert predicted == pytest.approx([w[0] + final["param/b"], 2 * w[1] + final["param/b"]])
+
+
+def test_a_sweeps_best_model_is_registered_and_best_moves_only_when_better(store):
+    client = store.client
+    first = store.command("-m", "optimizer.lr=0.001,0.03", "trainer.epochs=1")
+    (parent,) = [r for r in store.runs() if r.data.tags.get("linreg.sweep") == "true"]
+    best_run = client.get_run(parent.data.tags["linreg.best_run_id"])
+    version = client.get_model_version_by_alias("linreg", "best")  # the experiment's name
+    assert str(version.version) == "1" and version.run_id == best_run.info.run_id
+    assert "now models:/linreg@best" in first.stdout
+    parent = client.get_run(parent.info.run_id)  # as it ended
+    assert parent.data.tags["linreg.best_model"] == "models:/linreg/1"
+    model = load(store, "models:/linreg@best")
+    final = best_run.data.metrics
+    rows = pd.DataFrame({"x0": [1.0], "x1": [1.0], "x2": [1.0]})
+    expected = sum(final[f"param/w_{i}"] for i in range(3)) + final["param/b"]
+    assert model.predict(rows)["y"].to_numpy() == pytest.approx([expected])
+    # A worse sweep registers its best too, and @best stays where it is, saying why
+    worse = store.command("-m", "optimizer.lr=0.001,0.002", "trainer.epochs=1")
+    assert str(client.get_model_version_by_alias("linreg", "best").version) == "1"
+    assert "@best stays on version 1" in worse.stdout
+    assert len(client.search_model_versions("name='linreg'")) == 2
+    # A better one moves it; the parent's description says so
+    store.command("-m", "optimizer.lr=0.03", "trainer.epochs=3")
+    moved = client.get_model_version_by_alias("linreg", "best")
+    assert str(moved.version) == "3" and moved.tags["linreg.metric"] == "train/loss"
+    latest = max((r for r in store.runs() if r.data.tags.get("linreg.sweep") == "true"),
+                 key=lambda r: r.info.start_time)  # fmt: skip
+    assert "better than version 1" in latest.data.tags["mlflow.note.content"]
+    assert latest.data.tags["linreg.best_model"] == "models:/linreg/3"
+    # Other data is not compared: a version, and @best stays
+    other = store.command("-m", "optimizer.lr=0.03", "trainer.epochs=3", "dataset.seed=7")
+    assert "not comparable" in other.stdout
+    assert str(client.get_model_version_by_alias("linreg", "best").version) == "3"
+    # Switched off: no version
+    store.command("-m", "optimizer.lr=0.05", "trainer.epochs=1", "tracking.register_best=false")
+    assert len(client.search_model_versions("name='linreg'")) == 4

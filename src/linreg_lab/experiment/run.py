@@ -35,7 +35,14 @@ from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
 from linreg_lab.tracking.dataset import DataFacts
 from linreg_lab.tracking.model import model_spec
-from linreg_lab.tracking.params import TAG_JOB_KEY, flatten, job_key, run_name_from_overrides
+from linreg_lab.tracking.params import (
+    TAG_DATA_KEY,
+    TAG_JOB_KEY,
+    data_key,
+    flatten,
+    job_key,
+    run_name_from_overrides,
+)
 from linreg_lab.tracking.plots import PlotInputs, png_images
 
 
@@ -155,6 +162,7 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0,
             **_git_tags(),
             "linreg.overrides": " ".join(overrides) or "(none)",
             TAG_JOB_KEY: job_key(setup.plain),
+            TAG_DATA_KEY: data_key(setup.plain),
             **(tags or {}),
         },  # fmt: skip
         parent_run_id=setup.parent_run_id,
@@ -241,7 +249,9 @@ def record_end(
         test_loss = mse(data.split.X_test, data.split.y_test, w, b)
         monitor.history[-1]["test/loss"] = test_loss  # in the outcome's final metrics too
         run.log_metrics({"test/loss": test_loss}, step=len(monitor.history))
-    run.log_json(_parameters_report(data, setup.optimum, model), "parameters.json")
+    report = _parameters_report(data, setup.optimum, model)
+    report["target"] = _model_spec(setup, model)["target"]  # the logged model's output column
+    run.log_json(report, "parameters.json")
     # A sweep's jobs: their loss curves are drawn together on the sweep's parent (report.py);
     # a job's own PNGs would repeat what MLflow's charts show, at ~80 ms a job.
     own_plots = setup.parent_run_id is None or setup.tracking.plots_per_job

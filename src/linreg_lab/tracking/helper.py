@@ -488,6 +488,7 @@ def main(argv: list[str]) -> None:
     # MLflow prints a run page's link as a server's run ends, in the GenAI view, once per job:
     # linreg-ui prints the runs table's link instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on the console
     owner_pid = int(argv[1])
     listener = Listener(argv[0], family="AF_UNIX")
     connected = threading.Event()

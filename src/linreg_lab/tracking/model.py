@@ -5,8 +5,9 @@ applied to the raw columns."""
 
 from __future__ import annotations
 
-import logging
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_linear.py")
@@ -19,6 +20,20 @@ def model_spec(features: Sequence[str] | None, w: Sequence[float], b: float,
     names = list(features) if features else [f"x{i}" for i in range(len(w))]
     return {"features": names, "w": [float(v) for v in w], "b": float(b),
             "target": target or "y"}  # fmt: skip
+
+
+@contextmanager
+def store_of(client):
+    """MLflow's global tracking URI as client's, for the calls that read the global one
+    (Model.log; a model version's models:/ source), restored after."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def log_linear_model(client, run_id: str, spec: dict) -> str:
@@ -36,12 +51,8 @@ def log_linear_model(client, run_id: str, spec: dict) -> str:
         inputs=Schema([ColSpec("double", name) for name in spec["features"]]),
         outputs=Schema([ColSpec("double", spec["target"])]),
     )
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)  # Model.log reads the global URI
-    quiet = logging.getLogger("mlflow.models.model")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with store_of(client), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no input example": the signature is ours
         info = Model.log(  # mlflow.pyfunc.log_model, on a run that is not the active one
             artifact_path=None,
             name="model",
@@ -56,8 +67,5 @@ def log_linear_model(client, run_id: str, spec: dict) -> str:
             ],  # fmt: skip
             run_id=run_id,
         )
-    finally:
-        quiet.setLevel(level)
-        mlflow.set_tracking_uri(previous_uri)
     client.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
     return info.model_uri

@@ -29,6 +29,15 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
 TAG_JOB_KEY = "linreg.job_key"
 
 
+TAG_DATA_KEY = "linreg.data_key"
+
+
+def data_key(config: Mapping) -> str:
+    """What makes two runs' data the same (a registered model's comparisons): the job key of
+    the config's dataset alone (a table's content included)."""
+    return job_key({"dataset": config.get("dataset")})
+
+
 def configuration_key(config: Mapping) -> str:
     """What makes two runs replicates of one configuration (a sweep averages them): the job
     key of the config with its seeds (report.SEED_KEYS) left out."""

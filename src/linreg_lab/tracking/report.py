@@ -383,8 +383,10 @@ def finish_sweep(
     failure: str | None,
     interrupted: str | None,
     plots: bool = True,
+    model_name: str | None = None,
 ) -> str:
-    """Log the comparison on the parent, then end it with the status its children earned."""
+    """Log the comparison on the parent, keep its best model (registered as model_name),
+    then end it with the status its children earned."""
     from linreg_lab.tracking.orphans import close_dead_runs
 
     parent = client.get_run(parent_run_id)
@@ -398,6 +400,11 @@ def finish_sweep(
         status = FAILED
     else:
         status = FINISHED
+    if model_name and rows:
+        try:
+            keep_best_model(client, client.get_run(parent_run_id), model_name)
+        except Exception as error:  # the comparison is logged; the model is extra
+            log.warning("could not register the sweep's best model: %s", error)
     reason = failure or (f"interrupted by {interrupted}" if interrupted else None)
     failed = [row for row in rows if row.status != FINISHED]
     if failed and not reason:
@@ -405,3 +412,70 @@ def finish_sweep(
     records.end_run(client, parent_run_id, status, reason)
     print(f"MLflow parent run {parent_run_id} ended {status}" + (f": {reason}" if reason else ""))
     return status
+
+
+BEST_ALIAS = "best"
+
+
+def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
+    """The sweep's best model (its best configuration's best run: linreg.best_run_id): logged
+    on that run if it has none, registered as a new version of `name`, and the alias @best
+    moved to it when it beats the current @best on the same ranking metric and the same data
+    (or there is none). Says what it did on the console and in the parent's description;
+    the version's tags say what it was compared on. Returns the version's number."""
+    import json
+    import tempfile
+
+    from linreg_lab.tracking.model import TAG_MODEL_URI, log_linear_model, model_spec, store_of
+    from linreg_lab.tracking.params import TAG_DATA_KEY
+
+    best_run_id = parent.data.tags.get("linreg.best_run_id")
+    if not best_run_id:
+        return None  # no run finished
+    metric = "val/loss" if "best/val_loss" in parent.data.metrics else "train/loss"
+    value = parent.data.metrics[f"best/{metric.replace('/', '_')}"]
+    best = client.get_run(best_run_id)
+    uri = best.data.tags.get(TAG_MODEL_URI)
+    if uri is None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(best_run_id, "parameters.json", folder)
+            report = json.loads(open(path).read())
+        weights = report.get("original_units", report)["recovered"]
+        spec = model_spec(report.get("features"), weights["w"], weights["b"], report.get("target"))
+        uri = log_linear_model(client, best_run_id, spec)
+    data = best.data.tags.get(TAG_DATA_KEY, "")
+    try:
+        client.get_registered_model(name)
+    except Exception:  # none yet (RESOURCE_DOES_NOT_EXIST)
+        client.create_registered_model(name, description="linreg-lab sweeps' best models")
+    tags = {"linreg.metric": metric, "linreg.value": repr(value), "linreg.data_key": data,
+            "linreg.sweep_run_id": parent.info.run_id}  # fmt: skip
+    with store_of(client):  # its models:/ source is looked up in the global store
+        version = client.create_model_version(name, uri, run_id=best_run_id, tags=tags)
+    try:
+        current = client.get_model_version_by_alias(name, BEST_ALIAS)
+    except Exception:
+        current = None
+    said = f"models:/{name}/{version.version}"
+    if current is None:
+        move, why = True, "the first"
+    elif (current.tags.get("linreg.metric"), current.tags.get("linreg.data_key")) != (metric, data):
+        move, why = False, (f"@best stays on version {current.version}: not comparable (another "
+                            "ranking metric or other data; register under another "
+                            "tracking.registered_model_name)")  # fmt: skip
+    else:
+        theirs = float(current.tags.get("linreg.value", "inf"))
+        move = value < theirs
+        why = (f"better than version {current.version} ({metric} {theirs:.4e}) on the same data"
+               if move else f"@best stays on version {current.version}: its {metric} "
+               f"{theirs:.4e} is not worse, on the same data")  # fmt: skip
+    if move:
+        client.set_registered_model_alias(name, BEST_ALIAS, version.version)
+        line = f"Best model: {said} ({metric} {value:.4e}), now models:/{name}@{BEST_ALIAS}: {why}"
+    else:
+        line = f"Best model: {said} ({metric} {value:.4e}); {why}"
+    print(line, flush=True)
+    note = parent.data.tags.get("mlflow.note.content", "")
+    client.set_tag(parent.info.run_id, "mlflow.note.content", f"{note}\n\n{line}"[:20000])
+    client.set_tag(parent.info.run_id, "linreg.best_model", said)
+    return version.version

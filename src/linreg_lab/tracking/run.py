@@ -76,7 +76,7 @@ class Store:
     def finish_sweep(self, parent_run_id: str, failure: str | None, interrupted: str | None):
         """Compare a sweep's children on its parent, then end the parent (waits)."""
         return helper().call("finish_sweep", self.settings, parent_run_id, failure, interrupted,
-                             self.settings.log_plots)  # fmt: skip
+                             self.settings.log_plots, self.settings.model_name)  # fmt: skip
 
     def finished_jobs(self) -> dict[str, list]:
         """job key -> [run id, objective] of the experiment's FINISHED runs (waits)."""

@@ -42,12 +42,21 @@ class TrackingSettings:
     log_model: bool = False
     log_plots: bool = True
     plots_per_job: bool = False  # in a sweep, each job's own PNGs too (not only the sweep's)
+    register_best: bool = True  # a sweep's best model: logged, registered, alias @best
+    registered_model_name: str | None = None  # None: the experiment's name
 
     def __post_init__(self) -> None:
         # Names may read as numbers on the command line (tracking.experiment_name=2024).
         object.__setattr__(self, "experiment_name", str(self.experiment_name))
         if self.run_name is not None:
             object.__setattr__(self, "run_name", str(self.run_name))
+        if self.registered_model_name is not None:
+            object.__setattr__(self, "registered_model_name", str(self.registered_model_name))
+
+    @property
+    def model_name(self) -> str | None:
+        """Where a sweep registers its best model (None: it registers none)."""
+        return (self.registered_model_name or self.experiment_name) if self.register_best else None
 
     @property
     def is_server(self) -> bool:
