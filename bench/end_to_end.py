@@ -31,6 +31,9 @@ class Stores:
     def __init__(self, workdir: Path):
         self._workdir = workdir
         self._template = workdir / "template.db"
+        given = os.environ.get("LINREG_BENCH_TEMPLATE")  # an initialised store to copy (tests)
+        if given and Stores._made is None and Path(given).exists():
+            Stores._made = Path(given)
         if Stores._made is None or not Stores._made.exists():
             made = Path(tempfile.mkdtemp(prefix="linreg-bench-template-")) / "template.db"
             atexit.register(shutil.rmtree, made.parent, True)

@@ -214,9 +214,10 @@ def _sweeps_goals(rows: list[dict], goal) -> None:
              row and row["x_basic"], lambda v, factor=factor: v >= factor)  # fmt: skip
     full = {16, 64, 256} <= {r["jobs"] for r in rows}
     for plots, suffix in (("on", ""), ("off", "_noplots")):
-        ratios = [r[f"basic{suffix}_s"] / r[f"vectorized{suffix}_s"] for r in rows]
+        ratios = [r[f"basic{suffix}_s"] / r[f"vectorized{suffix}_s"] for r in rows
+                  if r.get(f"basic{suffix}_s") and r.get(f"vectorized{suffix}_s")]  # fmt: skip
         goal(f"sweeps 16/64/256 jobs, plots {plots}: vectorized as fast as basic (worst)",
-             min(ratios) if full else None, lambda v: v >= 1)  # fmt: skip
+             min(ratios) if full and ratios else None, lambda v: v >= 1)  # fmt: skip
     slope = rows[-1]["slope_ms"] if rows else {}
     for name in ("basic", "vectorized"):
         goal(f"sweep per-job overhead (64 -> 256 jobs), {name}, plots on: <= 30 ms",

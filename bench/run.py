@@ -58,6 +58,7 @@ QUICK = {
     ],
     "sweeps": [2],
     "sweeps_joblib": [],
+    "sweeps_variants": ["basic", "vectorized"],  # the _noplots ones differ by one setting
 }  # fmt: skip
 
 
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
-    section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"]))
+    section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"],
+                                             plan.get("sweeps_variants")))  # fmt: skip
     section("limits", limits.measure)
     results["goals"] = report.goals(results)
     results["seconds"] = time.perf_counter() - started

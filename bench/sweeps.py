@@ -40,10 +40,12 @@ VARIANTS = {  # name: linreg-train overrides beyond -m optimizer.lr=...
 SLOPE_SIZES = (64, 256)
 
 
-def measure(sizes: list[int], joblib_sizes: list[int] | None = None) -> list[dict]:
+def measure(sizes: list[int], joblib_sizes: list[int] | None = None,
+            only: list[str] | None = None) -> list[dict]:  # fmt: skip
     """One row per size: seconds of the peer and of each variant of ours, and peer_s / ours_s.
 
-    joblib_sizes: the sizes the joblib variant runs at (None: every size). Every row also holds
+    joblib_sizes: the sizes the joblib variant runs at (None: every size); only: the variants
+    to run (None: all; the others' figures are None). Every row also holds
     slope_ms, {"peer" or variant: ms per job from 64 to 256 jobs}, None where either is missing.
     """
     rows = []
@@ -57,7 +59,8 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None) -> list[dic
             values = "lr=" + ",".join(str(lr) for lr in lrs)
             variants = [
                 name for name in VARIANTS
-                if name != "joblib" or joblib_sizes is None or size in joblib_sizes
+                if (name != "joblib" or joblib_sizes is None or size in joblib_sizes)
+                and (only is None or name in only)
             ]  # fmt: skip
             order = ["peer", *variants] if index % 2 == 0 else [*variants, "peer"]
             seconds = {}

@@ -6,6 +6,7 @@ run every section of the quick plan."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def quick(tmp_path, *sections: str) -> tuple[dict, str]:
+def quick(tmp_path, template_store, *sections: str) -> tuple[dict, str]:
     out = tmp_path / "latest.json"
     only = [arg for section in sections for arg in ("--only", section)]
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", *only, "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "LINREG_BENCH_TEMPLATE": str(template_store)},  # made once a worker
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(out.read_text())
@@ -29,8 +31,8 @@ def quick(tmp_path, *sections: str) -> tuple[dict, str]:
     return results, result.stdout
 
 
-def test_the_engines_rows(tmp_path):
-    results, _ = quick(tmp_path, "throughput", "paths", "large", "table")
+def test_the_engines_rows(tmp_path, template_store):
+    results, _ = quick(tmp_path, template_store, "throughput", "paths", "large", "table")
     throughput = results["throughput"]
     assert {(r["N"], r["D"], r["batch"]) for r in throughput} >= {
         (1000, 3, b) for b in (1, 10, 100, 1000)
@@ -48,8 +50,8 @@ def test_the_engines_rows(tmp_path):
     assert table["table_epoch_s"] > 0 and table["peak_above_baseline_over_data"] > 0.5
 
 
-def test_the_programs_rows(tmp_path):
-    results, _ = quick(tmp_path, "default_experiment", "sweep", "limits")
+def test_the_programs_rows(tmp_path, template_store):
+    results, _ = quick(tmp_path, template_store, "default_experiment", "sweep", "limits")
     assert results["default_experiment"]["ours_s"] > 0
     assert results["default_experiment"]["reference_s"] > 0
     sweep = results["sweep"]
@@ -61,8 +63,8 @@ def test_the_programs_rows(tmp_path):
     assert "a dead server refused within 30 s" in goals
 
 
-def test_the_launchers_rows(tmp_path):
-    results, _ = quick(tmp_path, "vectorized")
+def test_the_launchers_rows(tmp_path, template_store):
+    results, _ = quick(tmp_path, template_store, "vectorized")
     vectorized = results["vectorized"]
     # Each case once, one with the per-run plots and one without (the full run: both each).
     assert {(r["case"], r["log_plots"]) for r in vectorized} == {("lr", True), ("grid", False)}
@@ -77,8 +79,8 @@ def test_the_launchers_rows(tmp_path):
     assert any("vectorized" in g for g in goals)
 
 
-def test_the_sweeps_rows(tmp_path):
-    results, _ = quick(tmp_path, "sweeps")
+def test_the_sweeps_rows(tmp_path, template_store):
+    results, _ = quick(tmp_path, template_store, "sweeps")
     (sweeps,) = results["sweeps"]  # the hand-written peer against ours, each store checked
     assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
     assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0

@@ -126,3 +126,56 @@ def test_a_sweeps_best_model_is_registered_and_best_moves_only_when_better(store
     # Switched off: no version
     store.command("-m", "optimizer.lr=0.05", "trainer.epochs=1", "tracking.register_best=false")
     assert len(client.search_model_versions("name='linreg'")) == 4
+
+
+def predict_here(store, *args: str) -> tuple[int, str, str]:
+    """linreg-predict's main(argv) in this process, against the test's store."""
+    import contextlib
+    import io
+
+    from linreg_lab.cli.predict import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["--uri", store.uri, *args])
+        except SystemExit as exit:
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_linreg_predict_writes_predictions_and_refuses_bad_rows_in_one_line(store):
+    table = houses(store.root / "houses.csv")
+    store.command("-m", "dataset=table", "dataset.path=houses.csv", "dataset.target=price",
+                  "optimizer.lr=0.01,0.03", "trainer.epochs=20")  # fmt: skip
+    new = table.drop(columns=["price"]).head(5)[["c", "a", "b"]].assign(id=range(5))
+    new.to_csv(store.root / "new.csv", index=False)
+    new.to_parquet(store.root / "new.parquet", index=False)
+    out = store.root / "out.csv"
+    result = subprocess.run(  # the command itself, once
+        [str(BIN / "linreg-predict"), "--best", "linreg", "new.csv", "-o", str(out)],
+        cwd=store.root, env=_env(store.uri), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["c", "a", "b", "id", "price"]  # input kept, price added
+    expected = load(store, "models:/linreg@best").predict(new)["price"]
+    assert written["price"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-12)
+    code, shown, _ = predict_here(store, "--best", "linreg", str(store.root / "new.parquet"))
+    assert code in (0, None) and "price" in shown.splitlines()[0]
+    bad_text = new.astype({"b": object})
+    bad_text.loc[2, "b"] = "n/a"
+    bad_text.to_csv(store.root / "text.csv", index=False)
+    new.drop(columns=["a"]).to_csv(store.root / "missing.csv", index=False)
+    (store.root / "empty.csv").write_text("")
+    for args, says in [
+        (["--best", "linreg", str(store.root / "missing.csv")], "no column 'a'"),
+        (["--best", "linreg", str(store.root / "text.csv")], "column 'b', row 3: 'n/a'"),
+        (["--best", "linreg", str(store.root / "empty.csv")], "the file is empty"),
+        (["models:/nosuch/1", str(store.root / "new.csv")], "models:/nosuch/1: cannot load"),
+        (["--best", "linreg", str(store.root / "absent.csv")], "no such file"),
+    ]:
+        code, _, err = predict_here(store, *args)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and says in lines[0], (args, err)
+        assert lines[0].startswith("linreg-predict: error:")
