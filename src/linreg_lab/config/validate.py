@@ -205,16 +205,80 @@ def _describe(annotation) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first setting whose value is not allowed."""
+    """Raise ConfigError for the first setting whose value is not allowed. A key left out or
+    deleted (`~trainer.threads`, a user's file without it) is its target's own default."""
     try:
-        _validate(cfg)
+        check_targets(task_container(cfg, resolve=False))
+        _validate(completed(cfg))
     except (InterpolationResolutionError, MissingMandatoryValue) as error:  # ${nope}, ???
         raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}") from None
 
 
+def completed(cfg: DictConfig) -> DictConfig:
+    """cfg, or where a node with a `_target_` leaves out an argument its target has a default
+    for (what instantiate will use), a copy that holds it: the checks read every setting the
+    run will have. Nothing is copied when nothing is left out (every job of a sweep is checked)."""
+    missing = []
+    for key in cfg:
+        if key != "hydra" and OmegaConf.is_dict(cfg._get_node(key)):
+            _left_out(cfg[key], str(key), missing)
+    if not missing:
+        return cfg
+    copy = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.set_struct(copy, False)
+    for path, default in missing:
+        OmegaConf.update(copy, path, default, force_add=True)
+    return copy
+
+
+def _left_out(node: DictConfig, path: str, missing: list) -> None:
+    target = node._get_node("_target_") if "_target_" in node else None
+    target = None if target is None else target._value()
+    if isinstance(target, str):
+        defaults = _defaults_of(target).items()
+        missing.extend((f"{path}.{key}", value) for key, value in defaults if key not in node)
+    for key in node:
+        if not str(key).startswith("_") and OmegaConf.is_dict(node._get_node(key)):
+            _left_out(node[key], f"{path}.{key}", missing)
+
+
+@functools.cache
+def _defaults_of(target: str) -> dict:
+    """The keyword arguments target has a default for, with plain values (None, numbers,
+    strings, booleans, lists of them): what instantiate uses for a key that is left out."""
+    import dataclasses
+    import inspect
+
+    from hydra.utils import get_object
+
+    plain = (type(None), bool, int, float, str)
+    try:
+        function = get_object(target)
+        parameters = inspect.signature(function).parameters.values()
+    except Exception:
+        return {}
+    defaults = {}
+    for parameter in parameters:
+        default = parameter.default
+        if default is inspect.Parameter.empty or parameter.kind in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD
+        ):  # fmt: skip
+            continue
+        if isinstance(default, plain) or (
+            isinstance(default, list | tuple) and all(isinstance(v, plain) for v in default)
+        ):
+            defaults[parameter.name] = list(default) if isinstance(default, tuple) else default
+    if dataclasses.is_dataclass(function):  # fields with a default_factory
+        for field in dataclasses.fields(function):
+            if field.default_factory is not dataclasses.MISSING and field.name not in defaults:
+                value = field.default_factory()
+                if isinstance(value, plain):
+                    defaults[field.name] = value
+    return defaults
+
+
 def _validate(cfg: DictConfig) -> None:
     raw = task_container(cfg, resolve=False)  # Hydra's own node is not the user's to check
-    check_targets(raw)
     check_arguments(raw)
     _check_dataset(cfg)
     _check_model(cfg)

@@ -35,12 +35,12 @@ def preflight(jobs: list[tuple[list[str], DictConfig]], reuse: DataReuse):
             if not params:
                 params = stability.params(by_data[key], None)
         c = by_data[key]
-        v = stability.verdict(c, optimizer, int(cfg.trainer.batch_size))
+        v = stability.verdict(c, optimizer, trainer.batch_size)
         if v is None or v.word == "stable":
             continue
         counts[v.word] += 1
         name = " ".join(job) or "the job"
-        lines.append(f"linreg-lab: job #{number} ({name}): {v.why(int(cfg.trainer.batch_size))}")
+        lines.append(f"linreg-lab: job #{number} ({name}): {v.why(trainer.batch_size)}")
     if params:
         params["stability.jobs_will_diverge"] = counts["will diverge"]
         params["stability.jobs_may_diverge"] = counts["may diverge"]
