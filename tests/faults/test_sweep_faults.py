@@ -221,3 +221,22 @@ def test_any_error_at_a_sweeps_start_stops_it_in_one_line(store):
     runs = store.runs() if store.client.get_experiment_by_name("linreg") else []
     assert not [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # no job ran
     assert all(r.info.status == "FAILED" for r in runs)  # a parent made first is not RUNNING
+
+
+@pytest.mark.parametrize("how", ["hydra.searchpath", "--config-dir"])
+def test_a_users_own_config_group_option_sweeps(store, how):
+    """A dataset option in the user's own config folder: found by the sweep's pre-check as by
+    each job (hydra.searchpath was refused by the pre-check: 'Could not find dataset/mydata')."""
+    (store.root / "myconf" / "dataset").mkdir(parents=True)
+    (store.root / "myconf" / "dataset" / "mydata.yaml").write_text(
+        "_target_: linreg_lab.data.make_synthetic_regression\n"
+        "true_w: [1.0, 2.0]\ntrue_b: 0.5\nnum_samples: 500\n"
+    )
+    where = (["--config-dir", str(store.root / "myconf")] if how == "--config-dir"
+             else [f"hydra.searchpath=[file://{store.root / 'myconf'}]"])  # fmt: skip
+    store.command("-m", *where, "dataset=mydata", "optimizer.lr=0.01,0.03", "trainer.epochs=1")
+    runs = store.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {c.data.params["dataset.num_samples"] for c in children} == {"500"}

@@ -125,6 +125,10 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
+    # Where Hydra looks for config groups, as the command line set it (--config-dir is in the
+    # config loader already): a user's own group options compose here as in each job.
+    hydra_overrides = OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []
+    searchpath = [o for o in hydra_overrides if str(o).startswith("hydra.searchpath")]
     checked = []
     with numbered_jobs(config) as number:
         for job in sample_jobs(swept):
@@ -137,7 +141,7 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
             ]  # fmt: skip
             key = tuple(recomposes)
             if key not in composed:
-                composed[key] = _compose(config_name, [*fixed, *recomposes])
+                composed[key] = _compose(config_name, [*searchpath, *fixed, *recomposes])
             cfg = copy.deepcopy(composed[key])
             for override, p in zip(job, parsed):
                 if override in recomposes:
