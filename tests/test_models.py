@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,3 +180,39 @@ def test_linreg_predict_writes_predictions_and_refuses_bad_rows_in_one_line(stor
         lines = [x for x in err.splitlines() if x.strip()]
         assert code == 2 and len(lines) == 1 and says in lines[0], (args, err)
         assert lines[0].startswith("linreg-predict: error:")
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example"
+
+
+def test_a_users_own_package_and_config_dir_run_a_sweep_and_its_model(store):
+    """docs/example: mylab.data.load_sales (a DataFrame) through myconf/dataset/sales.yaml,
+    declared with LINREG_TARGETS; a sweep to its end, its best model predicting revenue."""
+    from sklearn.linear_model import LinearRegression
+
+    args = ["-m", "--config-dir", str(EXAMPLE / "myconf"), "dataset=sales",
+            "optimizer.lr=0.01,0.03", "trainer.epochs=30"]  # fmt: skip
+    refused = store.train(*args, check=False, PYTHONPATH=str(EXAMPLE))
+    (line,) = [x for x in refused.stderr.splitlines() if x.strip()]
+    assert refused.returncode == 2 and "dataset.frame._target_=mylab.data.load_sales" in line
+    assert "LINREG_TARGETS" in line  # says how to declare it
+    store.train(*args, PYTHONPATH=str(EXAMPLE), LINREG_TARGETS="mylab")
+    runs = store.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    assert parent.info.status == "FINISHED"
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
+    assert "comparison.csv" in {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from mylab.data import load_sales
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    table = load_sales()
+    features = ["price", "advertising", "temperature"]
+    model = load(store, "models:/linreg@best")
+    assert model.metadata.get_input_schema().input_names() == features
+    predicted = model.predict(table)["revenue"].to_numpy()
+    sklearn = LinearRegression().fit(table[features], table.revenue).predict(table[features])
+    assert predicted == pytest.approx(sklearn, rel=0.01)

@@ -71,6 +71,36 @@ def load_diabetes(
     )
 
 
+def load_frame(
+    frame,
+    target: str = "y",
+    features: list[str] | None = None,
+    missing: str = "error",
+    split: dict | None = None,
+    standardize: bool = True,
+    standardize_target: bool = False,
+    name: str = "frame",
+) -> RegressionData:
+    """A table a user's own function returns (its config node, instantiated first): a pandas
+    DataFrame, or a pair (X, y) of arrays (columns x0..x{D-1}, target y); then as load_table."""
+    import pandas as pd
+
+    if isinstance(frame, tuple | list) and len(frame) == 2:
+        X, y = (np.asarray(part, dtype=np.float64) for part in frame)
+        if X.ndim != 2 or y.reshape(-1).shape[0] != X.shape[0]:
+            raise DataError(f"dataset.frame: (X, y) of {X.shape} and {y.shape}: X must be "
+                            "rows x columns and y one value per row")  # fmt: skip
+        frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+        frame[target] = y.reshape(-1)
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"dataset.frame: a {type(frame).__name__}; the function must return a "
+                        "pandas DataFrame or a pair (X, y) of arrays")  # fmt: skip
+    source = TableSource(name=name, path=name, digest="", kind="frame")
+    return from_frame(
+        frame, target, features, missing, split, standardize, standardize_target, source
+    )
+
+
 def from_frame(
     frame,
     target: str,

@@ -21,8 +21,23 @@ from linreg_lab.data import DataError, split_fractions
 from linreg_lab.engines.settings import COMPILED, DEVICES, ENGINES
 from linreg_lab.tables import MISSING_CHOICES
 
-# Instantiation is limited to these modules: a config file cannot run arbitrary code.
+# Instantiation is limited to these modules, and to the packages a user declares (not a config
+# file: a config file cannot run arbitrary code): an installed package's entry point in the
+# group TARGETS_ENTRY_POINTS (name = its module), or the environment's ENV_TARGETS.
 ALLOWED_TARGET_PREFIXES = ("torch.nn.", "torch.optim.", "linreg_lab.")
+TARGETS_ENTRY_POINTS = "linreg_lab.targets"
+ENV_TARGETS = "LINREG_TARGETS"  # comma-separated modules, e.g. LINREG_TARGETS=mylab
+
+
+def allowed_target_prefixes() -> tuple[str, ...]:
+    """linreg-lab's own, and each declared package's module: 'mylab.'."""
+    import os
+    from importlib.metadata import entry_points
+
+    declared = [e.value for e in entry_points(group=TARGETS_ENTRY_POINTS)]
+    declared += os.environ.get(ENV_TARGETS, "").split(",")
+    extra = [f"{name.strip().rstrip('.')}." for name in declared if name.strip()]
+    return ALLOWED_TARGET_PREFIXES + tuple(dict.fromkeys(extra))
 
 
 class ConfigError(ValueError):
@@ -53,18 +68,23 @@ def _number(cfg: DictConfig, key: str, low: float, *, strict: bool, integer: boo
         _fail(key, value, f"must be {kind} {'>' if strict else '>='} {low:g}")
 
 
-def check_targets(node, path: str = "") -> None:
+def check_targets(node, path: str = "", allowed: tuple[str, ...] | None = None) -> None:
     """Every _target_ in node (a plain, unresolved container) must name something in torch.nn,
     torch.optim or linreg_lab."""
     if isinstance(node, dict):
+        allowed = allowed if allowed is not None else allowed_target_prefixes()
         for key, value in node.items():
             full_key = f"{path}.{key}" if path else str(key)
-            if key == "_target_" and not str(value).startswith(ALLOWED_TARGET_PREFIXES):
+            if key == "_target_" and not str(value).startswith(allowed):
+                declared = ", ".join(f"{p}*" for p in allowed[len(ALLOWED_TARGET_PREFIXES) :])
                 _fail(
                     full_key, value,
-                    "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated",
+                    "only torch.nn.*, torch.optim.* or linreg_lab.* may be instantiated"
+                    + (f", and the declared {declared}" if declared else "")
+                    + f"; declare your package with {ENV_TARGETS}=<module> or an entry point "
+                    f"in the group {TARGETS_ENTRY_POINTS!r} (README: your own data and configs)",
                 )  # fmt: skip
-            check_targets(value, full_key)
+            check_targets(value, full_key, allowed)
 
 
 def check_arguments(node, path: str = "") -> None:
@@ -220,7 +240,7 @@ def completed(cfg: DictConfig) -> DictConfig:
     run will have. Nothing is copied when nothing is left out (every job of a sweep is checked)."""
     missing = []
     for key in cfg:
-        if key != "hydra" and OmegaConf.is_dict(cfg._get_node(key)):
+        if key != "hydra" and _is_node(cfg, key):
             _left_out(cfg[key], str(key), missing)
     if not missing:
         return cfg
@@ -231,14 +251,22 @@ def completed(cfg: DictConfig) -> DictConfig:
     return copy
 
 
+def _is_node(node: DictConfig, key) -> bool:
+    """node[key] is a config node of its own (read without resolving interpolations)."""
+    if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+        return False
+    return OmegaConf.is_dict(node[key])
+
+
 def _left_out(node: DictConfig, path: str, missing: list) -> None:
-    target = node._get_node("_target_") if "_target_" in node else None
-    target = None if target is None else target._value()
+    target = None
+    if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_"):
+        target = node["_target_"]
     if isinstance(target, str):
         defaults = _defaults_of(target).items()
         missing.extend((f"{path}.{key}", value) for key, value in defaults if key not in node)
     for key in node:
-        if not str(key).startswith("_") and OmegaConf.is_dict(node._get_node(key)):
+        if not str(key).startswith("_") and _is_node(node, key):
             _left_out(node[key], f"{path}.{key}", missing)
 
 

@@ -30,6 +30,8 @@ TAG_JOB_KEY = "linreg.job_key"
 
 
 TAG_DATA_KEY = "linreg.data_key"
+# The settings that only draw another replicate of a configuration (a sweep averages them).
+SEED_KEYS = ("trainer.seed", "dataset.seed", "dataset.split.seed")
 
 
 def data_key(config: Mapping) -> str:
@@ -40,9 +42,7 @@ def data_key(config: Mapping) -> str:
 
 def configuration_key(config: Mapping) -> str:
     """What makes two runs replicates of one configuration (a sweep averages them): the job
-    key of the config with its seeds (report.SEED_KEYS) left out."""
-    from linreg_lab.tracking.report import SEED_KEYS
-
+    key of the config with its seeds (SEED_KEYS) left out."""
     kept = {section: dict(values) if isinstance(values, Mapping) else values
             for section, values in config.items()}  # fmt: skip
     for key in SEED_KEYS:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from linreg_lab.tracking import records, sweep_plot
+from linreg_lab.tracking.params import SEED_KEYS, TAG_DATA_KEY
 from linreg_lab.tracking.tags import FAILED, FINISHED, KILLED, TAG_FAILURE
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
@@ -144,7 +145,6 @@ def varied_keys(rows: list[Row]) -> list[str]:
 
 # Keys whose values only redraw the same experiment: jobs that differ in nothing else are
 # replicates of one configuration, compared by their mean.
-SEED_KEYS = ("trainer.seed", "dataset.seed", "dataset.split.seed")
 
 
 def replicates(rows: list[Row], keys: list[str]) -> tuple[list[Row], list[str]]:
@@ -427,7 +427,6 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
     import tempfile
 
     from linreg_lab.tracking.model import TAG_MODEL_URI, log_linear_model, model_spec, store_of
-    from linreg_lab.tracking.params import TAG_DATA_KEY
 
     best_run_id = parent.data.tags.get("linreg.best_run_id")
     if not best_run_id:
