@@ -216,3 +216,27 @@ def test_a_users_own_package_and_config_dir_run_a_sweep_and_its_model(store):
     predicted = model.predict(table)["revenue"].to_numpy()
     sklearn = LinearRegression().fit(table[features], table.revenue).predict(table[features])
     assert predicted == pytest.approx(sklearn, rel=0.01)
+
+
+def test_a_users_own_model_trains_with_autograd_and_logs_its_losses(store):
+    """docs/example's mylab.models.Poly (not one nn.Linear) through myconf/model/poly.yaml."""
+    result = store.train(
+        "--config-dir",
+        str(EXAMPLE / "myconf"),
+        "model=poly",
+        "dataset=sales",
+        "trainer.epochs=3",
+        PYTHONPATH=str(EXAMPLE),
+        LINREG_TARGETS="mylab",
+    )
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and run.data.tags["linreg.engine"] == "autograd"
+    assert "model Poly" in result.stdout and "best linear fit" in result.stdout
+    assert not [key for key in run.data.metrics if key.startswith("param/")]  # nothing to show
+    for key in ("train/loss", "val/loss", "error/excess_loss"):
+        history = store.client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+    report = json.loads(open(store.client.download_artifacts(run.info.run_id, "parameters.json",
+                                                             str(store.root))).read())  # fmt: skip
+    assert report["model"] == "mylab.models.Poly" and report["parameters"] == 7
+    assert "recovered" not in report and len(report["least_squares"]["w"]) == 3

@@ -161,12 +161,16 @@ def test_training_logs_plots_dataset_and_optionally_the_model(store):
     assert len(digests) == 1
     assert not plain.outputs or not plain.outputs.model_outputs
     (output,) = with_model.outputs.model_outputs
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    import pandas as pd
 
     mlflow.set_tracking_uri(store.uri)
-    model = mlflow.pytorch.load_model(f"models:/{output.model_id}")
-    weights = model.weight.detach().reshape(-1)
-    assert torch.allclose(weights, torch.tensor([2.8, -1.7, 3.6]), atol=0.05)
+    model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")  # the pyfunc a user loads
+    assert with_model.data.tags["linreg.model_uri"] == f"models:/{output.model_id}"
+    rows = pd.DataFrame(torch.eye(3).numpy(), columns=["x0", "x1", "x2"])
+    weights = model.predict(rows)["y"].to_numpy() - with_model.data.metrics["param/b"]
+    assert torch.allclose(torch.tensor(weights), torch.tensor([2.8, -1.7, 3.6]).double(),
+                          atol=0.05)  # fmt: skip
 
 
 def test_sweep_comparison_plot_skips_a_sweep_whose_runs_all_failed():

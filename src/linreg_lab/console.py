@@ -63,6 +63,9 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     metrics = outcome.metrics
     from linreg_lab.model import linear_parameters
 
+    if linear_parameters(model) is None:  # a model of the user's own: its losses only
+        _losses_only(console, outcome, tracking, type(model).__name__)
+        return
     w, b = linear_parameters(model)
     w = w.cpu().tolist()
     shown = min(len(w), 10)
@@ -110,6 +113,21 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
 
     console.print(f"MLflow run {outcome.run_id} in {mask_secrets(tracking.uri)}")
     console.print(f"Browse it: {browse_command(tracking)}; plots under the run's Artifacts, plots/")
+    to_log_files(console.export_text())
+
+
+def _losses_only(console, outcome, tracking, name: str) -> None:
+    from linreg_lab.tracking.store import mask_secrets
+
+    metrics, nan = outcome.metrics, float("nan")
+    title = f"{outcome.status}: {outcome.failure}" if outcome.failure else outcome.status
+    parts = [f"{key} {metrics[key]:.4e}" for key in ("train/loss", "val/loss", "test/loss")
+             if key in metrics]  # fmt: skip
+    parts.append(f"error/excess_loss {metrics.get('error/excess_loss', nan):.2e} (vs the best "
+                 "linear fit)")  # fmt: skip
+    console.print(f"{title} ({outcome.engine} engine, model {name}): " + ", ".join(parts))
+    console.print(f"MLflow run {outcome.run_id} in {mask_secrets(tracking.uri)}")
+    console.print(f"Browse it: {browse_command(tracking)}")
     to_log_files(console.export_text())
 
 

@@ -18,7 +18,7 @@ from linreg_lab.data import RegressionData
 from linreg_lab.engines.analytic import SGDHyper, train_analytic
 from linreg_lab.engines.orders import seeded_orders
 from linreg_lab.engines.settings import TrainerSettings
-from linreg_lab.model import linear_parameters
+from linreg_lab.model import linear_parameters, model_mse
 
 # on_epoch_end(epoch, last_batch_loss, w, b): w and b are the model's values after the epoch.
 EpochCallback = Callable[[int, float, torch.Tensor, float], None]
@@ -84,8 +84,14 @@ def fit(
 
         def report(epoch: int, last_batch_loss: float) -> None:
             params = linear_parameters(model)
-            w, b = params if params is not None else (torch.empty(0), float("nan"))
-            on_epoch_end(epoch, last_batch_loss, w, b)
+            if params is not None:
+                on_epoch_end(epoch, last_batch_loss, *params)
+                return
+            # A model of the user's own: its losses from forward passes, no parameters to show
+            split = data.split if data.has_validation else None
+            val = None if split is None else model_mse(model, split.X_val, split.y_val)
+            on_epoch_end(epoch, last_batch_loss, torch.empty(0), float("nan"),
+                         model_mse(model, data.X, data.y), val)  # fmt: skip
 
         model.to(device)
         optimizer = optimizer_factory(model.parameters())

@@ -62,13 +62,15 @@ class EpochMonitor:
         w: torch.Tensor,
         b: float,
         loss: float | None = None,
+        val_loss: float | None = None,
     ) -> dict:
-        """The epoch's metrics; loss is the full-data MSE when the caller computed it already."""
+        """The epoch's metrics; loss (val_loss) is the full-data (validation) MSE when the
+        caller computed it already (a model that is not linear: w is empty)."""
         data = self.data
         loss = self.optimum.loss_of(w, b) if loss is None else loss
         metrics = {"train/loss": loss, "train/last_batch_loss": last_batch_loss}
         if self.validation is not None:
-            metrics["val/loss"] = self.validation.loss_of(w, b)
+            metrics["val/loss"] = self.validation.loss_of(w, b) if val_loss is None else val_loss
         if w.numel() == data.num_features:
             w_cpu = w.detach().float().cpu()
             if data.num_features <= self.log_weights_up_to:

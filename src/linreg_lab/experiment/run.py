@@ -29,7 +29,7 @@ from linreg_lab.engines import choose_engine, fit, stability
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor
 from linreg_lab.engines.settings import TrainerSettings
-from linreg_lab.model import linear_parameters
+from linreg_lab.model import linear_parameters, model_mse
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
@@ -244,13 +244,17 @@ def record_end(
     when this process will wait for the helper anyway: meanwhile the helper is still busy."""
     run.tag_at_end({"linreg.engine": engine})  # with the last metrics: one write
     data = setup.data
+    params = linear_parameters(model)
     if data.has_test and monitor.history:
-        w, b = linear_parameters(model)
-        test_loss = mse(data.split.X_test, data.split.y_test, w, b)
+        if params is None:
+            test_loss = model_mse(model, data.split.X_test, data.split.y_test)
+        else:
+            test_loss = mse(data.split.X_test, data.split.y_test, *params)
         monitor.history[-1]["test/loss"] = test_loss  # in the outcome's final metrics too
         run.log_metrics({"test/loss": test_loss}, step=len(monitor.history))
     report = _parameters_report(data, setup.optimum, model)
-    report["target"] = _model_spec(setup, model)["target"]  # the logged model's output column
+    target = OmegaConf.select(setup.cfg, "dataset.target", default=None)
+    report["target"] = target if isinstance(target, str) else "y"  # the model's output column
     run.log_json(report, "parameters.json")
     # A sweep's jobs: their loss curves are drawn together on the sweep's parent (report.py);
     # a job's own PNGs would repeat what MLflow's charts show, at ~80 ms a job.
@@ -261,8 +265,14 @@ def record_end(
             run.log_images(_drawn(inputs))
         else:
             run.log_plots(inputs)
-    if setup.tracking.log_model:
+    if setup.tracking.log_model and params is not None:
         run.log_model(_model_spec(setup, model))
+    elif setup.tracking.log_model:
+        logging.getLogger(__name__).warning(
+            "tracking.log_model: %s is not one linear layer; its model is not logged (only "
+            "linear models are, as a pyfunc in the table's units)",
+            type(model).__name__,
+        )
 
 
 def _model_spec(setup: Setup, model) -> dict:
@@ -317,9 +327,11 @@ def run_experiment(
             record_start(run, setup, overrides)
             with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
 
-                def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float) -> None:
+                def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float,
+                                 loss: float | None = None, val_loss: float | None = None
+                                 ) -> None:  # fmt: skip
                     try:
-                        metrics = monitor.measure(epoch, last_batch_loss, w, b)
+                        metrics = monitor.measure(epoch, last_batch_loss, w, b, loss, val_loss)
                     except Diverged as error:  # the epoch it diverged at is kept too
                         run.log_metrics(error.metrics, step=epoch)
                         raise
@@ -388,7 +400,19 @@ def end_quietly(run: Run, status: str, failure: str | None = None) -> None:
 
 def _parameters_report(data, optimum, model) -> dict:
     """parameters.json: recovered and least-squares parameters (and the truth, where known);
-    for standardized data also in the table's original units."""
+    for standardized data also in the table's original units. A model of the user's own: its
+    class and size, and the least-squares reference (the best *linear* fit)."""
+    if linear_parameters(model) is None:
+        return {
+            "model": f"{type(model).__module__}.{type(model).__qualname__}",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "features": list(data.feature_names) if data.feature_names else None,
+            "least_squares": {
+                "w": optimum.w.cpu().tolist(),
+                "b": optimum.b,
+                "loss": optimum.loss,
+            },  # fmt: skip
+        }
     w, b = linear_parameters(model)
     w = w.cpu()
     scaled = data.scaling is not None and not data.scaling.is_identity

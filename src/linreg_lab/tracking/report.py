@@ -439,6 +439,9 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
         with tempfile.TemporaryDirectory() as folder:
             path = client.download_artifacts(best_run_id, "parameters.json", folder)
             report = json.loads(open(path).read())
+        if "recovered" not in report:  # a model of the user's own: no linear model to keep
+            print(f"Best model: run {best_run_id}'s model is not linear: not registered")
+            return None
         weights = report.get("original_units", report)["recovered"]
         spec = model_spec(report.get("features"), weights["w"], weights["b"], report.get("target"))
         uri = log_linear_model(client, best_run_id, spec)
