@@ -84,7 +84,7 @@ def serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         os.chdir(request["cwd"])
-        before = {name: os.environ.get(name) for name in request["env"]}
+        before = dict(os.environ)  # a command's environment ends with it (a sweep's said file)
         os.environ.update(request["env"])
         start = os.path.getsize(printed.name)
         sys.argv = ["linreg-train", *request["args"]]
@@ -99,11 +99,8 @@ def serve() -> None:
         with open(printed.name) as said:
             said.seek(start)
             out += said.read()
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.clear()
+        os.environ.update(before)
         replies.write(json.dumps([code, out, err]) + "\n")
         replies.flush()
     helper.close()

@@ -28,15 +28,21 @@ def as_made(module: nn.Module) -> nn.Module:
 
 
 def model_mse(model: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int = 65536) -> float:
-    """Mean squared error of any model over all rows (forward passes in chunks, summed in
-    float64): the losses of a model that is not a single linear layer."""
+    """Mean squared error of any model over all rows (forward passes in chunks, in eval mode,
+    on the model's device, summed in float64): the losses of a model that is not a single
+    linear layer."""
     if X.shape[0] == 0:
         return float("nan")
+    device = next(model.parameters(), torch.empty(0)).device
+    training = model.training
+    model.eval()  # dropout off, batch norm's statistics untouched by measuring
     total = 0.0
-    with torch.no_grad():
-        for start in range(0, X.shape[0], chunk):
-            residual = model(X[start : start + chunk]).reshape(-1) - y[
-                start : start + chunk
-            ].reshape(-1)
-            total += float(residual.double().square().sum())
+    try:
+        with torch.no_grad():
+            for start in range(0, X.shape[0], chunk):
+                rows = X[start : start + chunk].to(device)
+                residual = model(rows).reshape(-1) - y[start : start + chunk].to(device).reshape(-1)
+                total += float(residual.double().square().sum())
+    finally:
+        model.train(training)
     return total / X.shape[0]

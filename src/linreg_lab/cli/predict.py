@@ -75,11 +75,25 @@ def predict(args: argparse.Namespace) -> None:
             row = int(column.isna().to_numpy().nonzero()[0][0])
             raise PredictError(f"{args.input}: column {name!r}, row {row + 1}: empty")
         values[name] = column.astype("float64")
-    predicted = model.predict(pd.DataFrame(values, index=rows.index))
+    try:
+        predicted = model.predict(pd.DataFrame(values, index=rows.index))
+    except Exception as error:
+        raise PredictError(
+            f"{args.input}: the model refused the rows: {_one_line(error)}"
+        ) from None
     out = rows.copy()
     for name in predicted.columns:
         out[name if name not in out.columns else f"predicted_{name}"] = predicted[name]
-    write_rows(out, args.output)
+    try:
+        write_rows(out, args.output)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; no error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except Exception as error:
+        raise PredictError(f"-o {args.output}: cannot write it: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def read_rows(path: Path):

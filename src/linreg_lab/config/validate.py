@@ -29,13 +29,19 @@ TARGETS_ENTRY_POINTS = "linreg_lab.targets"
 ENV_TARGETS = "LINREG_TARGETS"  # comma-separated modules, e.g. LINREG_TARGETS=mylab
 
 
+@functools.cache
+def _declared_by_packages() -> tuple[str, ...]:
+    """The modules installed packages declare (a scan of every installed package: once)."""
+    from importlib.metadata import entry_points
+
+    return tuple(e.value for e in entry_points(group=TARGETS_ENTRY_POINTS))
+
+
 def allowed_target_prefixes() -> tuple[str, ...]:
     """linreg-lab's own, and each declared package's module: 'mylab.'."""
     import os
-    from importlib.metadata import entry_points
 
-    declared = [e.value for e in entry_points(group=TARGETS_ENTRY_POINTS)]
-    declared += os.environ.get(ENV_TARGETS, "").split(",")
+    declared = [*_declared_by_packages(), *os.environ.get(ENV_TARGETS, "").split(",")]
     extra = [f"{name.strip().rstrip('.')}." for name in declared if name.strip()]
     return ALLOWED_TARGET_PREFIXES + tuple(dict.fromkeys(extra))
 
@@ -228,7 +234,9 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first setting whose value is not allowed. A key left out or
     deleted (`~trainer.threads`, a user's file without it) is its target's own default."""
     try:
-        check_targets(task_container(cfg, resolve=False))
+        raw = task_container(cfg, resolve=False)  # Hydra's own node is not the user's to check
+        check_targets(raw)
+        check_arguments(raw)  # what the user wrote; the defaults filled in below are the target's
         _validate(completed(cfg))
     except (InterpolationResolutionError, MissingMandatoryValue) as error:  # ${nope}, ???
         raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}") from None
@@ -262,7 +270,7 @@ def _left_out(node: DictConfig, path: str, missing: list) -> None:
     target = None
     if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_"):
         target = node["_target_"]
-    if isinstance(target, str):
+    if isinstance(target, str) and target.startswith("linreg_lab."):  # the keys checks read
         defaults = _defaults_of(target).items()
         missing.extend((f"{path}.{key}", value) for key, value in defaults if key not in node)
     for key in node:
@@ -306,8 +314,6 @@ def _defaults_of(target: str) -> dict:
 
 
 def _validate(cfg: DictConfig) -> None:
-    raw = task_container(cfg, resolve=False)  # Hydra's own node is not the user's to check
-    check_arguments(raw)
     _check_dataset(cfg)
     _check_model(cfg)
     _check_optimizer(cfg)

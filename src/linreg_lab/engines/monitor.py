@@ -53,7 +53,12 @@ class EpochMonitor:
     def start(self, w: torch.Tensor, b: float) -> None:
         """The parameters training starts from: a loss above theirs x DIVERGENCE_FACTOR is
         divergence too (a deliberately bad start is not called diverged at once)."""
-        self.ceiling = max(self.ceiling, DIVERGENCE_FACTOR * self.optimum.loss_of(w, b))
+        self.start_loss(self.optimum.loss_of(w, b))
+
+    def start_loss(self, loss: float) -> None:
+        """The loss training starts from (any model's): as start()."""
+        if math.isfinite(loss):
+            self.ceiling = max(self.ceiling, DIVERGENCE_FACTOR * loss)
 
     def measure(
         self,

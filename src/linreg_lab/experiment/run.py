@@ -319,8 +319,10 @@ def run_experiment(
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
     if (start := linear_parameters(model)) is not None:
         monitor.start(*start)
-    if not quiet:  # a sweep says it for every job before the sweep starts (preflight)
-        _say_if_unstable(setup)
+        if not quiet:  # a sweep says it for every job before the sweep starts (preflight)
+            _say_if_unstable(setup)  # (SGD's bound on least squares: linear models only)
+    else:  # a model of the user's own: divergence counts from its own starting loss
+        monitor.start_loss(model_mse(model, setup.data.X, setup.data.y))
     run = open_run(setup, overrides, tags=tags)
     try:
         with ended(run) as outcome:

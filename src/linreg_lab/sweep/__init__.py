@@ -90,16 +90,20 @@ def replicate_mean(config_key: str, objective: float) -> float:
         with open(path, "a") as replicates:  # one short line: appends do not interleave
             replicates.write(f"{config_key} {objective!r}\n")
         with open(path) as replicates:
-            values = [
-                float(value)
-                for key, value in (line.split() for line in replicates if line.strip())
-                if key == config_key
-            ]
+            values = [_value(line) for line in replicates if line.startswith(config_key + " ")]
     except OSError:  # the sweep's folder is gone: this job's own value
         return objective
+    values = [v for v in values if v is not None]  # a line torn by another host's append
     if not values or not all(math.isfinite(v) for v in values):
         return math.inf
     return statistics.fmean(values)
+
+
+def _value(line: str) -> float | None:
+    try:
+        return float(line.split()[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def note_reused(run_id: str) -> None:

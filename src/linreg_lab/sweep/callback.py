@@ -23,7 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, signals
 from linreg_lab.config.errors import ENV_SAID_FILE, EXIT_USER_ERROR, exit_on_user_error
-from linreg_lab.sweep.check import as_job, check_launcher, check_sweep, task_overrides
+from linreg_lab.sweep.check import (
+    as_job,
+    check_launcher,
+    check_sweep,
+    job_environment,
+    task_overrides,
+)
 from linreg_lab.sweep.compose_once import compose_each_job_once
 from linreg_lab.sweep.preflight import preflight
 from linreg_lab.sweep.reuse import DataReuse
@@ -96,7 +102,7 @@ class SweepCallback(Callback):
 
         if GlobalHydra.instance().is_initialized():
             compose_each_job_once(GlobalHydra.instance().config_loader())
-        with exit_on_user_error():
+        with exit_on_user_error(), job_environment(config):  # hydra.job.env_set, as jobs see it
             check_launcher(config)
             jobs = check_sweep(config)
             with as_job(config, 0):  # e.g. tracking.run_name=job${hydra:job.num}
@@ -139,7 +145,7 @@ class SweepCallback(Callback):
         signals.on_signal(_stop_the_jobs)
         store.announce("MLflow parent run {run_id}: " + sweep_name(config), parent)
         reuse = _current.reuse if launcher in IN_PROCESS_LAUNCHERS else DataReuse()
-        with exit_on_user_error():
+        with exit_on_user_error(), job_environment(config):
             lines, stable = preflight(jobs, reuse)
         for line in lines:
             print(line, file=sys.stderr, flush=True)

@@ -106,11 +106,17 @@ def as_job(config: DictConfig, number: int):
     """Hydra's config and environment as job `number` of the sweep `config` sees them
     (numbered_jobs; hydra.job.env_set, which Hydra sets only around each job: a
     +hydra.job.env_set.MLFLOW_TRACKING_URI=... moves the sweep's parent with its jobs)."""
-    with numbered_jobs(config) as set_number:
+    with numbered_jobs(config) as set_number, job_environment(config):
         set_number(number)
-        env_set = OmegaConf.select(config, "hydra.job.env_set", default=None) or {}
-        with env_override({str(k): str(v) for k, v in env_set.items()}):
-            yield
+        yield
+
+
+@contextmanager
+def job_environment(config: DictConfig):
+    """The environment each job of the sweep `config` runs in: hydra.job.env_set applied."""
+    env_set = OmegaConf.select(config, "hydra.job.env_set", default=None) or {}
+    with env_override({str(k): str(v) for k, v in env_set.items()}):
+        yield
 
 
 def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
@@ -128,7 +134,8 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     # Where Hydra looks for config groups, as the command line set it (--config-dir is in the
     # config loader already): a user's own group options compose here as in each job.
     hydra_overrides = OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []
-    searchpath = [o for o in hydra_overrides if str(o).startswith("hydra.searchpath")]
+    searchpath = [o for o in hydra_overrides
+                  if str(o).lstrip("+").startswith("hydra.searchpath=")]  # fmt: skip
     checked = []
     with numbered_jobs(config) as number:
         for job in sample_jobs(swept):

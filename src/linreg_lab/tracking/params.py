@@ -35,9 +35,21 @@ SEED_KEYS = ("trainer.seed", "dataset.seed", "dataset.split.seed")
 
 
 def data_key(config: Mapping) -> str:
-    """What makes two runs' data the same (a registered model's comparisons): the job key of
-    the config's dataset alone (a table's content included)."""
-    return job_key({"dataset": config.get("dataset")})
+    """What makes two runs' data the same (a registered model's comparisons): the config's
+    dataset alone, a table's content included, hashed; unlike the job key, not linreg-lab's
+    version (an upgrade does not make the same data other data)."""
+    import hashlib
+    import json
+    import os
+
+    from linreg_lab.data import content_digest
+
+    dataset = config.get("dataset")
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("path"), str):
+        path = os.path.abspath(os.path.expanduser(dataset["path"]))
+        dataset = {**dataset, "path": path, "content": content_digest(path)}
+    canonical = json.dumps(dataset, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def configuration_key(config: Mapping) -> str:

@@ -400,7 +400,7 @@ def finish_sweep(
         status = FAILED
     else:
         status = FINISHED
-    if model_name and rows:
+    if model_name and rows and not interrupted:  # an interrupted sweep's best is not its best
         try:
             keep_best_model(client, client.get_run(parent_run_id), model_name)
         except Exception as error:  # the comparison is logged; the model is extra
@@ -449,7 +449,10 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
     try:
         client.get_registered_model(name)
     except Exception:  # none yet (RESOURCE_DOES_NOT_EXIST)
-        client.create_registered_model(name, description="linreg-lab sweeps' best models")
+        try:
+            client.create_registered_model(name, description="linreg-lab sweeps' best models")
+        except Exception:  # another sweep made it meanwhile (RESOURCE_ALREADY_EXISTS)
+            client.get_registered_model(name)
     tags = {"linreg.metric": metric, "linreg.value": repr(value), "linreg.data_key": data,
             "linreg.sweep_run_id": parent.info.run_id}  # fmt: skip
     with store_of(client):  # its models:/ source is looked up in the global store

@@ -107,7 +107,7 @@ class Run:
         self._end_tags: dict[str, str] = {}  # sent with the run's last metrics
         self._flush_seconds = flush_seconds
         self._last_flush: float | None = None  # the clock starts at the first metric
-        self._in_flight = False  # a batch of metrics posted, perhaps not written yet
+        self._in_flight: int | None = None  # the marker after this run's last batch (helper)
         self.has_ended = False
 
     @property
@@ -145,15 +145,16 @@ class Run:
         a run whose records cannot be written stops, as a dead server or full disk means.
 
         Training never runs more than one batch ahead of the store: a run that logs faster
-        than the store writes waits here for the batch before (a round trip when the helper
-        keeps up), and a batch is at most one of MLflow's log_batch calls (log_metrics flushes
-        at 1,000 values), so Ctrl-C never waits on a backlog (~0.1 s a batch on sqlite)."""
+        than the store writes waits here for its batch before (a marker after it, answered
+        by the helper: no wait when the helper keeps up), and a batch is at most one of
+        MLflow's log_batch calls (log_metrics flushes at 1,000 values), so Ctrl-C never
+        waits on a backlog (~0.1 s a batch on sqlite)."""
         if self._pending:
-            if self._in_flight:
-                helper().call("sync", None)
+            if self._in_flight is not None:  # this run's batch before: written by now?
+                helper().wait_for(self._in_flight)
             self._post("log_batch", self._pending)
             self._pending = []
-            self._in_flight = True
+            self._in_flight = helper().mark()
         self._last_flush = time.monotonic()
         helper().check()
 
