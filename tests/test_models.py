@@ -99,6 +99,7 @@ def test_a_sweeps_best_model_is_registered_and_best_moves_only_when_better(store
     best_run = client.get_run(parent.data.tags["linreg.best_run_id"])
     version = client.get_model_version_by_alias("linreg", "best")  # the experiment's name
     assert str(version.version) == "1" and version.run_id == best_run.info.run_id
+    assert not {"w", "b", "features"} & set(best_run.data.params)  # the model's own, not params
     assert "now models:/linreg@best" in first.stdout
     parent = client.get_run(parent.info.run_id)  # as it ended
     assert parent.data.tags["linreg.best_model"] == "models:/linreg/1"

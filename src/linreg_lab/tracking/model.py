@@ -5,6 +5,9 @@ applied to the raw columns."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -51,14 +54,17 @@ def log_linear_model(client, run_id: str, spec: dict) -> str:
         inputs=Schema([ColSpec("double", name) for name in spec["features"]]),
         outputs=Schema([ColSpec("double", spec["target"])]),
     )
-    with store_of(client), warnings.catch_warnings():
+    with store_of(client), warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        linear = os.path.join(folder, "linear.json")
+        with open(linear, "w") as file:
+            json.dump(spec, file)
         warnings.simplefilter("ignore", UserWarning)  # "no input example": the signature is ours
         info = Model.log(  # mlflow.pyfunc.log_model, on a run that is not the active one
             artifact_path=None,
             name="model",
             flavor=mlflow.pyfunc,
             python_model=str(MODEL_CODE),
-            model_config=spec,
+            artifacts={"linear": linear},
             signature=signature,
             pip_requirements=[
                 f"mlflow=={mlflow.__version__}",

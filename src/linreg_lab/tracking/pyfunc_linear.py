@@ -4,9 +4,12 @@ and pandas only (no linreg-lab, no torch needed where it is used).
 
 It is the run's recovered linear model in the table's own units: the weights of
 parameters.json's original units (standardization folded in), applied to the raw columns by
-name. Its model_config (written by tracking/model.py) holds the feature names, the weights,
-the intercept and the target's name.
+name. Its artifact "linear" (a JSON file written by tracking/model.py) holds the feature
+names, the weights, the intercept and the target's name (an artifact, not MLflow's model_config,
+which MLflow would also log as the run's params).
 """
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -18,7 +21,8 @@ class LinearModel(PythonModel):
     """y = X[features] @ w + b, on a DataFrame's named columns (any order; others ignored)."""
 
     def load_context(self, context) -> None:
-        config = context.model_config
+        with open(context.artifacts["linear"]) as file:
+            config = json.load(file)
         self.features = [str(name) for name in config["features"]]
         self.w = np.asarray(config["w"], dtype=np.float64)
         self.b = float(config["b"])
