@@ -71,6 +71,9 @@ def bad_input_results(tmp_path_factory, template_store):
     return dict(zip(map(tuple, (a for a, _ in BAD_INPUT)), json.loads(result.stdout))), store
 
 
+# One worker takes them all (an xdist group): the module fixture runs the command lines once,
+# not once per worker that gets one of them (~13 s of CPU each time).
+@pytest.mark.xdist_group("bad-input")
 @pytest.mark.parametrize(
     "args,named", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None
 )
