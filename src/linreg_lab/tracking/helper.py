@@ -181,7 +181,7 @@ class Helper:
 
     def wait_for(self, seq: int) -> None:
         """Wait until the helper has answered marker seq (mark); raise what failed before it."""
-        while seq not in self._answered:
+        while seq in self._marks and seq not in self._answered:  # (a marker waited for once)
             self._receive()
         self._answered.discard(seq)
         self._marks.discard(seq)
