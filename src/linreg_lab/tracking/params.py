@@ -38,37 +38,22 @@ def data_key(config: Mapping) -> str:
     """What makes two runs' data the same (a registered model's comparisons): the config's
     dataset alone, a table's content included, hashed; unlike the job key, not linreg-lab's
     version (an upgrade does not make the same data other data)."""
-    import hashlib
-    import json
-    import os
-
-    from linreg_lab.data import content_digest
-
-    dataset = config.get("dataset")
-    if isinstance(dataset, Mapping) and isinstance(dataset.get("path"), str):
-        path = os.path.abspath(os.path.expanduser(dataset["path"]))
-        dataset = {**dataset, "path": path, "content": content_digest(path)}
-    canonical = json.dumps(dataset, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _digest(_with_content(config.get("dataset")))
 
 
 def configuration_key(config: Mapping) -> str:
     """What makes two runs replicates of one configuration (a sweep averages them): the job
     key of the config with its seeds (SEED_KEYS) left out."""
-    kept = {section: dict(values) if isinstance(values, Mapping) else values
-            for section, values in config.items()}  # fmt: skip
+    import copy
+
+    kept = copy.deepcopy(dict(config))
     for key in SEED_KEYS:
-        section, _, rest = key.partition(".")
-        node = kept.get(section)
-        path = rest.split(".")
-        for name in path[:-1]:  # dataset.split.seed: a copy of each level it passes
-            if isinstance(node, Mapping) and isinstance(node.get(name), Mapping):
-                node[name] = dict(node[name])
-                node = node[name]
-            else:
-                node = None
+        *parents, name = key.split(".")
+        node = kept
+        for parent in parents:  # dataset.split.seed: down to its node, if the config has it
+            node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
-            node.pop(path[-1], None)
+            node.pop(name, None)
     return job_key(kept)
 
 
@@ -77,18 +62,30 @@ def job_key(config: Mapping) -> str:
     resolved config but sweep.* and tracking.* (where it is recorded; the experiment is where a
     re-run looks), a table's path made absolute and its content's digest, and linreg-lab's
     version, hashed."""
-    import hashlib
-    import json
-    import os
-
     from linreg_lab import __version__
-    from linreg_lab.data import content_digest
 
     kept = {k: v for k, v in config.items() if k not in ("sweep", "tracking")}
-    dataset = kept.get("dataset")
+    if "dataset" in kept:
+        kept["dataset"] = _with_content(kept["dataset"])
+    return _digest([kept, __version__])
+
+
+def _with_content(dataset):
+    """A dataset config with a table's path made absolute and its content's digest beside it:
+    a changed file is other data (data.content_digest), a rewritten identical one is not."""
+    import os
+
+    from linreg_lab.data import content_digest
+
     if isinstance(dataset, Mapping) and isinstance(dataset.get("path"), str):
         path = os.path.abspath(os.path.expanduser(dataset["path"]))
-        # The data's bytes too: a re-run on a changed file trains again (data.content_digest)
-        kept["dataset"] = {**dataset, "path": path, "content": content_digest(path)}
-    canonical = json.dumps([kept, __version__], sort_keys=True, default=str)
+        return {**dataset, "path": path, "content": content_digest(path)}
+    return dataset
+
+
+def _digest(value) -> str:
+    import hashlib
+    import json
+
+    canonical = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
