@@ -122,8 +122,8 @@ class Helper:
         self._ids: dict[Handle, str] = {}  # what the helper said its handles stand for
         self._open: dict[Handle | str, TrackingSettings | None] = {}  # runs created, not ended
         self._lost: HelperLost | None = None
-        self._marks: set[int] = set()  # markers sent (mark), not yet waited for
-        self._answered: set[int] = set()  # markers the helper has answered
+        # The helper runs messages in order: a reply for message n means all before it are done.
+        self._done = 0
 
     @property
     def _conn(self) -> Connection:
@@ -175,16 +175,13 @@ class Helper:
         """A marker after everything posted so far, answered once the helper has done it all;
         its number, for wait_for (which does not block once the answer is in)."""
         seq = next(self._seq)
-        self._marks.add(seq)
         self._send(_Message(seq, "sync", None, (), None, True))
         return seq
 
     def wait_for(self, seq: int) -> None:
         """Wait until the helper has answered marker seq (mark); raise what failed before it."""
-        while seq in self._marks and seq not in self._answered:  # (a marker waited for once)
+        while self._done < seq:
             self._receive()
-        self._answered.discard(seq)
-        self._marks.discard(seq)
         self.check()
 
     def check(self) -> None:
@@ -265,8 +262,8 @@ class Helper:
         return self._note(message)
 
     def _note(self, message):
-        if message[0] == "result" and message[1] in self._marks:
-            self._answered.add(message[1])
+        if message[0] in ("result", "raise", "error"):  # message[1] and all before it are done
+            self._done = max(self._done, message[1])
         if message[0] == "error":
             self._errors.append((message[2], message[3]))
         elif message[0] == "bound":

@@ -151,8 +151,7 @@ class Run:
         waits on a backlog (~0.1 s a batch on sqlite)."""
         if self._pending:
             if self._in_flight is not None:  # this run's batch before: written by now?
-                marker, self._in_flight = self._in_flight, None  # (waited for once, raise or not)
-                helper().wait_for(marker)
+                helper().wait_for(self._in_flight)
             self._post("log_batch", self._pending)
             self._pending = []
             self._in_flight = helper().mark()
