@@ -8,18 +8,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+def _file_handlers() -> list[logging.FileHandler]:
+    """The root logger's files: a Hydra job's log (hydra.job_logging), if any."""
+    return [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
 def log_files() -> list[str]:
-    """The files the root logger writes to: a Hydra job's log (hydra.job_logging), if any."""
-    return [h.baseFilename for h in logging.getLogger().handlers
-            if isinstance(h, logging.FileHandler)]  # fmt: skip
+    """The paths of the job's log files (_file_handlers)."""
+    return [handler.baseFilename for handler in _file_handlers()]
 
 
 def to_log_files(text: str) -> None:
     """What the console showed, also in the job's log: the log holds what the user saw."""
     record = logging.LogRecord(__name__, logging.INFO, __file__, 0, text.rstrip("\n"), None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    for handler in _file_handlers():
+        handler.handle(record)
 
 
 def say(line: str, file=None) -> None:
@@ -63,10 +66,11 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     metrics = outcome.metrics
     from linreg_lab.model import linear_parameters
 
-    if linear_parameters(model) is None:  # a model of the user's own: its losses only
+    params = linear_parameters(model)
+    if params is None:  # a model of the user's own: its losses only
         _losses_only(console, outcome, tracking, type(model).__name__)
         return
-    w, b = linear_parameters(model)
+    w, b = params
     w = w.cpu().tolist()
     shown = min(len(w), 10)
     title = f"{outcome.status} ({outcome.engine} engine)"

@@ -150,19 +150,31 @@ def _unresolved(value) -> bool:
 
 
 @functools.cache
+def _parameters_of(target: str):
+    """(target's object, its signature's parameters), or None when it cannot be imported or
+    inspected."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        function = get_object(target)
+        return function, tuple(inspect.signature(function).parameters.values())
+    except Exception:
+        return None
+
+
+@functools.cache
 def _signature_of(target: str):
     """(the keyword arguments target accepts, or None for **kwargs; their annotations), or None
     when target cannot be imported or inspected."""
     import inspect
     import typing
 
-    from hydra.utils import get_object
-
-    try:
-        function = get_object(target)
-        parameters = inspect.signature(function).parameters.values()
-    except Exception:
+    found = _parameters_of(target)
+    if found is None:
         return None
+    function, parameters = found
     try:
         hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
     except Exception:  # annotations naming what cannot be resolved here: types unchecked
@@ -285,14 +297,11 @@ def _defaults_of(target: str) -> dict:
     import dataclasses
     import inspect
 
-    from hydra.utils import get_object
-
     plain = (type(None), bool, int, float, str)
-    try:
-        function = get_object(target)
-        parameters = inspect.signature(function).parameters.values()
-    except Exception:
+    found = _parameters_of(target)
+    if found is None:
         return {}
+    function, parameters = found
     defaults = {}
     for parameter in parameters:
         default = parameter.default

@@ -20,8 +20,9 @@ from linreg_lab.engines.orders import seeded_orders
 from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import linear_parameters, model_mse
 
-# on_epoch_end(epoch, last_batch_loss, w, b): w and b are the model's values after the epoch.
-EpochCallback = Callable[[int, float, torch.Tensor, float], None]
+# on_epoch_end(epoch, last_batch_loss, w, b[, loss, val_loss]): w and b are the model's values
+# after the epoch; a model that is not linear passes an empty w and its losses, measured here.
+EpochCallback = Callable[..., None]
 
 
 class EngineError(ValueError):

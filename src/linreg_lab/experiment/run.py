@@ -265,26 +265,15 @@ def record_end(
             run.log_images(_drawn(inputs))
         else:
             run.log_plots(inputs)
-    if setup.tracking.log_model and params is not None:
-        run.log_model(_model_spec(setup, model))
+    spec = model_spec(report) if setup.tracking.log_model else None
+    if spec is not None:
+        run.log_model(spec)
     elif setup.tracking.log_model:
         logging.getLogger(__name__).warning(
             "tracking.log_model: %s is not one linear layer; its model is not logged (only "
             "linear models are, as a pyfunc in the table's units)",
             type(model).__name__,
         )
-
-
-def _model_spec(setup: Setup, model) -> dict:
-    """The model a user uses: the recovered weights in the data's own units, by column name."""
-    w, b = linear_parameters(model)
-    w = w.cpu().numpy()
-    scaling = setup.data.scaling
-    if scaling is not None and not scaling.is_identity:
-        w, b = scaling.original_units(w, b)
-    target = OmegaConf.select(setup.cfg, "dataset.target", default=None)
-    return model_spec(setup.data.feature_names, w.tolist(), float(b),
-                      target if isinstance(target, str) else None)  # fmt: skip
 
 
 def _drawn(inputs: PlotInputs) -> dict[str, bytes]:
@@ -404,7 +393,8 @@ def _parameters_report(data, optimum, model) -> dict:
     """parameters.json: recovered and least-squares parameters (and the truth, where known);
     for standardized data also in the table's original units. A model of the user's own: its
     class and size, and the least-squares reference (the best *linear* fit)."""
-    if linear_parameters(model) is None:
+    params = linear_parameters(model)
+    if params is None:
         return {
             "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -415,7 +405,7 @@ def _parameters_report(data, optimum, model) -> dict:
                 "loss": optimum.loss,
             },  # fmt: skip
         }
-    w, b = linear_parameters(model)
+    w, b = params
     w = w.cpu()
     scaled = data.scaling is not None and not data.scaling.is_identity
     report = {

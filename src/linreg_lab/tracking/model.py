@@ -9,7 +9,6 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,12 +16,17 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_linear.py")
 TAG_MODEL_URI = "linreg.model_uri"
 
 
-def model_spec(features: Sequence[str] | None, w: Sequence[float], b: float,
-               target: str | None) -> dict:  # fmt: skip
-    """What the logged model holds: synthetic data's columns are x0..x{D-1}, its target y."""
-    names = list(features) if features else [f"x{i}" for i in range(len(w))]
-    return {"features": names, "w": [float(v) for v in w], "b": float(b),
-            "target": target or "y"}  # fmt: skip
+def model_spec(report: dict) -> dict | None:
+    """What the logged model holds, from the run's parameters.json (experiment.run): the
+    recovered weights in the data's own units, the feature names (synthetic data's columns are
+    x0..x{D-1}) and the target's name; None for a model that is not linear (no weights)."""
+    if "recovered" not in report:
+        return None
+    weights = report.get("original_units", report)["recovered"]
+    w = [float(v) for v in weights["w"]]
+    names = list(report.get("features") or [f"x{i}" for i in range(len(w))])
+    return {"features": names, "w": w, "b": float(weights["b"]),
+            "target": report.get("target") or "y"}  # fmt: skip
 
 
 @contextmanager

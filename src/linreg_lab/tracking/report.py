@@ -143,10 +143,6 @@ def varied_keys(rows: list[Row]) -> list[str]:
     return swept or differing({k for row in rows for k in row.params})
 
 
-# Keys whose values only redraw the same experiment: jobs that differ in nothing else are
-# replicates of one configuration, compared by their mean.
-
-
 def replicates(rows: list[Row], keys: list[str]) -> tuple[list[Row], list[str]]:
     """(rows, keys) to compare: per run, or, where seeds were swept, one row per configuration
     (the other swept keys' values): n runs, the mean and standard deviation of each metric over
@@ -439,11 +435,10 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
         with tempfile.TemporaryDirectory() as folder:
             path = client.download_artifacts(best_run_id, "parameters.json", folder)
             report = json.loads(open(path).read())
-        if "recovered" not in report:  # a model of the user's own: no linear model to keep
+        spec = model_spec(report)
+        if spec is None:  # a model of the user's own: no linear model to keep
             print(f"Best model: run {best_run_id}'s model is not linear: not registered")
             return None
-        weights = report.get("original_units", report)["recovered"]
-        spec = model_spec(report.get("features"), weights["w"], weights["b"], report.get("target"))
         uri = log_linear_model(client, best_run_id, spec)
     data = best.data.tags.get(TAG_DATA_KEY, "")
     try:
