@@ -22,15 +22,29 @@ import tempfile
 
 
 @contextlib.contextmanager
-def _captured():
-    """fds 1 and 2 into files, whatever writes there (Hydra, logging, print); yields a
-    function that returns (out, err) so far."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+def _fds_to(out_fd: int, err_fd: int):
+    """fds 1 and 2 onto out_fd and err_fd, whatever writes there (Hydra, logging, print, a
+    child process started meanwhile); restored after."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    try:
+        yield
+    finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+@contextlib.contextmanager
+def _captured():
+    """fds 1 and 2 into files; yields a function that returns (out, err) so far."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
 
         def read() -> tuple[str, str]:
             sys.stdout.flush()
@@ -39,19 +53,13 @@ def _captured():
             err.seek(0)
             return out.read(), err.read()
 
-        try:
+        with _fds_to(out.fileno(), err.fileno()):
             yield read
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
-def _code(exit: SystemExit) -> int:
-    return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+def _status(code) -> int:
+    """The exit status a SystemExit's code gives."""
+    return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 def run(args: list[str]) -> tuple[int, str, str]:
@@ -63,7 +71,7 @@ def run(args: list[str]) -> tuple[int, str, str]:
         try:
             command.train()
         except SystemExit as exit:
-            code = _code(exit)
+            code = _status(exit.code)
         out, err = read()
     return code, out, err
 
@@ -74,13 +82,8 @@ def serve() -> None:
 
     replies = os.fdopen(os.dup(1), "w")
     printed = tempfile.NamedTemporaryFile("a+", suffix=".helper.out")
-    with _captured():
-        saved = os.dup(1), os.dup(2)
-        os.dup2(printed.fileno(), 1)  # the helper's own stdout and stderr, for its whole life
-        os.dup2(printed.fileno(), 2)
+    with _fds_to(printed.fileno(), printed.fileno()):  # the helper's own, for its whole life
         helper.helper()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
     for line in sys.stdin:
         request = json.loads(line)
         os.chdir(request["cwd"])
@@ -89,8 +92,7 @@ def serve() -> None:
         start = os.path.getsize(printed.name)
         sys.argv = ["linreg-train", *request["args"]]
         with _captured() as read:
-            code = command.run_command()
-            code = _code(SystemExit(code))
+            code = _status(command.run_command())
             try:
                 helper.helper().call("sync", None)  # all it was sent is written (or failed)
             except Exception as error:  # a write that failed: the command's own end says so
