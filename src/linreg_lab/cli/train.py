@@ -48,12 +48,14 @@ def train(cfg: DictConfig) -> float:
         return math.inf
     # Unresolved: an override may hold an ${...} that names nothing (validation says so).
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
-    plain = None  # the resolved config, once resolved
+    plain = None  # the resolved config: a sweep's job needs it (its key, its configuration's)
+    if job is not None:
+        with exit_on_user_error():
+            plain = build.plain_config(cfg)
     if job is not None and not OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
         from linreg_lab.tracking.params import job_key
 
         with exit_on_user_error():
-            plain = build.plain_config(cfg)
             done = sweep.finished_run(job_key(plain))
         if done is not None:  # a re-run sweep: this job finished before
             sweep.note_reused(done[0])
@@ -81,8 +83,7 @@ def train(cfg: DictConfig) -> float:
         sys.exit(error.exit_code)
     if job is not None:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
-        with exit_on_user_error():
-            return sweep.job_value(outcome.objective, plain or build.plain_config(cfg))
+        return sweep.job_value(outcome.objective, plain)
     if outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
         sys.exit(1)
     return outcome.objective
