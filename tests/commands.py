@@ -89,6 +89,9 @@ def serve() -> None:
         os.chdir(request["cwd"])
         before = dict(os.environ)  # a command's environment ends with it (a sweep's said file)
         os.environ.update(request["env"])
+        # PYTHONPATH as a new process would read it: on sys.path for this command only.
+        added = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = added
         start = os.path.getsize(printed.name)
         sys.argv = ["linreg-train", *request["args"]]
         with _captured() as read:
@@ -103,6 +106,7 @@ def serve() -> None:
             out += said.read()
         os.environ.clear()
         os.environ.update(before)
+        del sys.path[: len(added)]
         replies.write(json.dumps([code, out, err]) + "\n")
         replies.flush()
     helper.close()

@@ -219,14 +219,53 @@ def test_a_users_own_package_and_config_dir_run_a_sweep_and_its_model(store):
     assert predicted == pytest.approx(sklearn, rel=0.01)
 
 
-def test_a_users_own_model_trains_with_autograd_and_logs_its_losses(store):
-    """docs/example's mylab.models.Poly (not one nn.Linear) through myconf/model/poly.yaml."""
+def _predict_elsewhere(store, uri: str, table: pd.DataFrame, folder: Path) -> np.ndarray:
+    """uri's predictions on table, from a new Python process without the user's package on
+    its path (the model carries it)."""
+    rows, out = folder / "rows.csv", folder / "predicted.csv"
+    table.to_csv(rows, index=False)
+    code = ("import sys, mlflow, mlflow.pyfunc, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]);"
+            "m = mlflow.pyfunc.load_model(sys.argv[2]);"
+            "m.predict(pd.read_csv(sys.argv[3])).to_csv(sys.argv[4], index=False)")  # fmt: skip
+    env = {k: v for k, v in _env(store.uri).items() if k != "PYTHONPATH"}
+    command = [str(BIN / "python"), "-c", code, store.uri, uri, str(rows), str(out)]
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_csv(out)["revenue"].to_numpy()
+
+
+def _sales():
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from mylab.data import load_sales
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    return load_sales()
+
+
+def _mixed_loss(store, run, table, predicted) -> None:
+    """predicted (in revenue's units, on every row) is the run's model: its squared error over
+    the table is the rows' mix of the run's last train/loss and val/loss (features standardized,
+    target not: the losses are in revenue's units too)."""
+    train, val = run.data.metrics["train/loss"], run.data.metrics["val/loss"]
+    mse = float(np.mean((predicted - table.revenue.to_numpy()) ** 2))
+    assert min(train, val) * 0.999 <= mse <= max(train, val) * 1.001
+    assert mse == pytest.approx(0.8 * train + 0.2 * val, rel=0.01)  # the 80/20 split
+
+
+def test_a_users_own_model_trains_with_autograd_and_logs_its_losses(store, tmp_path):
+    """docs/example's mylab.models.Poly (not one nn.Linear) through myconf/model/poly.yaml;
+    tracking.log_model=true logs it (the module, its standardization, the package mylab)."""
     result = store.train(
         "--config-dir",
         str(EXAMPLE / "myconf"),
         "model=poly",
         "dataset=sales",
         "trainer.epochs=3",
+        "tracking.log_model=true",
         PYTHONPATH=str(EXAMPLE),
         LINREG_TARGETS="mylab",
     )
@@ -241,3 +280,26 @@ def test_a_users_own_model_trains_with_autograd_and_logs_its_losses(store):
                                                              str(store.root))).read())  # fmt: skip
     assert report["model"] == "mylab.models.Poly" and report["parameters"] == 7
     assert "recovered" not in report and len(report["least_squares"]["w"]) == 3
+    table = _sales()
+    uri = run.data.tags["linreg.model_uri"]
+    assert load(store, uri).metadata.get_input_schema().input_names() == [
+        "price", "advertising", "temperature"]  # fmt: skip
+    _mixed_loss(store, run, table, _predict_elsewhere(store, uri, table, tmp_path))
+
+
+def test_a_sweeps_best_model_of_the_users_own_is_registered(store, tmp_path):
+    """A sweep of mylab.models.Poly: its best job's module registered as models:/linreg@best,
+    which predicts in a process that never saw mylab."""
+    store.command("-m", "--config-dir", str(EXAMPLE / "myconf"), "model=poly", "dataset=sales",
+                  "optimizer.lr=0.01,0.03", "trainer.epochs=3",
+                  PYTHONPATH=str(EXAMPLE), LINREG_TARGETS="mylab")  # fmt: skip
+    runs = store.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    best = store.client.get_run(parent.data.tags["linreg.best_run_id"])
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert best.data.metrics["val/loss"] == min(r.data.metrics["val/loss"] for r in jobs)
+    version = store.client.get_model_version_by_alias("linreg", "best")
+    assert version.run_id == best.info.run_id
+    table = _sales()
+    _mixed_loss(store, best, table, _predict_elsewhere(store, "models:/linreg@best", table,
+                                                       tmp_path))  # fmt: skip

@@ -46,3 +46,35 @@ def model_mse(model: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int = 6
     finally:
         model.train(training)
     return total / X.shape[0]
+
+
+def saved(model: nn.Module) -> bytes:
+    """The trained module as torch.save writes it (on the CPU): what a run stores for a model
+    that is not linear (tracking/pyfunc_module.py loads it; its class is imported by name)."""
+    import copy
+    import io
+
+    buffer = io.BytesIO()
+    on_cpu = model if all(p.device.type == "cpu" for p in model.parameters()) else (
+        copy.deepcopy(model).cpu())  # fmt: skip
+    torch.save(on_cpu, buffer)
+    return buffer.getvalue()
+
+
+def code_folder(model: nn.Module) -> str | None:
+    """The folder of the package that defines model's class (a user's own, e.g. mylab/), for
+    the logged model to carry; None when it is installed (site-packages) or is torch's."""
+    import importlib
+    import os
+
+    top = type(model).__module__.split(".")[0]
+    if top in {"torch", "linreg_lab", "__main__"}:
+        return None
+    path = getattr(importlib.import_module(top), "__file__", None)  # imported already
+    if not path:
+        return None
+    if os.path.basename(path) == "__init__.py":
+        path = os.path.dirname(path)
+    if any(part in {"site-packages", "dist-packages"} for part in path.split(os.sep)):
+        return None
+    return os.path.abspath(path)

@@ -29,12 +29,12 @@ from linreg_lab.engines import choose_engine, fit, stability
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor
 from linreg_lab.engines.settings import TrainerSettings
-from linreg_lab.model import linear_parameters, model_mse
+from linreg_lab.model import code_folder, linear_parameters, model_mse, saved
 from linreg_lab.paths import PROJECT_ROOT
 from linreg_lab.signals import Interrupted
 from linreg_lab.tracking import FAILED, FINISHED, KILLED, Run, Store, TrackingSettings
 from linreg_lab.tracking.dataset import DataFacts
-from linreg_lab.tracking.model import model_spec
+from linreg_lab.tracking.model import MODULE_ARTIFACT, model_spec
 from linreg_lab.tracking.params import (
     TAG_DATA_KEY,
     TAG_JOB_KEY,
@@ -255,6 +255,8 @@ def record_end(
     report = _parameters_report(data, setup.optimum, model)
     target = OmegaConf.select(setup.cfg, "dataset.target", default=None)
     report["target"] = target if isinstance(target, str) else "y"  # the model's output column
+    if params is None:  # a module of the user's own: stored, so that its model can be logged
+        run.log_bytes(saved(model), MODULE_ARTIFACT)  # (here or as a sweep's best) (~ms)
     run.log_json(report, "parameters.json")
     # A sweep's jobs: their loss curves are drawn together on the sweep's parent (report.py);
     # a job's own PNGs would repeat what MLflow's charts show, at ~80 ms a job.
@@ -265,15 +267,8 @@ def record_end(
             run.log_images(_drawn(inputs))
         else:
             run.log_plots(inputs)
-    spec = model_spec(report) if setup.tracking.log_model else None
-    if spec is not None:
-        run.log_model(spec)
-    elif setup.tracking.log_model:
-        logging.getLogger(__name__).warning(
-            "tracking.log_model: %s is not one linear layer; its model is not logged (only "
-            "linear models are, as a pyfunc in the table's units)",
-            type(model).__name__,
-        )
+    if setup.tracking.log_model:
+        run.log_model(model_spec(report))
 
 
 def _drawn(inputs: PlotInputs) -> dict[str, bytes]:
@@ -395,7 +390,7 @@ def _parameters_report(data, optimum, model) -> dict:
     class and size, and the least-squares reference (the best *linear* fit)."""
     params = linear_parameters(model)
     if params is None:
-        return {
+        report = {
             "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "parameters": sum(p.numel() for p in model.parameters()),
             "features": list(data.feature_names) if data.feature_names else None,
@@ -404,7 +399,15 @@ def _parameters_report(data, optimum, model) -> dict:
                 "b": optimum.b,
                 "loss": optimum.loss,
             },  # fmt: skip
+            "module": MODULE_ARTIFACT,  # the trained module (record_end stores it)
+            "code": code_folder(model),  # the package a logged model carries
         }
+        if data.scaling is not None and not data.scaling.is_identity:
+            s = data.scaling  # the module takes standardized columns: the model says how
+            report["scaling"] = {"x_mean": s.x_mean.tolist(), "x_scale": s.x_scale.tolist(),
+                                 "y_mean": float(s.y_mean),
+                                 "y_scale": float(s.y_scale)}  # fmt: skip
+        return report
     w, b = params
     w = w.cpu()
     scaled = data.scaling is not None and not data.scaling.is_identity

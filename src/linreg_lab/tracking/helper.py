@@ -51,10 +51,10 @@ VERBS = {
     "create_run": records.create_run,
     "log_batch": records.log_batch,
     "log_text": records.log_text,
-    "log_image": records.log_image_bytes,
+    "log_bytes": records.log_bytes,
     "log_dataset": dataset.log_dataset,
     "log_plots": plots.log_plots,
-    "log_model": model.log_linear_model,
+    "log_model": model.log_model,
     "end_run": records.end_run,
     "finish_sweep": report.finish_sweep,
     "finished_jobs": report.finished_jobs,
@@ -64,7 +64,7 @@ VERBS = {
 }
 _STORELESS = {"announce", "resolve", "sync"}
 # Writes of a run's records: if one fails, the run cannot end FINISHED (its store would lie).
-_RUN_WRITES = {"log_batch", "log_text", "log_image", "log_dataset", "log_model"}
+_RUN_WRITES = {"log_batch", "log_text", "log_bytes", "log_dataset", "log_model"}
 
 
 class HelperError(RuntimeError):

@@ -296,7 +296,7 @@ def log_plots(client, run_id: str, inputs: PlotInputs) -> list[str]:
     try:
         drawn = png_images(inputs)
         for path, png in drawn.items():
-            records.log_image_bytes(client, run_id, png, path)
+            records.log_bytes(client, run_id, png, path)
     except Exception as error:  # matplotlib or the artifact store; neither should fail the run
         log.warning("could not log the plots of run %s: %s", run_id, error)
         return []

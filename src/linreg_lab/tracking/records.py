@@ -47,8 +47,8 @@ def log_text(client, run_id: str, text: str, artifact_file: str) -> None:
     client.log_text(run_id, text, artifact_file)
 
 
-def log_image_bytes(client, run_id: str, png: bytes, artifact_file: str) -> None:
-    """A PNG drawn in memory, stored as the run's artifact_file."""
+def log_bytes(client, run_id: str, png: bytes, artifact_file: str) -> None:
+    """A file made in memory (a PNG, a saved module), stored as the run's artifact_file."""
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, os.path.basename(artifact_file))
         with open(local, "wb") as file:

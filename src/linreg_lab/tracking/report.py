@@ -422,7 +422,13 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
     import json
     import tempfile
 
-    from linreg_lab.tracking.model import TAG_MODEL_URI, log_linear_model, model_spec, store_of
+    from linreg_lab.tracking.model import (
+        MODULE_ARTIFACT,
+        TAG_MODEL_URI,
+        log_model,
+        model_spec,
+        store_of,
+    )
 
     best_run_id = parent.data.tags.get("linreg.best_run_id")
     if not best_run_id:
@@ -436,10 +442,12 @@ def keep_best_model(client: MlflowClient, parent: Run, name: str) -> str | None:
             path = client.download_artifacts(best_run_id, "parameters.json", folder)
             report = json.loads(open(path).read())
         spec = model_spec(report)
-        if spec is None:  # a model of the user's own: no linear model to keep
-            print(f"Best model: run {best_run_id}'s model is not linear: not registered")
+        if spec is None:  # a model of the user's own whose run stored no module
+            print(
+                f"Best model: run {best_run_id} stored no model ({MODULE_ARTIFACT}): not registered"
+            )
             return None
-        uri = log_linear_model(client, best_run_id, spec)
+        uri = log_model(client, best_run_id, spec)
     data = best.data.tags.get(TAG_DATA_KEY, "")
     try:
         client.get_registered_model(name)

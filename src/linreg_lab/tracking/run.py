@@ -171,7 +171,11 @@ class Run:
     def log_images(self, images: Mapping[str, bytes]) -> None:
         """PNG images drawn by the caller, by artifact path."""
         for path, png in images.items():
-            self._post("log_image", png, path)
+            self._post("log_bytes", png, path)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """A file made in memory (a saved module) as the run's artifact_file."""
+        self._post("log_bytes", data, artifact_file)
 
     def log_model(self, spec: dict) -> None:
         """The run's model as a user uses it (tracking.model.model_spec), written by the helper."""

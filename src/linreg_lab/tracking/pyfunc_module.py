@@ -1,0 +1,55 @@
+"""The model a run logs when it is not one linear layer (a user's own nn.Module), as MLflow's
+"model from code": this file is stored with the model and loaded by `mlflow.pyfunc.load_model`,
+`mlflow models predict` or `linreg-predict`, with torch, numpy and pandas (no linreg-lab).
+
+Its artifact "module" is the trained module as `torch.save` wrote it (a pickle: its class is
+imported by name, from the user's package, which MLflow puts on sys.path from the model's
+code/ folder when the run could bundle it); its artifact "linear" (JSON, tracking/model.py)
+holds the feature names, the training rows' standardization and the target's name. Predictions
+are in the target's own units, from the raw columns by name: the columns are standardized as
+in training, the module maps them, and the target's standardization is undone.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+class ModuleModel(PythonModel):
+    """y = module((X[features] - x_mean) / x_scale) * y_scale + y_mean, on named columns."""
+
+    def load_context(self, context) -> None:
+        with open(context.artifacts["linear"]) as file:
+            config = json.load(file)
+        self.features = [str(name) for name in config["features"]]
+        scaling = config.get("scaling") or {}
+        d = len(self.features)
+        self.x_mean = np.asarray(scaling.get("x_mean", np.zeros(d)), dtype=np.float64)
+        self.x_scale = np.asarray(scaling.get("x_scale", np.ones(d)), dtype=np.float64)
+        self.y_mean = float(scaling.get("y_mean", 0.0))
+        self.y_scale = float(scaling.get("y_scale", 1.0))
+        self.target = str(config["target"])
+        self.module = torch.load(context.artifacts["module"], map_location="cpu",
+                                 weights_only=False)  # fmt: skip
+        self.module.eval()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = model_input
+        if not isinstance(frame, pd.DataFrame):  # an array: the features in their order
+            frame = pd.DataFrame(np.asarray(frame, dtype=np.float64), columns=self.features)
+        missing = [name for name in self.features if name not in frame.columns]
+        if missing:
+            raise ValueError(f"missing columns {missing}: the model takes {self.features}")
+        values = (frame[self.features].to_numpy(dtype=np.float64) - self.x_mean) / self.x_scale
+        dtype = next(self.module.parameters(), torch.empty(0)).dtype
+        with torch.no_grad():
+            out = self.module(torch.as_tensor(values, dtype=dtype)).reshape(-1)
+        y = out.double().numpy() * self.y_scale + self.y_mean
+        return pd.DataFrame({self.target: y}, index=frame.index)
+
+
+set_model(ModuleModel())
