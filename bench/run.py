@@ -21,7 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
 
-from bench import end_to_end, limits, paths, report, sweeps, table, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    end_to_end,
+    limits,
+    paths,
+    report,
+    streamed,
+    sweeps,
+    table,
+    throughput,
+)
 
 FULL = {
     "throughput_shapes": [(1000, 3), (100_000, 3), (100_000, 100)],
@@ -31,6 +40,7 @@ FULL = {
               (20_000, 1000, 10_000)],
     "large": [1_000_000, 10_000_000],
     "table": [(10_000_000, 100)],
+    "streamed": [(10_000_000, 100), (30_000_000, 100)],  # 4 GB and 12 GB on disk
     "repeats": 3,
     "sweep_runs": 16,
     "vectorized": [
@@ -40,8 +50,8 @@ FULL = {
     "sweeps": [16, 64, 256],  # jobs of the peer sweep and of ours
     "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
-SECTIONS = ["throughput", "paths", "large", "table", "default_experiment", "sweep", "vectorized",
-            "sweeps", "limits"]  # fmt: skip
+SECTIONS = ["throughput", "paths", "large", "table", "streamed", "default_experiment", "sweep",
+            "vectorized", "sweeps", "limits"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -49,6 +59,7 @@ QUICK = {
     "paths": [(20_000, 100, 1000)],
     "large": [100_000],
     "table": [(100_000, 10)],
+    "streamed": [(100_000, 10), (300_000, 10)],
     "repeats": 1,
     "sweep_runs": 2,
     "vectorized": [  # each case with one of the two plot settings: both kinds still run
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("paths", lambda: paths.measure(plan["paths"]))
     section("large", lambda: large(plan["large"]))
     section("table", lambda: table.measure(plan["table"]))
+    section("streamed", lambda: streamed.measure(plan["streamed"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))

@@ -32,7 +32,8 @@ def quick(tmp_path, template_store, *sections: str) -> tuple[dict, str]:
 
 
 def test_the_engines_rows(tmp_path, template_store):
-    results, _ = quick(tmp_path, template_store, "throughput", "paths", "large", "table")
+    results, _ = quick(tmp_path, template_store, "throughput", "paths", "large", "table",
+                       "streamed")  # fmt: skip
     throughput = results["throughput"]
     assert {(r["N"], r["D"], r["batch"]) for r in throughput} >= {
         (1000, 3, b) for b in (1, 10, 100, 1000)
@@ -48,6 +49,10 @@ def test_the_engines_rows(tmp_path, template_store):
     (table,) = results["table"]  # a Parquet file loaded, then trained on
     assert table["N"] == 100_000 and table["load_s"] > 0 and table["read_table_s"] > 0
     assert table["table_epoch_s"] > 0 and table["peak_above_baseline_over_data"] > 0.5
+    first, second = results["streamed"]  # streamed, in fresh processes; the first in memory too
+    assert (first["N"], second["N"]) == (100_000, 300_000) and first["streamed"]
+    assert first["epoch_s"] > 0 and first["memory_epoch_s"] > 0 and second["load_s"] > 0
+    assert second["peak_above_baseline_bytes"] > 0 and "epoch_over_memory" not in second
 
 
 def test_the_programs_rows(tmp_path, template_store):

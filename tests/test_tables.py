@@ -104,7 +104,7 @@ def test_original_units_give_the_same_predictions(tmp_path):
     "make,message",
     [
         (lambda p: p / "nope.csv", "no such file"),
-        (lambda p: p, "a directory"),
+        (lambda p: p, "a folder with no .parquet files"),
         (lambda p: (p / "x.json").write_text("{}") and p / "x.json", ".csv, .csv.gz"),
         (lambda p: (p / "e.csv").write_text("") == 0 and p / "e.csv", "the file is empty"),
         (lambda p: (p / "h.csv").write_text("a,price\n") and p / "h.csv", "the table is empty"),
@@ -248,6 +248,41 @@ def test_parquet_read_in_batches_packs_what_pandas_would(tmp_path):
     from linreg_lab.data import packed_rows
 
     assert packed_rows(streamed.X, streamed.y) is not None
+
+
+def test_a_folder_of_parquet_files_is_one_table(tmp_path, store):
+    """A folder as pyarrow writes a dataset (several files, uneven row groups, a _SUCCESS
+    marker, a file in a subfolder): the same rows, split and scaling as one file of them,
+    trained by the command; files with other columns are refused in one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(50, 10, 2000), "b": rng.normal(0, 1, 2000)})
+    frame["y"] = 2 * frame.a - 3 * frame.b + 1 + rng.normal(0, 0.1, 2000)
+    folder = tmp_path / "events"
+    (folder / "more").mkdir(parents=True)
+    # Rows and row-group sizes; a folder's files are read in the order of their paths.
+    cuts = [("more/part-0", 0, 100, 7), ("part-1", 100, 800, 300), ("part-2", 800, 2000, 512)]
+    for name, lo, hi, groups in cuts:
+        where = folder / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame[lo:hi], preserve_index=False), where,
+                       row_group_size=groups)  # fmt: skip
+    (folder / "_SUCCESS").write_text("")
+    frame.to_parquet(tmp_path / "whole.parquet")
+    split = {"val": 0.2, "test": 0.1, "seed": 1}
+    whole = load_table(str(tmp_path / "whole.parquet"), "y", split=split)
+    parts = load_table(str(folder), "y", split=split)
+    assert parts.source.kind == "parquet" and parts.X.shape == whole.X.shape == (1400, 2)
+    for a, b in [(whole.X, parts.X), (whole.y, parts.y), (whole.split.X_val, parts.split.X_val)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # float32: another shift
+    store.command("dataset=table", f"dataset.path={folder}", "dataset.target=y",
+                  "trainer.epochs=5", "optimizer.lr=0.05")  # fmt: skip
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and run.data.metrics["error/lsq_l2"] < 0.05
+    pq.write_table(pa.table({"a": [1.0], "c": [2.0], "y": [3.0]}), folder / "part-9.parquet")
+    with pytest.raises(DataError, match="part-9.parquet has other columns than part-0.parquet"):
+        load_table(str(folder), "y")
 
 
 def test_every_column_is_accounted_for(tmp_path, caplog):

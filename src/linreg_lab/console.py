@@ -86,6 +86,9 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
         reference, reference_b = _original(scaling, reference, reference_b)
         caption = ("units: the table's own (training ran on standardized columns; "
                    "parameters.json has both)")  # fmt: skip
+    if data.streamed:
+        caption += (f"; streamed: {data.num_samples} training rows from {len(data.groups)} row "
+                    f"groups, shuffled {data.window} rows at a time")  # fmt: skip
     table = Table(title=title, caption=caption)
     table.add_column("parameter")
     table.add_column("true" if truth else "least squares", justify="right")

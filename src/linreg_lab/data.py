@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -155,6 +156,7 @@ class RegressionData:
     scaling: Scaling | None = None
     source: TableSource | None = None
     dropped_rows: int = 0
+    streamed: ClassVar[bool] = False  # in memory (streamed.StreamedTable: read in passes)
 
     @property
     def has_truth(self) -> bool:

@@ -44,13 +44,51 @@ def load_table(
     split: dict | None = None,
     standardize: bool = True,
     standardize_target: bool = False,
-) -> RegressionData:
-    """The table at path (CSV or Parquet, relative to the working directory or absolute)."""
+    stream: bool | str = "auto",
+    memory_budget_gb: float | None = None,
+    shuffle_window: int = 1_000_000,
+):
+    """The table at path (CSV or Parquet, relative to the working directory or absolute), or a
+    folder of Parquet files (one table: their rows in the order of their paths, sorted).
+
+    A Parquet table is streamed (streamed.StreamedTable: read in passes, never whole) when
+    stream is true, or "auto" and its rows as float32 would take more than memory_budget_gb
+    (null: half of this machine's memory); else it is loaded (RegressionData)."""
+    from linreg_lab import streamed
+
+    if not (stream is True or stream is False or stream == "auto"):
+        raise TableError(f"dataset.stream={stream} is not allowed: true, false or auto")
+    if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or (
+            shuffle_window < 1):  # fmt: skip
+        raise TableError(
+            f"dataset.shuffle_window={shuffle_window} is not allowed: a whole number of rows >= 1"
+        )
     file = _existing_file(path)
-    source = TableSource(
-        name=file.stem, path=str(file), digest=_file_digest(file), kind=_kind(file)
-    )
-    table = _ParquetColumns(file) if _kind(file) == "parquet" else _FrameColumns(_read_csv(file))
+    kind = "parquet" if file.is_dir() else _kind(file)
+    if stream is True and kind != "parquet":
+        raise TableError(
+            f"dataset.stream=true is not allowed for {file.name}: streaming reads Parquet (write "
+            "the table as Parquet, e.g. pandas' to_parquet, or set dataset.stream=false)"
+        )
+    source = TableSource(name=file.stem, path=str(file), digest=_file_digest(file), kind=kind)
+    if kind == "parquet":
+        table = _ParquetColumns(file, _parquet_files(file) if file.is_dir() else [file])
+    else:
+        table = _FrameColumns(_read_csv(file))
+    if kind == "parquet" and stream is not False:
+        chosen = _chosen_columns(table, str(target), features, source)
+        size = table.num_rows * (len(chosen) + 1) * 4
+        budget = streamed.memory_budget(memory_budget_gb)
+        if stream is True or size > budget:
+            if stream == "auto":
+                log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
+                         "the memory budget of %.1f GB (dataset.memory_budget_gb)",
+                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30)  # fmt: skip
+            scaled = np.r_[np.full(len(chosen), bool(standardize)), bool(standardize_target)]
+            return streamed.load_streamed(
+                table, [*chosen, str(target)], missing, split_fractions(split), scaled, source,
+                shuffle_window,
+            )  # fmt: skip
     return _assemble(
         table, target, features, missing, split, standardize, standardize_target, source
     )
@@ -144,23 +182,35 @@ class _FrameColumns:
 
 
 class _ParquetColumns:
-    """A Parquet file's columns, read a row group at a time (pyarrow): the table never sits
-    in memory whole beside the packed rows, and the next row group is read while one packs."""
+    """The columns of a Parquet file, or of a folder's Parquet files, read a row group at a
+    time (pyarrow): the table never sits in memory whole beside the packed rows, and the next
+    row group is read while one packs. A folder's files must have the same columns and types."""
 
-    def __init__(self, file: Path):
+    def __init__(self, path: Path, files: list[Path]):
         import pyarrow.parquet as pq
 
-        try:
-            self.file = pq.ParquetFile(file)
-        except Exception as error:  # pyarrow's own errors: a file that is not Parquet
-            raise TableError(
-                f"dataset.path={file}: cannot read it as parquet: {_first(error)}"
-            ) from None
-        self.schema = self.file.schema_arrow
+        self.where = f"dataset.path={path}"
+        self.files = []
+        for file in files:
+            try:
+                self.files.append(pq.ParquetFile(file))
+            except Exception as error:  # pyarrow's own errors: a file that is not Parquet
+                raise TableError(
+                    f"dataset.path={file}: cannot read it as parquet: {_first(error)}"
+                ) from None
+        self.schema = self.files[0].schema_arrow
         self.names = [str(n) for n in self.schema.names]
-        _refuse_repeated_names(self.names, f"dataset.path={file}")
-        self.num_rows = self.file.metadata.num_rows
-        self.where = f"dataset.path={file}"
+        _refuse_repeated_names(self.names, self.where)
+        for file, other in zip(files[1:], self.files[1:], strict=True):
+            if not other.schema_arrow.equals(self.schema):
+                theirs = ", ".join(f"{f.name}: {f.type}" for f in other.schema_arrow)
+                ours = ", ".join(f"{f.name}: {f.type}" for f in self.schema)
+                raise TableError(
+                    f"{self.where}: {file.name} has other columns than {files[0].name} "
+                    f"({theirs} against {ours}); a folder's files must have the same columns"
+                )
+        self.num_rows = sum(f.metadata.num_rows for f in self.files)
+        self.paths = list(files)
 
     def is_numeric(self, name: str) -> bool:
         import pyarrow as pa
@@ -174,14 +224,14 @@ class _ParquetColumns:
         return pa.types.is_nested(self.schema.field(name).type)
 
     def chunks(self, names: list[str]):
-        groups = iter(range(self.file.num_row_groups))
+        groups = iter([(f, g) for f in self.files for g in range(f.num_row_groups)])
 
         def read():
-            group = next(groups, None)
-            if group is None:
+            file, group = next(groups, (None, None))
+            if file is None:
                 return None
             try:
-                table = self.file.read_row_group(group, columns=names)
+                table = file.read_row_group(group, columns=names)
             except Exception as error:
                 why = _first(error)
                 raise TableError(f"{self.where}: cannot read it as parquet: {why}") from None
@@ -220,8 +270,17 @@ def _assemble(
 ) -> RegressionData:
     """Choose and check the columns, split the rows, then pack them, scaled, into one
     (N, D + 1) float32 buffer: the training rows first, then validation, then test."""
-    where = f"dataset.path={source.path}"
     target = str(target)
+    chosen = _chosen_columns(table, target, features, source)
+    fractions = split_fractions(split)
+    return _assemble_rows(table, target, chosen, missing, fractions, standardize,
+                          standardize_target, source)  # fmt: skip
+
+
+def _chosen_columns(table, target: str, features, source: TableSource) -> list[str]:
+    """The feature columns, checked: named ones exist, are numeric and not the target; none
+    named: every numeric column but the target (the others said in the log)."""
+    where = f"dataset.path={source.path}"
     columns = table.names
     if table.num_rows == 0 or not columns:
         raise TableError(f"{where}: the table is empty")
@@ -268,7 +327,13 @@ def _assemble(
             f"{where}: columns {text} are not numeric (linreg-lab does not encode categories: "
             "drop them with dataset.features=[...] or encode them in the file)"
         )
-    fractions = split_fractions(split)
+    return chosen
+
+
+def _assemble_rows(
+    table, target, chosen, missing, fractions, standardize, standardize_target, source
+) -> RegressionData:
+    where = f"dataset.path={source.path}"
     d = len(chosen)
     scaled = np.r_[np.full(d, bool(standardize)), bool(standardize_target)]
     packed = _Packed(table.num_rows, d, fractions)
@@ -417,7 +482,8 @@ def _existing_file(path: str) -> Path:
     if not file.exists():
         raise TableError(f"dataset.path={path} is not allowed: no such file ({file})")
     if file.is_dir():
-        raise TableError(f"dataset.path={path} is not allowed: a directory, not a file")
+        _parquet_files(file)  # refused here if it holds none
+        return file.resolve()
     if _kind(file) is None:
         raise TableError(
             f"dataset.path={path} is not allowed: a .csv, .csv.gz, .tsv or .parquet file"
@@ -425,6 +491,24 @@ def _existing_file(path: str) -> Path:
     if file.stat().st_size == 0:
         raise TableError(f"dataset.path={path}: the file is empty")
     return file.resolve()
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    """The Parquet files in folder and its subfolders (as Spark, pyarrow and pandas write a
+    dataset: part-*.parquet), sorted by path; files and folders whose name starts with "_" or
+    "." (_SUCCESS, _metadata, .crc files) are not data. Partition values in folder names
+    (a=1/) are not read as columns."""
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and _kind(p) == "parquet"
+        and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts)
+    )  # fmt: skip
+    if not files:
+        raise TableError(
+            f"dataset.path={folder} is not allowed: a folder with no .parquet files (a folder "
+            "is read as one Parquet dataset; a CSV must be named itself)"
+        )
+    return files
 
 
 def _kind(file: Path) -> str | None:

@@ -44,8 +44,19 @@ def sgd_hyper(optimizer_factory: Callable) -> SGDHyper | None:
 _SGD_KEYWORDS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov"})
 
 
-def choose_engine(requested: str, model: nn.Module, optimizer_factory: Callable) -> str:
-    return _choose(requested, model, sgd_hyper(optimizer_factory))
+def choose_engine(
+    requested: str, model: nn.Module, optimizer_factory: Callable, streamed: bool = False
+) -> str:
+    """The engine that trains model: raises EngineError for a choice it cannot honour (a
+    streamed table trains with the analytic engine only)."""
+    engine = _choose(requested, model, sgd_hyper(optimizer_factory))
+    if streamed and engine != "analytic":
+        raise EngineError(
+            "dataset.stream: a streamed table trains a linear model with SGD (model=linear, "
+            f"optimizer=sgd, trainer.engine=auto or analytic); this run needs the {engine} "
+            "engine (set dataset.stream=false to load the table)"
+        )
+    return engine
 
 
 def _choose(requested: str, model: nn.Module, hyper: SGDHyper | None) -> str:
@@ -74,6 +85,10 @@ def fit(
     """Train model in place on data; returns the engine that ran."""
     hyper = sgd_hyper(optimizer_factory)
     engine = _choose(settings.engine, model, hyper)
+    if data.streamed:
+        choose_engine(settings.engine, model, optimizer_factory, streamed=True)
+        _fit_streamed(model, hyper, data, settings, on_epoch_end)
+        return engine
     device = settings.torch_device()
     data = data.to(device)
     # The same seed gives every engine the same orders.
@@ -98,6 +113,30 @@ def fit(
         optimizer = optimizer_factory(model.parameters())
         train_autograd(model, optimizer, data.X, data.y, orders, settings.batch_size, report)
     return engine
+
+
+def _fit_streamed(model, hyper, data, settings, on_epoch_end: EpochCallback) -> None:
+    """A streamed table (streamed.StreamedTable): the compiled SGD steps over one window of
+    rows after another, theta and momentum carried across windows, on the CPU."""
+    from linreg_lab.engines.analytic import CompiledSteps
+
+    model.to("cpu")
+    weight, bias = model.weight.detach().view(-1), model.bias.detach()
+    theta = torch.cat((weight, bias))
+    d = data.num_features
+    width = (d + 1) * 4
+    stepper = CompiledSteps(theta, hyper, min(data.window, data.num_samples) * width,
+                            settings.batch_size)  # fmt: skip
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            loss = float("nan")
+            for rows, order in data.windows(epoch, settings.shuffle, settings.seed,
+                                            settings.batch_size):  # fmt: skip
+                loss = stepper.run(rows, rows[:, d], order)
+            on_epoch_end(epoch, loss, theta[:d], float(theta[d]))
+    finally:  # also when a callback stops training (divergence, Ctrl-C)
+        weight.copy_(theta[:d])
+        bias.copy_(theta[d:])
 
 
 def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallback) -> None:

@@ -105,34 +105,51 @@ def _train_compiled(theta, h: SGDHyper, X, y, orders, batch_size: int, on_epoch_
 
     Each step is in the kernel; this loop is the whole per-fit overhead, so it stays lean.
     """
-    loops = kernels()
-    n, d = X.shape
-    theta_np, X_np, y_np = theta.numpy(), *compiled_arrays(X, y)
-    buf = np.zeros(d + 1, theta_np.dtype)
-    has_buf = False
-    hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
-    threads = _kernel_threads(X_np.nbytes, batch_size)
-    if threads > 1:  # the same steps, each batch's rows split between threads
-        from linreg_lab.engines.thread_team import sgd_steps_on_threads
-
-        steps, last = sgd_steps_on_threads, threads
-    else:
-        steps, last = loops.sgd_steps, X_np.nbytes >= _PREFETCH_MIN_BYTES
-    # Whole batches per call, so batch boundaries do not depend on the call size. Threads share
-    # a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
-    work = WORK_PER_CALL * (4 * threads if threads > 1 else 1)
-    span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
+    d = X.shape[1]
+    X_np, y_np = compiled_arrays(X, y)
+    stepper = CompiledSteps(theta, h, X_np.nbytes, batch_size)
     for epoch, order in enumerate(orders, start=1):
-        order_np = order.numpy()
+        loss = stepper.run(X_np, y_np, order.numpy())
+        on_epoch_end(epoch, loss, float(stepper.theta[d]))
+
+
+class CompiledSteps:
+    """The compiled SGD steps (kernels.sgd_steps, or its threaded form on large data) over
+    any rows and order, with theta and the momentum buffer carried from one call to the next:
+    one epoch over rows in memory, or one window after another of a streamed table."""
+
+    def __init__(self, theta: torch.Tensor, h: SGDHyper, x_bytes: int, batch_size: int):
+        loops = kernels()
+        self.theta = theta.numpy()
+        d = self.theta.shape[0] - 1
+        self.buf = np.zeros(d + 1, self.theta.dtype)
+        self.has_buf = False
+        self.hyper = (h.lr, h.momentum, h.dampening, h.weight_decay, h.nesterov)
+        self.batch_size = batch_size
+        threads = _kernel_threads(x_bytes, batch_size)
+        if threads > 1:  # the same steps, each batch's rows split between threads
+            from linreg_lab.engines.thread_team import sgd_steps_on_threads
+
+            self.steps, self.last = sgd_steps_on_threads, threads
+        else:
+            self.steps, self.last = loops.sgd_steps, x_bytes >= _PREFETCH_MIN_BYTES
+        # Whole batches per call, so batch boundaries do not depend on the call size. Threads
+        # share a call's work, and each call starts them (~0.3 ms): calls of up to ~0.1 s.
+        work = WORK_PER_CALL * (4 * threads if threads > 1 else 1)
+        self.span = max(1, max(1, work // (d + 1)) // batch_size) * batch_size
+
+    def run(self, X_np: np.ndarray, y_np: np.ndarray, order_np: np.ndarray) -> float:
+        """Steps over the rows of X_np in order_np's order, batch_size at a time (the last
+        batch may be short); the last batch's loss."""
         count = order_np.shape[0]
         loss = np.nan
-        for begin in range(0, count, span):
+        for begin in range(0, count, self.span):
             signals.check()  # a stop request (Ctrl-C, SIGTERM) acts between calls
-            loss, has_buf = steps(
-                X_np, y_np, order_np, begin, min(begin + span, count), batch_size,
-                theta_np, buf, has_buf, *hyper, last,
+            loss, self.has_buf = self.steps(
+                X_np, y_np, order_np, begin, min(begin + self.span, count), self.batch_size,
+                self.theta, self.buf, self.has_buf, *self.hyper, self.last,
             )  # fmt: skip
-        on_epoch_end(epoch, float(loss), float(theta_np[d]))
+        return float(loss)
 
 
 def compiled_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

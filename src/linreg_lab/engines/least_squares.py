@@ -63,6 +63,27 @@ class LeastSquares:
         return float(self.losses(theta))
 
 
+def _solve(gram: torch.Tensor, moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal equations' solution theta (gram theta = moment) and gram theta - moment."""
+    driver = "gelsd" if gram.is_cpu else None
+    theta = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver=driver).solution.view(-1)
+    return theta, gram @ theta - moment
+
+
+def from_sums(sums: torch.Tensor, n: int) -> LeastSquares:
+    """The least-squares optimum of rows whose augmented sums are sums = [A y]' [A y] with
+    A = [X 1] ((D + 2) x (D + 2), float64), as a streamed table gathers them in one pass: the
+    same solution as least_squares(X, y). Its loss comes from the sums (the rows are not read
+    again), which is exact to float64's rounding when X and y are near zero mean (the stream
+    centres them first)."""
+    d1 = sums.shape[0] - 1
+    gram, moment, yy = sums[:d1, :d1].clone(), sums[:d1, d1].clone(), float(sums[d1, d1])
+    theta, gradient = _solve(gram, moment)
+    loss = max(yy - 2 * float(theta @ moment) + float(theta @ gram @ theta), 0.0) / max(n, 1)
+    d = d1 - 1
+    return LeastSquares(theta[:d].float(), float(theta[d]), loss, gram, gradient, theta, n)
+
+
 def _float64_chunks(X: torch.Tensor, y: torch.Tensor, rows: int):
     """([X_chunk, 1], y_chunk) in float64, a chunk of rows at a time, in two reused buffers
     (fresh allocations are slow on this VM; no float64 copy of X): the caller may overwrite
@@ -90,9 +111,7 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> LeastSquares:
     for A_chunk, y_chunk in _float64_chunks(X, y, rows):
         gram.addmm_(A_chunk.T, A_chunk)
         moment.addmv_(A_chunk.T, y_chunk)
-    theta = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver="gelsd" if X.is_cpu else None)
-    theta = theta.solution.view(-1)
-    gradient = gram @ theta - moment
+    theta, gradient = _solve(gram, moment)
     # The optimum's loss from its residuals, a second pass: from the sums, y'y - theta'A'y
     # cancels to a few bits when the features are far from zero mean (2% off at a mean of 1000).
     squares = 0.0

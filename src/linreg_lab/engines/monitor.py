@@ -46,7 +46,9 @@ class EpochMonitor:
     def __post_init__(self) -> None:
         if self.validation is None and self.data.has_validation:
             split = self.data.split
-            self.validation = least_squares(split.X_val, split.y_val)
+            self.validation = getattr(self.data, "val_sums", None) or least_squares(
+                split.X_val, split.y_val
+            )  # a streamed table gathered its validation rows' sums as it was read
         zero = torch.zeros(self.data.num_features, dtype=torch.float64)
         self.ceiling = DIVERGENCE_FACTOR * max(self.optimum.loss_of(zero, 0.0), 1e-30)
 

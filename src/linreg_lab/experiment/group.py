@@ -24,6 +24,7 @@ from linreg_lab.experiment.run import (
     open_run,
     record_end,
     record_start,
+    run_experiment,
     set_up,
 )  # fmt: skip
 from linreg_lab.tracking import FAILED, FINISHED, Store
@@ -46,6 +47,13 @@ def train_group(
     (plains): sweep.grouping.group_jobs does both. The members share the first one's
     settings, store and data instead of each setting up its own."""
     shared = set_up(configs[0], store, parent_run_id, data_source, plains[0])
+    if shared.data.streamed:  # dataset.stream=auto streamed it: its jobs train one by one
+        kept = _Kept(shared)
+        return [
+            run_experiment(cfg, job, True, store=shared.store, parent_run_id=parent_run_id,
+                           data_source=kept, plain=plain)
+            for cfg, job, plain in zip(configs, overrides, plains)
+        ]  # fmt: skip
     others = [_member(cfg, plain, shared) for cfg, plain in zip(configs[1:], plains[1:])]
     setups = [shared, *others]
     built = [build_model(setup) for setup in setups]
@@ -111,6 +119,16 @@ def train_group(
         Outcome(run, status.status, monitor.final, ENGINE)
         for run, status, monitor in zip(runs, statuses, monitors)
     ]
+
+
+class _Kept:
+    """The group's data and optimum, for each job that trains alone (a streamed table)."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+
+    def get(self, cfg, trainer, build):
+        return self.setup.data, self.setup.optimum
 
 
 def _member(cfg: DictConfig, plain: dict, shared: Setup) -> Setup:

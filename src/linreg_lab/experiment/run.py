@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from linreg_lab import build, console
 from linreg_lab.config.validate import validate
-from linreg_lab.data import RegressionData
+from linreg_lab.data import DataError, RegressionData
 from linreg_lab.engines import choose_engine, fit, stability
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor
@@ -130,6 +130,11 @@ def data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
         torch.set_num_threads(trainer.num_threads(*size))
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
+    if data.streamed:  # its sums were gathered as it was read
+        if trainer.device not in ("auto", "cpu"):
+            raise DataError(f"trainer.device={trainer.device} is not allowed with a streamed "
+                            "table: it trains on the CPU (trainer.device=cpu or auto)")  # fmt: skip
+        return data, data.optimum
     return data, least_squares(data.X, data.y)
 
 
@@ -150,7 +155,8 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
     torch.manual_seed(setup.trainer.seed)
     model = build.model(setup.cfg, setup.data.num_features)
     optimizer_factory = build.optimizer_factory(setup.cfg)
-    choose_engine(setup.trainer.engine, model, optimizer_factory)
+    choose_engine(setup.trainer.engine, model, optimizer_factory,
+                  streamed=setup.data.streamed)  # fmt: skip
     return model, optimizer_factory
 
 
@@ -242,12 +248,15 @@ def record_end(
 
     The plots are drawn by the MLflow helper while this process goes on, or here (draw_here)
     when this process will wait for the helper anyway: meanwhile the helper is still busy."""
-    run.tag_at_end({"linreg.engine": engine})  # with the last metrics: one write
+    streamed = {"linreg.streamed": "true"} if setup.data.streamed else {}
+    run.tag_at_end({"linreg.engine": engine, **streamed})  # with the last metrics: one write
     data = setup.data
     params = linear_parameters(model)
     if data.has_test and monitor.history:
         if params is None:
             test_loss = model_mse(model, data.split.X_test, data.split.y_test)
+        elif data.streamed:  # the test rows' sums
+            test_loss = data.test_sums.loss_of(*params)
         else:
             test_loss = mse(data.split.X_test, data.split.y_test, *params)
         monitor.history[-1]["test/loss"] = test_loss  # in the outcome's final metrics too

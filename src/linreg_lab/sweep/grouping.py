@@ -55,6 +55,8 @@ def _planned(cfg: DictConfig, analytic: dict[str, bool]) -> tuple[str | None, di
         plain = build.plain_config(cfg)
     except Exception:  # an invalid job runs alone and reports its own error
         return None, None
+    if (plain.get("dataset") or {}).get("stream") is True:  # no rows in memory to share
+        return None, None
     shared = {
         group: {k: v for k, v in node.items() if k not in PER_MODEL_KEYS.get(group, ())}
         if isinstance(node, dict) else node

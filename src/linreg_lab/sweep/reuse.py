@@ -57,7 +57,7 @@ class DataReuse:
         which only the cycle collector frees. The collector takes ~0.2 s once torch and
         matplotlib are loaded: only large data is worth it."""
         if self._last is not None:
-            X = self._last[1].X
+            X = getattr(self._last[1], "X", None)  # a streamed table holds no rows
             self._last = None
-            if X.element_size() * X.numel() >= _COLLECT_MIN_BYTES:
+            if X is not None and X.element_size() * X.numel() >= _COLLECT_MIN_BYTES:
                 gc.collect()

@@ -35,14 +35,19 @@ class DataFacts:
 
     @classmethod
     def of(cls, data) -> DataFacts:
-        """From a RegressionData."""
-        X, source, split = data.X, data.source, data.split
+        """From a RegressionData (or a streamed.StreamedTable: float32 rows it never holds)."""
+        source, split = data.source, data.split
+        if data.streamed:
+            dtype, nbytes, held_out = "float32", data.features_nbytes, data.held_out_rows
+        else:
+            dtype, nbytes = str(data.X.dtype).removeprefix("torch."), data.X.element_size() * (
+                data.X.nelement())  # fmt: skip
+            held_out = (split.X_val.shape[0], split.X_test.shape[0]) if split else (0, 0)
         return cls(
             data.num_samples, data.num_features, data.true_b, data.noise_std, data.seed,
-            str(X.dtype).removeprefix("torch."), X.element_size() * X.nelement(),
+            dtype, nbytes,
             (source.name, source.path, source.digest, source.kind) if source else None,
-            data.feature_names,
-            (split.X_val.shape[0], split.X_test.shape[0]) if split else (0, 0),
+            data.feature_names, held_out,
         )  # fmt: skip
 
 

@@ -1,0 +1,300 @@
+"""A Parquet table too large for memory, trained on in passes over its row groups.
+
+tables.load_table returns a StreamedTable instead of RegressionData when dataset.stream says
+so. Nothing here holds more than a window of rows (and one row group read ahead):
+
+- One pass at load time gathers, per part (training, validation, test), the float64 sums
+  [X 1 y]' [X 1 y] of the rows (centred by a first estimate of each column's mean, so that
+  float64 keeps their precision). The standardization, the least-squares reference, the
+  stability bound and every logged loss (train/, val/, test/loss: exact quadratic forms of
+  the parameters) come from these sums, never from the rows again.
+- Each epoch reads the row groups again (shuffled, seeded), keeps their training rows,
+  standardizes them, and fills a window of `window` rows (a multiple of the batch size);
+  each full window's rows are shuffled (seeded) and trained on in batches; what is left at
+  the end is the last window. trainer.shuffle=false keeps the file's order throughout: the
+  batches are then exactly those of the same table in memory.
+- The split: each row's part is drawn from a seeded hash of its row number in the table
+  (dataset.split.seed), so the parts' sizes are the fractions up to sampling noise (in memory
+  they are exact: a permutation of all rows, which streaming cannot hold).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource
+from linreg_lab.engines.least_squares import LeastSquares, from_sums
+
+log = logging.getLogger(__name__)
+TRAIN, VAL, TEST = 0, 1, 2
+_SLICE_ROWS = 1 << 16  # rows converted to float64 at a time: temporaries stay small
+
+
+def memory_budget(budget_gb: float | None) -> int:
+    """Bytes a table may take in memory before dataset.stream=auto streams it: budget_gb, or
+    half of this machine's memory (its cgroup limit where lower)."""
+    if budget_gb is not None:
+        return int(float(budget_gb) * 2**30)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total // 2
+
+
+def parts_of(rows: np.ndarray, fractions: SplitFractions) -> np.ndarray:
+    """Each row's part (TRAIN, VAL, TEST) from its row number: a seeded hash (splitmix64 of
+    seed and row), uniform in [0, 1), cut at val and val + test."""
+    if not fractions.val and not fractions.test:
+        return np.zeros(len(rows), np.int8)
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(fractions.seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    parts = np.zeros(len(rows), np.int8)
+    parts[u < fractions.val + fractions.test] = TEST
+    parts[u < fractions.val] = VAL
+    return parts
+
+
+@dataclass(frozen=True)
+class StreamedTable:
+    """A Parquet table's training rows, read again each epoch; what a run knows of the data
+    without holding it (see the module's notes). Used where a RegressionData would be."""
+
+    files: tuple[str, ...]
+    groups: tuple[tuple[int, int, int], ...]  # (file, row group, first row in the table)
+    columns: tuple[str, ...]  # the features, then the target
+    fractions: SplitFractions
+    missing: str
+    scaling: Scaling
+    optimum: LeastSquares  # the training rows'
+    val_sums: LeastSquares | None
+    test_sums: LeastSquares | None
+    source: TableSource
+    held_out_rows: tuple[int, int]
+    dropped_rows: int
+    window: int  # rows shuffled together
+    streamed: ClassVar[bool] = True
+    true_w: ClassVar[None] = None
+    true_b: ClassVar[None] = None
+    noise_std: ClassVar[None] = None
+    split: ClassVar[None] = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.optimum.num_samples
+
+    @property
+    def num_features(self) -> int:
+        return len(self.columns) - 1
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.columns[:-1]
+
+    @property
+    def seed(self) -> int:
+        return self.fractions.seed
+
+    @property
+    def has_truth(self) -> bool:
+        return False
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_sums is not None
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_sums is not None
+
+    @property
+    def features_nbytes(self) -> int:
+        """What the training rows would take in memory as float32 (they never are whole)."""
+        return self.num_samples * self.num_features * 4
+
+    def to(self, device: torch.device) -> StreamedTable:
+        return self  # its windows are made on the CPU, where the compiled steps run
+
+    def windows(self, epoch: int, shuffle: bool, seed: int, batch_size: int) -> Iterator:
+        """Epoch epoch's training rows as (rows, order): rows a float32 (n, D + 1) array of
+        standardized [x y] (a buffer reused by the next window: train on it before asking for
+        the next), order the int64 order to visit them in."""
+        width = len(self.columns)
+        size = max(batch_size, -(-self.window // batch_size) * batch_size)
+        buffer = np.empty((size, width), np.float32)
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self.groups)) if shuffle else np.arange(len(self.groups))
+        filled = 0
+        center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
+        inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
+        for values, parts, finite in _read(self, [self.groups[i] for i in order]):
+            train = values[(parts == TRAIN) & finite]
+            start = 0
+            while start < len(train):
+                take = min(size - filled, len(train) - start, _SLICE_ROWS)
+                chunk = train[start : start + take]
+                buffer[filled : filled + take] = (chunk - center) * inverse
+                filled, start = filled + take, start + take
+                if filled == size:
+                    yield buffer, (rng.permutation(size) if shuffle else np.arange(size))
+                    filled = 0
+        if filled:
+            yield buffer[:filled], (rng.permutation(filled) if shuffle else np.arange(filled))
+
+
+def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(values, parts, finite) of each row group in groups: its chosen columns as a float64
+    (rows, D + 1) array, each row's part and whether it has no missing value; the next row
+    group is read while the caller works on this one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    opened: dict[int, object] = {}
+    pending = iter(groups)
+
+    def read():
+        item = next(pending, None)
+        if item is None:
+            return None
+        file, group, first = item
+        if file not in opened:
+            opened[file] = pq.ParquetFile(table.files[file])
+        chunk = opened[file].read_row_group(group, columns=list(table.columns))
+        # float32 columns stay float32 (half the memory); any other kind becomes float64.
+        single = all(pa.types.is_float32(column.type) for column in chunk.columns)
+        kind, arrow_kind = (np.float32, pa.float32()) if single else (np.float64, pa.float64())
+        values = np.empty((chunk.num_rows, len(table.columns)), kind)
+        for j, column in enumerate(chunk.columns):  # nulls become NaN
+            values[:, j] = column.cast(arrow_kind).to_numpy(zero_copy_only=False)
+        del chunk
+        parts = parts_of(np.arange(first, first + len(values)), table.fractions)
+        return values, parts, np.isfinite(values).all(axis=1)
+
+    with ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
+        coming = reader.submit(read)
+        while (item := coming.result()) is not None:
+            coming = reader.submit(read)
+            yield item
+
+
+@dataclass
+class _Gathering:
+    """Where load_streamed's one pass is: the description so far."""
+
+    files: tuple[str, ...]
+    groups: tuple[tuple[int, int, int], ...]
+    columns: tuple[str, ...]
+    fractions: SplitFractions
+
+
+def load_streamed(
+    parquet,
+    columns: list[str],
+    missing: str,
+    fractions: SplitFractions,
+    scaled: np.ndarray,
+    source: TableSource,
+    window: int,
+) -> StreamedTable:
+    """One pass over parquet (tables._ParquetColumns) gathering each part's sums, then the
+    standardization and least-squares optimum they give; see the module's notes."""
+    where = f"dataset.path={source.path}"
+    groups, first = [], 0
+    for f, file in enumerate(parquet.files):
+        for g in range(file.num_row_groups):
+            groups.append((f, g, first))
+            first += file.metadata.row_group(g).num_rows
+    files = tuple(str(path) for path in parquet.paths)
+    gathering = _Gathering(files, tuple(groups), tuple(columns), fractions)
+    width = len(columns) + 1  # [x, 1, y]: the ones column before the target
+    d = len(columns) - 1
+    sums = np.zeros((3, width, width))
+    counts = np.zeros(3, np.int64)
+    shift: np.ndarray | None = None
+    dropped = 0
+    for values, parts, finite in _read(gathering, groups):
+        if shift is None:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
+                first_rows = np.where(np.isfinite(values[:1000]), values[:1000], np.nan)
+                shift = np.where(scaled, np.nan_to_num(np.nanmean(first_rows, axis=0)), 0.0)
+        bad = int((~finite).sum())
+        if bad and missing == "error":
+            raise DataError(
+                f"{where}: rows with NaN, inf or empty values (at least {bad}); set "
+                "dataset.missing=drop to train without them"
+            )
+        dropped += bad
+        for lo in range(0, len(values), _SLICE_ROWS):  # float64 a slice at a time
+            keep = finite[lo : lo + _SLICE_ROWS]
+            augmented = np.empty((int(keep.sum()), width))
+            augmented[:, :d] = values[lo : lo + _SLICE_ROWS][keep, :d] - shift[:d]
+            augmented[:, d] = 1.0
+            augmented[:, d + 1] = values[lo : lo + _SLICE_ROWS][keep, d] - shift[d]
+            kept = parts[lo : lo + _SLICE_ROWS][keep]
+            for part in (TRAIN, VAL, TEST):
+                rows = augmented[kept == part]
+                if len(rows):
+                    sums[part] += rows.T @ rows
+                    counts[part] += len(rows)
+    if dropped:
+        if dropped == first:
+            raise DataError(f"{where}: every row has a missing value ({dropped} dropped)")
+        log.warning("dataset: dropped %d of %d rows with NaN, inf or empty values", dropped, first)
+    n = int(counts[TRAIN])
+    if n <= d:
+        raise DataError(
+            f"dataset.split: {n} training rows for {d} features; least squares needs more rows "
+            "than features (lower dataset.split.val or dataset.split.test)"
+        )
+    mean = sums[TRAIN][d, :] / n  # the ones column's row: each column's sum
+    mean = np.r_[mean[:d], mean[d + 1]]
+    squares = np.r_[np.diag(sums[TRAIN])[:d], sums[TRAIN][d + 1, d + 1]] / n
+    scale = np.sqrt(np.maximum(squares - mean * mean, 0.0))
+    constant = [columns[j] for j in range(d) if scaled[j] and not scale[j] > 0]
+    if constant:
+        raise DataError(
+            f"dataset.standardize=true is not allowed: {constant} are constant on the training "
+            "rows (drop them with dataset.features=[...])"
+        )
+    if scaled[d] and not scale[d] > 0:
+        raise DataError("dataset.standardize_target=true: the target is constant")
+    offset = np.where(scaled, mean, 0.0)
+    scale = np.where(scaled, scale, 1.0)
+    # [x - shift, 1, y - shift] T = [(x - center) / scale, 1, (y - center) / scale]
+    transform = np.zeros((width, width))
+    for j in range(d):
+        transform[j, j], transform[d, j] = 1 / scale[j], -offset[j] / scale[j]
+    transform[d, d] = 1.0
+    transform[d + 1, d + 1], transform[d, d + 1] = 1 / scale[d], -offset[d] / scale[d]
+
+    def solved(part: int) -> LeastSquares | None:
+        if not counts[part]:
+            return None
+        standardized = transform.T @ sums[part] @ transform
+        return from_sums(torch.from_numpy(standardized), int(counts[part]))
+
+    center = shift + offset
+    scaling = Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
+    return StreamedTable(
+        files, tuple(groups), tuple(columns), fractions, missing, scaling, solved(TRAIN),
+        solved(VAL), solved(TEST), source, (int(counts[VAL]), int(counts[TEST])), dropped,
+        int(window),
+    )  # fmt: skip

@@ -1,0 +1,170 @@
+"""Streamed Parquet tables (dataset.stream): read in passes, never whole; the same training as
+in memory when the order is the same; every epoch visits every training row once."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from linreg_lab.data import DataError
+from linreg_lab.engines import fit
+from linreg_lab.engines.least_squares import least_squares
+from linreg_lab.engines.settings import TrainerSettings
+from linreg_lab.model import init_linear
+from linreg_lab.streamed import TRAIN, VAL, StreamedTable, parts_of
+from linreg_lab.tables import load_table
+
+NO_SPLIT = {"val": 0.0, "test": 0.0, "seed": 0}
+
+
+def _table(n: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """Features on very different scales, a target in its own units."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"a": rng.normal(50, 10, n), "b": rng.normal(0.002, 0.0005, n),
+                          "c": rng.normal(3000, 400, n)})  # fmt: skip
+    frame["price"] = 2 * frame.a + 8000 * frame.b + 0.01 * frame.c + 3 + rng.normal(0, 0.5, n)
+    return frame
+
+
+def _folder(tmp_path, frame: pd.DataFrame):
+    """frame as pyarrow writes a dataset: several files, uneven row groups, a _SUCCESS."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    cuts = np.linspace(0, len(frame), 4).astype(int)
+    for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+        pq.write_table(pa.Table.from_pandas(frame[lo:hi], preserve_index=False),
+                       folder / f"part-{i}.parquet", row_group_size=[97, 250, 400][i])  # fmt: skip
+    (folder / "_SUCCESS").write_text("")
+    return folder
+
+
+def _trained(data, **settings) -> tuple[torch.Tensor, list[float]]:
+    torch.manual_seed(0)
+    model = init_linear(torch.nn.Linear(data.num_features, 1))
+    losses = []
+    trainer = TrainerSettings(**{"epochs": 3, "batch_size": 10, "compiled": "true", **settings})
+    fit(model, functools.partial(torch.optim.SGD, lr=0.03, momentum=0.5), data, trainer,
+        lambda epoch, last, w, b, *rest: losses.append(last))  # fmt: skip
+    return torch.cat([model.weight.detach().view(-1), model.bias.detach()]), losses
+
+
+def test_streamed_training_equals_in_memory_in_the_same_order(tmp_path):
+    """trainer.shuffle=false, no split: the same batches, so the same parameters (to float32
+    rounding of the standardized values) and the same least-squares reference."""
+    folder = _folder(tmp_path, _table())
+    memory = load_table(str(folder), "price", split=NO_SPLIT, stream=False)
+    streamed = load_table(str(folder), "price", split=NO_SPLIT, stream=True, shuffle_window=500)
+    assert isinstance(streamed, StreamedTable) and not memory.streamed
+    assert streamed.num_samples == memory.num_samples == 3000
+    np.testing.assert_allclose(streamed.scaling.x_mean, memory.scaling.x_mean, rtol=1e-9)
+    np.testing.assert_allclose(streamed.scaling.x_scale, memory.scaling.x_scale, rtol=1e-6)
+    reference = least_squares(memory.X, memory.y)
+    np.testing.assert_allclose(streamed.optimum.theta, reference.theta, rtol=1e-5)
+    assert streamed.optimum.loss == pytest.approx(reference.loss, rel=1e-5)
+    ours, ours_losses = _trained(streamed, shuffle=False)
+    theirs, their_losses = _trained(memory, shuffle=False)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert ours_losses == pytest.approx(their_losses, rel=1e-4)
+
+
+def test_every_epoch_visits_every_training_row_once_in_a_seeded_order(tmp_path):
+    frame = _table(2000)
+    folder = _folder(tmp_path, frame)
+    split = {"val": 0.2, "test": 0.1, "seed": 4}
+    data = load_table(str(folder), "price", split=split, stream=True, shuffle_window=300)
+    parts = parts_of(np.arange(len(frame)), data.fractions)
+    train = frame[parts == TRAIN].to_numpy()
+    assert data.num_samples == len(train) and data.held_out_rows == (
+        int((parts == VAL).sum()),
+        len(frame) - len(train) - int((parts == VAL).sum()),
+    )
+
+    def epoch(number: int, seed: int = 7) -> np.ndarray:
+        seen = [rows[order].copy() for rows, order in data.windows(number, True, seed, 32)]
+        assert all(len(rows) % 32 == 0 for rows in seen[:-1])  # whole batches but the last
+        return np.concatenate(seen)
+
+    first = epoch(1)
+    center = np.r_[data.scaling.x_mean, data.scaling.y_mean]
+    scale = np.r_[data.scaling.x_scale, data.scaling.y_scale]
+    raw = first * scale + center  # back to the table's units
+    assert np.allclose(np.sort(raw[:, -1]), np.sort(train[:, -1]), rtol=1e-5)  # each row once
+    assert np.array_equal(first, epoch(1)) and not np.array_equal(first, epoch(2))
+    assert not np.array_equal(first, epoch(1, seed=8))
+    in_file_order = np.concatenate([r[o] for r, o in data.windows(1, False, 7, 32)]) * scale
+    assert np.allclose(in_file_order + center, train, rtol=1e-5)  # shuffle=false: file order
+
+
+def test_held_out_losses_are_those_of_the_held_out_rows(tmp_path):
+    frame = _table(2000)
+    folder = _folder(tmp_path, frame)
+    data = load_table(str(folder), "price", split={"val": 0.25, "test": 0.25, "seed": 1},
+                      stream=True)  # fmt: skip
+    parts = parts_of(np.arange(len(frame)), data.fractions)
+    w, b = torch.tensor([0.5, -1.0, 2.0]), 0.3
+    for part, sums in ((1, data.val_sums), (2, data.test_sums)):
+        rows = frame[parts == part]
+        X = (rows[["a", "b", "c"]].to_numpy() - data.scaling.x_mean) / data.scaling.x_scale
+        mse = float(np.mean((X @ w.double().numpy() + b - rows.price.to_numpy()) ** 2))
+        assert sums.loss_of(w, b) == pytest.approx(mse, rel=1e-9)
+
+
+def test_missing_values_and_bad_settings_are_one_line(tmp_path):
+    frame = _table(500)
+    frame.loc[[3, 300], "b"] = np.nan
+    frame.to_parquet(tmp_path / "gaps.parquet", row_group_size=100)
+    with pytest.raises(DataError, match="dataset.missing=drop"):
+        load_table(str(tmp_path / "gaps.parquet"), "price", stream=True)
+    dropped = load_table(str(tmp_path / "gaps.parquet"), "price", missing="drop", stream=True,
+                         split=NO_SPLIT)  # fmt: skip
+    assert dropped.dropped_rows == 2 and dropped.num_samples == 498
+    rows = np.concatenate([r.copy() for r, _ in dropped.windows(1, False, 0, 10)])
+    assert rows.shape == (498, 4) and np.isfinite(rows).all()
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match="dataset.stream=true is not allowed for t.csv"):
+        load_table(str(tmp_path / "t.csv"), "price", stream=True)
+    with pytest.raises(DataError, match="dataset.stream=maybe is not allowed: true, false or auto"):
+        load_table(str(tmp_path / "gaps.parquet"), "price", stream="maybe")
+    with pytest.raises(DataError, match="dataset.shuffle_window=0 is not allowed"):
+        load_table(str(tmp_path / "gaps.parquet"), "price", stream=True, shuffle_window=0)
+
+
+def test_auto_streams_a_table_over_the_memory_budget(tmp_path):
+    _table(400).to_parquet(tmp_path / "t.parquet")
+    path = str(tmp_path / "t.parquet")
+    assert not load_table(path, "price").streamed  # 6 KB: far under half this machine
+    assert load_table(path, "price", memory_budget_gb=1e-6).streamed  # 1 KB
+
+
+@pytest.mark.slow
+def test_linreg_train_streams_a_folder_and_refuses_what_it_cannot_stream(tmp_path, store):
+    folder = _folder(tmp_path, _table())
+    table = ["dataset=table", f"dataset.path={folder}", "dataset.target=price",
+             "dataset.stream=true", "dataset.split.test=0.1"]  # fmt: skip
+    result = store.command(*table, "trainer.epochs=4", "optimizer.lr=0.05")
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and run.data.tags["linreg.streamed"] == "true"
+    assert "streamed: " in result.stdout
+    metrics = run.data.metrics
+    assert metrics["error/lsq_l2"] < 0.1 and {"val/loss", "test/loss"} <= set(metrics)
+    history = store.client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    refused = store.command(*table, "trainer.engine=autograd", check=False)
+    (line,) = [x for x in refused.stderr.splitlines() if x.strip()]
+    assert refused.returncode == 2 and "dataset.stream" in line and "autograd" in line
+    assert len(store.runs()) == 1  # refused before any run
+    # The vectorized launcher groups jobs by config; a table that stream=auto streams has no
+    # rows in memory to share: its jobs train one by one, each its own run.
+    auto = [t for t in table if not t.startswith("dataset.stream")]
+    store.command("-m", *auto, "dataset.memory_budget_gb=1e-6", "hydra/launcher=vectorized",
+                  "optimizer.lr=0.01,0.03", "trainer.epochs=2")  # fmt: skip
+    jobs = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
+    assert {r.data.tags["linreg.engine"] for r in jobs} == {"analytic"}
+    assert {r.data.tags["linreg.streamed"] for r in jobs} == {"true"}
