@@ -63,7 +63,7 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None,
                 and (only is None or name in only)
             ]  # fmt: skip
             order = ["peer", *variants] if index % 2 == 0 else [*variants, "peer"]
-            seconds = {}
+            seconds, cpu = {}, {}
             for name in order:
                 print(f"    {size} jobs: {name}", file=sys.stderr, flush=True)
                 folder = stores.fresh()
@@ -74,7 +74,9 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None,
                     overrides = ["-m", f"optimizer.{values}", *VARIANTS[name], sweep_dir]
                     command = [str(BIN / "linreg-train"), *overrides]
                 uri = f"sqlite:///{folder / 'mlflow.db'}"
+                before = _children_cpu()
                 seconds[name] = timed(command, folder, MLFLOW_TRACKING_URI=uri)
+                cpu[name] = _children_cpu() - before
                 _check_runs(uri, size if name == "peer" else size + 1, f"{name}, {size} jobs")
                 if name == "basic":
                     ours = uri
@@ -92,11 +94,22 @@ def measure(sizes: list[int], joblib_sizes: list[int] | None = None,
             peer_s = seconds["peer"]
             row = {"jobs": size, "peer_s": peer_s}
             row.update({f"{name}_s": seconds.get(name) for name in VARIANTS})
+            row.update({f"{name}_cpu_s": cpu.get(name) for name in ["peer", *VARIANTS]})
             row.update({f"x_{name}": _ratio(peer_s, seconds.get(name)) for name in VARIANTS})
             row.update({f"{name}_s": seconds[name] for name in FLOORS})
             rows.append(row)
     slope_ms = slopes(rows)
     return [{**row, "slope_ms": slope_ms} for row in rows]
+
+
+def _children_cpu() -> float:
+    """User + system seconds of this process's finished children and what they waited for:
+    a sweep's every process (its MLflow helper, joblib's workers and their helpers), as each
+    is waited for by its parent."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def slopes(rows: list[dict]) -> dict[str, float | None]:

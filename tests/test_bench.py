@@ -89,4 +89,5 @@ def test_the_sweeps_rows(tmp_path, template_store):
     (sweeps,) = results["sweeps"]  # the hand-written peer against ours, each store checked
     assert sweeps["jobs"] == 2 and sweeps["peer_s"] > 0 and sweeps["basic_s"] > 0
     assert sweeps["vectorized_s"] > 0 and sweeps["x_basic"] > 0
+    assert sweeps["peer_cpu_s"] > 0 and sweeps["basic_cpu_s"] > 0  # every process's CPU
     assert sweeps["hydra_s"] > 0 and sweeps["mlflow_s"] > 0  # the floors, measured too
