@@ -37,6 +37,7 @@ from linreg_lab.engines.least_squares import LeastSquares, from_sums
 log = logging.getLogger(__name__)
 TRAIN, VAL, TEST = 0, 1, 2
 _SLICE_ROWS = 1 << 16  # rows converted to float64 at a time: temporaries stay small
+_GRAM_ROWS = 1 << 14  # rows per product in the statistics pass (13 MB of float64 at D 100)
 
 
 def memory_budget(budget_gb: float | None) -> int:
@@ -138,13 +139,17 @@ class StreamedTable:
         the next), order the int64 order to visit them in."""
         width = len(self.columns)
         size = max(batch_size, -(-self.window // batch_size) * batch_size)
-        buffer = np.empty((size, width), np.float32)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.groups)) if shuffle else np.arange(len(self.groups))
-        filled = 0
+        groups = [self.groups[i] for i in order]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
-        for values, parts, finite in _read(self, [self.groups[i] for i in order]):
+        if not self.dropped_rows:  # every row is finite: packed by the loader's kernel
+            yield from self._packed_windows(groups, size, center, inverse, shuffle, rng)
+            return
+        buffer = np.empty((size, width), np.float32)
+        filled = 0
+        for values, parts, finite in _read(self, groups):
             train = values[(parts == TRAIN) & finite]
             start = 0
             while start < len(train):
@@ -157,6 +162,74 @@ class StreamedTable:
                     filled = 0
         if filled:
             yield buffer[:filled], (rng.permutation(filled) if shuffle else np.arange(filled))
+
+    def _packed_windows(self, groups, size, center, inverse, shuffle, rng) -> Iterator:
+        """windows() for a table without missing values: each row group's columns (as Arrow
+        holds them) are written straight into the window by the compiled packing loop that
+        loads tables (kernels.pack_columns: less the centre, as float32), then scaled in place
+        (kernels.affine_columns); rows of other parts go to a scratch row past the window."""
+        from linreg_lab.engines import kernels
+
+        width = len(self.columns)
+        buffer = np.empty((size + 1, width), np.float32)  # the last row: scratch
+        no_offset, none = np.zeros(width), np.zeros(width)
+        filled = 0
+
+        def window(rows: int):
+            kernels.affine_columns(buffer[:rows], no_offset, inverse)
+            return buffer[:rows], (rng.permutation(rows) if shuffle else np.arange(rows))
+
+        for columns, parts in _read_columns(self, groups):
+            train = np.flatnonzero(parts == TRAIN)
+            dest = np.full(len(parts), size, np.int64)
+            k = 0
+            while k < len(train):
+                take = min(size - filled, len(train) - k)
+                rows = train[k : k + take]
+                dest[rows] = np.arange(filled, filled + take)
+                kernels.pack_columns(columns, int(rows[0]), int(rows[-1]) + 1, 0, dest, 0,
+                                     center, buffer, none, none.copy())  # fmt: skip
+                filled, k = filled + take, k + take
+                if filled == size:
+                    yield window(size)
+                    filled = 0
+        if filled:
+            yield window(filled)
+
+
+def _read_columns(table, groups) -> Iterator[tuple[tuple, np.ndarray]]:
+    """(columns, parts) of each row group in groups: its chosen columns as Arrow holds them
+    (read-only numpy views, float32 kept, anything else float64) and each row's part; the next
+    row group is read while the caller works on this one."""
+    import pyarrow.parquet as pq
+
+    opened: dict[int, object] = {}
+    pending = iter(groups)
+
+    def read():
+        item = next(pending, None)
+        if item is None:
+            return None
+        file, group, first = item
+        if file not in opened:
+            opened[file] = pq.ParquetFile(table.files[file])
+        chunk = opened[file].read_row_group(group, columns=list(table.columns))
+        arrays = [c.chunk(0).to_numpy(zero_copy_only=False) if c.num_chunks == 1
+                  else c.to_numpy() for c in chunk.columns]  # fmt: skip
+        kind = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
+        columns = []
+        for array in arrays:
+            view = np.ascontiguousarray(array, dtype=kind).view()
+            view.flags.writeable = False  # one type for every column (Arrow's are read-only)
+            columns.append(view)
+        parts = parts_of(np.arange(first, first + chunk.num_rows), table.fractions)
+        return tuple(columns), parts
+
+    with ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
+        coming = reader.submit(read)
+        while (item := coming.result()) is not None:
+            coming = reader.submit(read)
+            yield item
 
 
 def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -229,31 +302,36 @@ def load_streamed(
     counts = np.zeros(3, np.int64)
     shift: np.ndarray | None = None
     dropped = 0
-    for values, parts, finite in _read(gathering, groups):
+    for arrays, parts in _read_columns(gathering, groups):
         if shift is None:
+            first_rows = np.stack([c[:1000].astype(np.float64) for c in arrays], axis=1)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
-                first_rows = np.where(np.isfinite(values[:1000]), values[:1000], np.nan)
+                first_rows = np.where(np.isfinite(first_rows), first_rows, np.nan)
                 shift = np.where(scaled, np.nan_to_num(np.nanmean(first_rows, axis=0)), 0.0)
-        bad = int((~finite).sum())
-        if bad and missing == "error":
-            raise DataError(
-                f"{where}: rows with NaN, inf or empty values (at least {bad}); set "
-                "dataset.missing=drop to train without them"
-            )
-        dropped += bad
-        for lo in range(0, len(values), _SLICE_ROWS):  # float64 a slice at a time
-            keep = finite[lo : lo + _SLICE_ROWS]
-            augmented = np.empty((int(keep.sum()), width))
-            augmented[:, :d] = values[lo : lo + _SLICE_ROWS][keep, :d] - shift[:d]
-            augmented[:, d] = 1.0
-            augmented[:, d + 1] = values[lo : lo + _SLICE_ROWS][keep, d] - shift[d]
-            kept = parts[lo : lo + _SLICE_ROWS][keep]
+        # Column-major slices (each column's values contiguous), float64 a slice at a time:
+        # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
+        for lo in range(0, len(parts), _GRAM_ROWS):
+            hi = min(lo + _GRAM_ROWS, len(parts))
+            block = np.empty((width, hi - lo))
+            for j, column in enumerate(arrays[:d]):
+                np.subtract(column[lo:hi], shift[j], out=block[j])
+            block[d] = 1.0
+            np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1])
+            finite = np.isfinite(block).all(axis=0)
+            bad = int(hi - lo - finite.sum())
+            if bad and missing == "error":
+                raise DataError(
+                    f"{where}: rows with NaN, inf or empty values (at least {bad}); set "
+                    "dataset.missing=drop to train without them"
+                )
+            dropped += bad
+            kept = np.where(finite, parts[lo:hi], -1)
             for part in (TRAIN, VAL, TEST):
-                rows = augmented[kept == part]
-                if len(rows):
-                    sums[part] += rows.T @ rows
-                    counts[part] += len(rows)
+                rows = block if (kept == part).all() else block[:, kept == part]
+                if rows.shape[1]:
+                    sums[part] += rows @ rows.T
+                    counts[part] += rows.shape[1]
     if dropped:
         if dropped == first:
             raise DataError(f"{where}: every row has a missing value ({dropped} dropped)")

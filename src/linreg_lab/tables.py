@@ -46,7 +46,7 @@ def load_table(
     standardize_target: bool = False,
     stream: bool | str = "auto",
     memory_budget_gb: float | None = None,
-    shuffle_window: int = 1_000_000,
+    shuffle_window: int = 500_000,
 ):
     """The table at path (CSV or Parquet, relative to the working directory or absolute), or a
     folder of Parquet files (one table: their rows in the order of their paths, sorted).
