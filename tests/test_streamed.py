@@ -192,3 +192,55 @@ def test_ctrl_c_mid_epoch_ends_a_streamed_run_killed(tmp_path, store):
     (run,) = store.runs()
     assert run.info.status == "KILLED" and "SIGINT" in run.data.tags["linreg.failure"]
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+
+
+def test_losses_from_the_sums_keep_their_digits_for_a_target_far_from_zero(tmp_path):
+    """The target is not standardized (the default) and its mean is 10^7: the sums are
+    centred all the same, so the optimum's loss and any parameters' validation loss equal
+    the rows' own to float64 precision."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(50, 10, 20_000), "b": rng.normal(0, 1, 20_000)})
+    frame["y"] = 1e7 + 2 * frame.a - 3 * frame.b + rng.normal(0, 0.1, 20_000)
+    frame.to_parquet(tmp_path / "far.parquet", row_group_size=3000)
+    data = load_table(str(tmp_path / "far.parquet"), "y", split={"val": 0.2, "test": 0.0,
+                      "seed": 1}, stream=True)  # fmt: skip
+    parts = parts_of(np.arange(len(frame)), data.fractions)
+    train, val = frame[parts == TRAIN], frame[parts == VAL]
+    A = np.c_[train[["a", "b"]].to_numpy(), np.ones(len(train))]
+    theta = np.linalg.lstsq(A, train.y.to_numpy(), rcond=None)[0]
+    exact = np.mean((A @ theta - train.y.to_numpy()) ** 2)
+    assert data.optimum.loss == pytest.approx(exact, rel=1e-7)
+    X = (val[["a", "b"]].to_numpy() - data.scaling.x_mean) / data.scaling.x_scale
+    w, b = data.optimum.w.double(), data.optimum.b
+    direct = np.mean((X @ w.numpy() + b - val.y.to_numpy()) ** 2)
+    assert data.val_sums.loss_of(w, b) == pytest.approx(direct, rel=1e-7)
+
+
+def test_a_folder_of_many_files_holds_one_open_at_a_time_in_natural_order(tmp_path):
+    import os
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(40):  # part-0 .. part-39: part-10 comes after part-9, not after part-1
+        rows = pd.DataFrame({"x": np.arange(i * 10, i * 10 + 10, dtype=float)})
+        rows["y"] = 2 * rows.x + 1
+        rows.to_parquet(folder / f"part-{i}.parquet")
+    loaded = load_table(str(folder), "y", split=NO_SPLIT, standardize=False, stream=False)
+    assert loaded.X[:, 0].tolist() == list(range(400))  # the files' rows, in natural order
+    data = load_table(str(folder), "y", split=NO_SPLIT, standardize=False, stream=True)
+    before = len(os.listdir("/proc/self/fd"))
+    for _rows, _order in data.windows(1, True, 0, 10):
+        assert len(os.listdir("/proc/self/fd")) <= before + 4  # not one per file
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_how_a_table_is_read_is_not_what_it_holds():
+    """The registered model's data key: the reading settings are left out (an upgrade that
+    added them kept @best comparable); a streamed table's split is other rows, so it counts."""
+    from linreg_lab.tracking.params import data_key
+
+    table = {"dataset": {"_target_": "linreg_lab.tables.load_table", "path": "t.csv",
+                         "target": "y", "split": {"val": 0.2, "test": 0.0, "seed": 0}}}  # fmt: skip
+    reading = {"dataset": {**table["dataset"], "stream": "auto", "memory_budget_gb": None,
+                           "shuffle_window": 500_000}}  # fmt: skip
+    assert data_key(reading) == data_key(table) != data_key(reading, streamed=True)

@@ -49,15 +49,13 @@ def model_mse(model: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int = 6
 
 
 def saved(model: nn.Module) -> bytes:
-    """The trained module as torch.save writes it (on the CPU): what a run stores for a model
-    that is not linear (tracking/pyfunc_module.py loads it; its class is imported by name)."""
-    import copy
+    """The trained module as torch.save writes it: what a run stores for a model that is not
+    linear (tracking/pyfunc_module.py loads it onto the CPU; its class is imported by name).
+    Raises what pickling raises for a module it cannot save (a lambda among its attributes)."""
     import io
 
     buffer = io.BytesIO()
-    on_cpu = model if all(p.device.type == "cpu" for p in model.parameters()) else (
-        copy.deepcopy(model).cpu())  # fmt: skip
-    torch.save(on_cpu, buffer)
+    torch.save(model, buffer)
     return buffer.getvalue()
 
 

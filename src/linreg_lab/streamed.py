@@ -25,12 +25,13 @@ import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from linreg_lab import signals
 from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource
 from linreg_lab.engines.least_squares import LeastSquares, from_sums
 
@@ -38,6 +39,42 @@ log = logging.getLogger(__name__)
 TRAIN, VAL, TEST = 0, 1, 2
 _SLICE_ROWS = 1 << 16  # rows converted to float64 at a time: temporaries stay small
 _GRAM_ROWS = 1 << 14  # rows per product in the statistics pass (13 MB of float64 at D 100)
+
+
+class RowGroups:
+    """Reads row groups of a table's files (paths, and their footers where known), with at
+    most one file open at a time; pyarrow's errors become one line naming the file."""
+
+    def __init__(self, paths, metadata=None):
+        self.paths = [str(p) for p in paths]
+        self.metadata = metadata
+        self._open: tuple[int, object] | None = None
+
+    def read(self, file: int, group: int, columns: list[str]):
+        import pyarrow.parquet as pq
+
+        path = self.paths[file]
+        try:
+            if self._open is None or self._open[0] != file:
+                self.close()
+                footer = self.metadata[file] if self.metadata is not None else None
+                self._open = (file, pq.ParquetFile(path, metadata=footer))
+            return self._open[1].read_row_group(group, columns=columns)
+        except Exception as error:  # pyarrow's own: a file changed or broken since
+            text = str(error).strip().splitlines()
+            why = text[0] if text else type(error).__name__
+            raise DataError(f"dataset.path={path}: cannot read it as parquet: {why}") from None
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __enter__(self) -> RowGroups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def memory_budget(budget_gb: float | None) -> int:
@@ -79,6 +116,7 @@ class StreamedTable:
     without holding it (see the module's notes). Used where a RegressionData would be."""
 
     files: tuple[str, ...]
+    metadata: tuple = field(compare=False, repr=False)  # each file's footer (pyarrow's)
     groups: tuple[tuple[int, int, int], ...]  # (file, row group, first row in the table)
     columns: tuple[str, ...]  # the features, then the target
     fractions: SplitFractions
@@ -201,9 +239,7 @@ def _read_columns(table, groups) -> Iterator[tuple[tuple, np.ndarray]]:
     """(columns, parts) of each row group in groups: its chosen columns as Arrow holds them
     (read-only numpy views, float32 kept, anything else float64) and each row's part; the next
     row group is read while the caller works on this one."""
-    import pyarrow.parquet as pq
-
-    opened: dict[int, object] = {}
+    files = RowGroups(table.files, table.metadata)
     pending = iter(groups)
 
     def read():
@@ -211,9 +247,7 @@ def _read_columns(table, groups) -> Iterator[tuple[tuple, np.ndarray]]:
         if item is None:
             return None
         file, group, first = item
-        if file not in opened:
-            opened[file] = pq.ParquetFile(table.files[file])
-        chunk = opened[file].read_row_group(group, columns=list(table.columns))
+        chunk = files.read(file, group, list(table.columns))
         arrays = [c.chunk(0).to_numpy(zero_copy_only=False) if c.num_chunks == 1
                   else c.to_numpy() for c in chunk.columns]  # fmt: skip
         kind = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
@@ -225,7 +259,7 @@ def _read_columns(table, groups) -> Iterator[tuple[tuple, np.ndarray]]:
         parts = parts_of(np.arange(first, first + chunk.num_rows), table.fractions)
         return tuple(columns), parts
 
-    with ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
+    with files, ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
         coming = reader.submit(read)
         while (item := coming.result()) is not None:
             coming = reader.submit(read)
@@ -237,9 +271,8 @@ def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     (rows, D + 1) array, each row's part and whether it has no missing value; the next row
     group is read while the caller works on this one."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    opened: dict[int, object] = {}
+    files = RowGroups(table.files, table.metadata)
     pending = iter(groups)
 
     def read():
@@ -247,9 +280,7 @@ def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if item is None:
             return None
         file, group, first = item
-        if file not in opened:
-            opened[file] = pq.ParquetFile(table.files[file])
-        chunk = opened[file].read_row_group(group, columns=list(table.columns))
+        chunk = files.read(file, group, list(table.columns))
         # float32 columns stay float32 (half the memory); any other kind becomes float64.
         single = all(pa.types.is_float32(column.type) for column in chunk.columns)
         kind, arrow_kind = (np.float32, pa.float32()) if single else (np.float64, pa.float64())
@@ -260,7 +291,7 @@ def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         parts = parts_of(np.arange(first, first + len(values)), table.fractions)
         return values, parts, np.isfinite(values).all(axis=1)
 
-    with ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
+    with files, ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
         coming = reader.submit(read)
         while (item := coming.result()) is not None:
             coming = reader.submit(read)
@@ -272,6 +303,7 @@ class _Gathering:
     """Where load_streamed's one pass is: the description so far."""
 
     files: tuple[str, ...]
+    metadata: tuple
     groups: tuple[tuple[int, int, int], ...]
     columns: tuple[str, ...]
     fractions: SplitFractions
@@ -290,12 +322,13 @@ def load_streamed(
     standardization and least-squares optimum they give; see the module's notes."""
     where = f"dataset.path={source.path}"
     groups, first = [], 0
-    for f, file in enumerate(parquet.files):
-        for g in range(file.num_row_groups):
+    for f, footer in enumerate(parquet.metadata):
+        for g in range(footer.num_row_groups):
             groups.append((f, g, first))
-            first += file.metadata.row_group(g).num_rows
+            first += footer.row_group(g).num_rows
     files = tuple(str(path) for path in parquet.paths)
-    gathering = _Gathering(files, tuple(groups), tuple(columns), fractions)
+    metadata = tuple(parquet.metadata)
+    gathering = _Gathering(files, metadata, tuple(groups), tuple(columns), fractions)
     width = len(columns) + 1  # [x, 1, y]: the ones column before the target
     d = len(columns) - 1
     sums = np.zeros((3, width, width))
@@ -303,21 +336,24 @@ def load_streamed(
     shift: np.ndarray | None = None
     dropped = 0
     for arrays, parts in _read_columns(gathering, groups):
-        if shift is None:
+        signals.check()  # Ctrl-C acts between row groups, not after the whole pass
+        if not len(parts):
+            continue
+        if shift is None:  # every column centred by it, the target too: float64 keeps digits
             first_rows = np.stack([c[:1000].astype(np.float64) for c in arrays], axis=1)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
                 first_rows = np.where(np.isfinite(first_rows), first_rows, np.nan)
-                shift = np.where(scaled, np.nan_to_num(np.nanmean(first_rows, axis=0)), 0.0)
+                shift = np.nan_to_num(np.nanmean(first_rows, axis=0))
         # Column-major slices (each column's values contiguous), float64 a slice at a time:
         # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
         for lo in range(0, len(parts), _GRAM_ROWS):
             hi = min(lo + _GRAM_ROWS, len(parts))
             block = np.empty((width, hi - lo))
             for j, column in enumerate(arrays[:d]):
-                np.subtract(column[lo:hi], shift[j], out=block[j])
+                np.subtract(column[lo:hi], shift[j], out=block[j], dtype=np.float64)
             block[d] = 1.0
-            np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1])
+            np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1], dtype=np.float64)
             finite = np.isfinite(block).all(axis=0)
             bad = int(hi - lo - finite.sum())
             if bad and missing == "error":
@@ -354,7 +390,7 @@ def load_streamed(
         )
     if scaled[d] and not scale[d] > 0:
         raise DataError("dataset.standardize_target=true: the target is constant")
-    offset = np.where(scaled, mean, 0.0)
+    offset = np.where(scaled, mean, -shift)  # from the shifted values to the centre (0 unscaled)
     scale = np.where(scaled, scale, 1.0)
     # [x - shift, 1, y - shift] T = [(x - center) / scale, 1, (y - center) / scale]
     transform = np.zeros((width, width))
@@ -366,13 +402,18 @@ def load_streamed(
     def solved(part: int) -> LeastSquares | None:
         if not counts[part]:
             return None
+        n = int(counts[part])
+        # The optimum's loss from the centred sums (standardizing changes the features by an
+        # invertible map and the target by an affine one: the residuals only scale by 1 / its
+        # scale); from the standardized sums, an unscaled target's y'y would cancel its digits.
+        centred = from_sums(torch.from_numpy(sums[part].copy()), n).loss
         standardized = transform.T @ sums[part] @ transform
-        return from_sums(torch.from_numpy(standardized), int(counts[part]))
+        return from_sums(torch.from_numpy(standardized), n, loss=centred / scale[d] ** 2)
 
     center = shift + offset
     scaling = Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
     return StreamedTable(
-        files, tuple(groups), tuple(columns), fractions, missing, scaling, solved(TRAIN),
+        files, metadata, tuple(groups), tuple(columns), fractions, missing, scaling, solved(TRAIN),
         solved(VAL), solved(TEST), source, (int(counts[VAL]), int(counts[TEST])), dropped,
         int(window),
     )  # fmt: skip

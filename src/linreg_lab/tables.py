@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from collections import Counter
@@ -75,8 +76,8 @@ def load_table(
         table = _ParquetColumns(file, _parquet_files(file) if file.is_dir() else [file])
     else:
         table = _FrameColumns(_read_csv(file))
+    chosen = _chosen_columns(table, str(target), features, source)
     if kind == "parquet" and stream is not False:
-        chosen = _chosen_columns(table, str(target), features, source)
         size = table.num_rows * (len(chosen) + 1) * 4
         budget = streamed.memory_budget(memory_budget_gb)
         if stream is True or size > budget:
@@ -89,9 +90,8 @@ def load_table(
                 table, [*chosen, str(target)], missing, split_fractions(split), scaled, source,
                 shuffle_window,
             )  # fmt: skip
-    return _assemble(
-        table, target, features, missing, split, standardize, standardize_target, source
-    )
+    return _assemble_rows(table, str(target), chosen, missing, split_fractions(split),
+                          standardize, standardize_target, source)  # fmt: skip
 
 
 def load_diabetes(
@@ -184,32 +184,35 @@ class _FrameColumns:
 class _ParquetColumns:
     """The columns of a Parquet file, or of a folder's Parquet files, read a row group at a
     time (pyarrow): the table never sits in memory whole beside the packed rows, and the next
-    row group is read while one packs. A folder's files must have the same columns and types."""
+    row group is read while one packs. A folder's files must have the same column names and
+    types. Only their footers are read here; each file is open only while it is read (a
+    folder of thousands of files holds no descriptor each)."""
 
     def __init__(self, path: Path, files: list[Path]):
         import pyarrow.parquet as pq
 
         self.where = f"dataset.path={path}"
-        self.files = []
+        self.metadata = []
         for file in files:
             try:
-                self.files.append(pq.ParquetFile(file))
+                self.metadata.append(pq.read_metadata(file))
             except Exception as error:  # pyarrow's own errors: a file that is not Parquet
                 raise TableError(
                     f"dataset.path={file}: cannot read it as parquet: {_first(error)}"
                 ) from None
-        self.schema = self.files[0].schema_arrow
+        self.schema = self.metadata[0].schema.to_arrow_schema()
         self.names = [str(n) for n in self.schema.names]
         _refuse_repeated_names(self.names, self.where)
-        for file, other in zip(files[1:], self.files[1:], strict=True):
-            if not other.schema_arrow.equals(self.schema):
-                theirs = ", ".join(f"{f.name}: {f.type}" for f in other.schema_arrow)
-                ours = ", ".join(f"{f.name}: {f.type}" for f in self.schema)
+        ours = [(f.name, f.type) for f in self.schema]
+        for file, other in zip(files[1:], self.metadata[1:], strict=True):
+            theirs = [(f.name, f.type) for f in other.schema.to_arrow_schema()]
+            if theirs != ours:
                 raise TableError(
                     f"{self.where}: {file.name} has other columns than {files[0].name} "
-                    f"({theirs} against {ours}); a folder's files must have the same columns"
+                    f"({_said(theirs)} against {_said(ours)}); a folder's files must have the "
+                    "same column names and types, in the same order"
                 )
-        self.num_rows = sum(f.metadata.num_rows for f in self.files)
+        self.num_rows = sum(m.num_rows for m in self.metadata)
         self.paths = list(files)
 
     def is_numeric(self, name: str) -> bool:
@@ -224,24 +227,28 @@ class _ParquetColumns:
         return pa.types.is_nested(self.schema.field(name).type)
 
     def chunks(self, names: list[str]):
-        groups = iter([(f, g) for f in self.files for g in range(f.num_row_groups)])
+        from linreg_lab.streamed import RowGroups
 
-        def read():
-            file, group = next(groups, (None, None))
-            if file is None:
-                return None
-            try:
-                table = file.read_row_group(group, columns=names)
-            except Exception as error:
-                why = _first(error)
-                raise TableError(f"{self.where}: cannot read it as parquet: {why}") from None
-            return [_numbers(_column(column)) for column in table.columns]
+        groups = [(f, g) for f, m in enumerate(self.metadata) for g in range(m.num_row_groups)]
+        with RowGroups(self.paths, self.metadata) as files:
 
-        with ThreadPoolExecutor(1) as reader:  # pyarrow and the kernel both release the GIL
-            coming = reader.submit(read)
-            while (chunk := coming.result()) is not None:
+            def read():
+                f, group = next(pending, (None, None))
+                if f is None:
+                    return None
+                table = files.read(f, group, names)
+                return [_numbers(_column(column)) for column in table.columns]
+
+            pending = iter(groups)
+            with ThreadPoolExecutor(1) as reader:  # pyarrow and the kernel release the GIL
                 coming = reader.submit(read)
-                yield chunk
+                while (chunk := coming.result()) is not None:
+                    coming = reader.submit(read)
+                    yield chunk
+
+
+def _said(columns) -> str:
+    return ", ".join(f"{name}: {kind}" for name, kind in columns)
 
 
 def _column(chunked) -> np.ndarray:
@@ -495,13 +502,15 @@ def _existing_file(path: str) -> Path:
 
 def _parquet_files(folder: Path) -> list[Path]:
     """The Parquet files in folder and its subfolders (as Spark, pyarrow and pandas write a
-    dataset: part-*.parquet), sorted by path; files and folders whose name starts with "_" or
-    "." (_SUCCESS, _metadata, .crc files) are not data. Partition values in folder names
-    (a=1/) are not read as columns."""
+    dataset: part-*.parquet), in the natural order of their paths (part-2 before part-10);
+    files and folders whose name starts with "_" or "." (_SUCCESS, _metadata, .crc files) are
+    not data. Partition values in folder names (a=1/) are not read as columns."""
     files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and _kind(p) == "parquet"
-        and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts)
+        (p for p in folder.rglob("*")
+         if p.is_file() and _kind(p) == "parquet"
+         and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts)),
+        key=lambda p: [int(t) if t.isdigit() else t
+                       for t in re.split(r"(\d+)", str(p.relative_to(folder)))],
     )  # fmt: skip
     if not files:
         raise TableError(

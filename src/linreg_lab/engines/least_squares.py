@@ -70,16 +70,17 @@ def _solve(gram: torch.Tensor, moment: torch.Tensor) -> tuple[torch.Tensor, torc
     return theta, gram @ theta - moment
 
 
-def from_sums(sums: torch.Tensor, n: int) -> LeastSquares:
+def from_sums(sums: torch.Tensor, n: int, loss: float | None = None) -> LeastSquares:
     """The least-squares optimum of rows whose augmented sums are sums = [A y]' [A y] with
     A = [X 1] ((D + 2) x (D + 2), float64), as a streamed table gathers them in one pass: the
     same solution as least_squares(X, y). Its loss comes from the sums (the rows are not read
     again), which is exact to float64's rounding when X and y are near zero mean (the stream
-    centres them first)."""
+    centres them first); loss: the optimum's loss where the caller knows it better."""
     d1 = sums.shape[0] - 1
     gram, moment, yy = sums[:d1, :d1].clone(), sums[:d1, d1].clone(), float(sums[d1, d1])
     theta, gradient = _solve(gram, moment)
-    loss = max(yy - 2 * float(theta @ moment) + float(theta @ gram @ theta), 0.0) / max(n, 1)
+    if loss is None:
+        loss = max(yy - 2 * float(theta @ moment) + float(theta @ gram @ theta), 0.0) / max(n, 1)
     d = d1 - 1
     return LeastSquares(theta[:d].float(), float(theta[d]), loss, gram, gradient, theta, n)
 

@@ -128,14 +128,24 @@ def data_and_optimum(cfg: DictConfig, trainer: TrainerSettings):
     size = stated_size(cfg)
     if size is not None:  # a custom dataset target may not say its size
         torch.set_num_threads(trainer.num_threads(*size))
+    if OmegaConf.select(cfg, "dataset.stream", default=False) is True:
+        _can_stream(cfg, trainer)  # refused before the table's first pass, not after
     data = build.dataset(cfg)
     torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
     if data.streamed:  # its sums were gathered as it was read
-        if trainer.device not in ("auto", "cpu"):
-            raise DataError(f"trainer.device={trainer.device} is not allowed with a streamed "
-                            "table: it trains on the CPU (trainer.device=cpu or auto)")  # fmt: skip
+        _can_stream(cfg, trainer)  # (dataset.stream=auto decided it)
         return data, data.optimum
     return data, least_squares(data.X, data.y)
+
+
+def _can_stream(cfg: DictConfig, trainer: TrainerSettings) -> None:
+    """Raises the one-line error for a run a streamed table cannot train: on a GPU, or with a
+    model, optimizer or engine other than the analytic engine's."""
+    if trainer.device not in ("auto", "cpu"):
+        raise DataError(f"trainer.device={trainer.device} is not allowed with a streamed "
+                        "table: it trains on the CPU (trainer.device=cpu or auto)")  # fmt: skip
+    choose_engine(trainer.engine, build.model(cfg, in_features=1), build.optimizer_factory(cfg),
+                  streamed=True)  # fmt: skip
 
 
 def stated_size(cfg: DictConfig) -> tuple[int, int] | None:
@@ -168,7 +178,8 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0,
             **_git_tags(),
             "linreg.overrides": " ".join(overrides) or "(none)",
             TAG_JOB_KEY: job_key(setup.plain),
-            TAG_DATA_KEY: data_key(setup.plain),
+            TAG_DATA_KEY: data_key(setup.plain, setup.data.streamed),
+            **({"linreg.streamed": "true"} if setup.data.streamed else {}),
             **(tags or {}),
         },  # fmt: skip
         parent_run_id=setup.parent_run_id,
@@ -248,8 +259,7 @@ def record_end(
 
     The plots are drawn by the MLflow helper while this process goes on, or here (draw_here)
     when this process will wait for the helper anyway: meanwhile the helper is still busy."""
-    streamed = {"linreg.streamed": "true"} if setup.data.streamed else {}
-    run.tag_at_end({"linreg.engine": engine, **streamed})  # with the last metrics: one write
+    run.tag_at_end({"linreg.engine": engine})  # with the last metrics: one write
     data = setup.data
     params = linear_parameters(model)
     if data.has_test and monitor.history:
@@ -265,7 +275,14 @@ def record_end(
     target = OmegaConf.select(setup.cfg, "dataset.target", default=None)
     report["target"] = target if isinstance(target, str) else "y"  # the model's output column
     if params is None:  # a module of the user's own: stored, so that its model can be logged
-        run.log_bytes(saved(model), MODULE_ARTIFACT)  # (here or as a sweep's best) (~ms)
+        try:  # (here, or as a sweep's best); its size: the module's own
+            run.log_bytes(saved(model), MODULE_ARTIFACT)
+        except Exception as error:  # a module torch.save cannot pickle (a lambda in it)
+            report.pop("module", None)
+            logging.getLogger(__name__).warning(
+                "%s cannot be saved (%s): its run logs no model", type(model).__name__,
+                str(error).splitlines()[0] if str(error) else type(error).__name__,
+            )  # fmt: skip
     run.log_json(report, "parameters.json")
     # A sweep's jobs: their loss curves are drawn together on the sweep's parent (report.py);
     # a job's own PNGs would repeat what MLflow's charts show, at ~80 ms a job.
@@ -276,8 +293,9 @@ def record_end(
             run.log_images(_drawn(inputs))
         else:
             run.log_plots(inputs)
-    if setup.tracking.log_model:
-        run.log_model(model_spec(report))
+    spec = model_spec(report) if setup.tracking.log_model else None
+    if spec is not None:  # (None: a module that could not be saved, said above)
+        run.log_model(spec)
 
 
 def _drawn(inputs: PlotInputs) -> dict[str, bytes]:

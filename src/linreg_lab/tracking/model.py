@@ -84,6 +84,12 @@ def log_model(client, run_id: str, spec: dict) -> str:
             requirements.append(f"torch=={torch.__version__.split('+')[0]}")
             if spec.get("code") and os.path.exists(spec["code"]):
                 extra["code_paths"] = [spec["code"]]
+            elif spec.get("code"):  # moved or deleted since the run: loading needs it installed
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "the model's package %s is gone: the model is logged without it (where it "
+                    "is loaded, the package must be importable)", spec["code"])  # fmt: skip
         warnings.simplefilter("ignore", UserWarning)  # "no input example": the signature is ours
         info = Model.log(  # mlflow.pyfunc.log_model, on a run that is not the active one
             artifact_path=None,

@@ -34,11 +34,22 @@ TAG_DATA_KEY = "linreg.data_key"
 SEED_KEYS = ("trainer.seed", "dataset.seed", "dataset.split.seed")
 
 
-def data_key(config: Mapping) -> str:
+# How a table is read, not what it holds: left out of the data key.
+_READING_KEYS = ("stream", "memory_budget_gb", "shuffle_window")
+
+
+def data_key(config: Mapping, streamed: bool = False) -> str:
     """What makes two runs' data the same (a registered model's comparisons): the config's
     dataset alone, a table's content included, hashed; unlike the job key, not linreg-lab's
-    version (an upgrade does not make the same data other data)."""
-    return _digest(_with_content(config.get("dataset")))
+    version (an upgrade does not make the same data other data). How a table is read is left
+    out, but whether it was streamed is in: a streamed table splits its rows another way
+    (streamed.parts_of), so its validation rows are others."""
+    dataset = config.get("dataset")
+    if isinstance(dataset, Mapping):
+        dataset = {k: v for k, v in dataset.items() if k not in _READING_KEYS}
+        if streamed:
+            dataset["streamed"] = True
+    return _digest(_with_content(dataset))
 
 
 def configuration_key(config: Mapping) -> str:
