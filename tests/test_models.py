@@ -303,3 +303,24 @@ def test_a_sweeps_best_model_of_the_users_own_is_registered(store, tmp_path):
     table = _sales()
     _mixed_loss(store, best, table, _predict_elsewhere(store, "models:/linreg@best", table,
                                                        tmp_path))  # fmt: skip
+
+
+def test_a_module_that_cannot_be_saved_finishes_its_run_without_a_model(store, tmp_path):
+    """torch.save cannot pickle a lambda: the run still ends FINISHED, says why it logs no
+    model, and stores no module.pt."""
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "lambda.yaml").write_text(
+        "_target_: linreg_lab.model.as_made\nmodule:\n  _target_: tests.own_models.WithLambda\n"
+        "  in_features: ???\n"
+    )
+    result = store.command("--config-dir", str(tmp_path / "conf"), "model=lambda",
+                           "trainer.epochs=2", "tracking.log_model=true",
+                           LINREG_TARGETS="tests")  # fmt: skip
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and "linreg.model_uri" not in run.data.tags
+    assert "WithLambda cannot be saved" in result.stdout + result.stderr
+    paths = {a.path for a in store.client.list_artifacts(run.info.run_id)}
+    assert "parameters.json" in paths and "module.pt" not in paths
+    report = json.loads(open(store.client.download_artifacts(run.info.run_id, "parameters.json",
+                                                             str(tmp_path))).read())  # fmt: skip
+    assert "module" not in report and report["model"] == "tests.own_models.WithLambda"
