@@ -64,9 +64,13 @@ def log_model(client, run_id: str, spec: dict) -> str:
     import pandas
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("double", name) for name in spec["features"]]),
+        # Any, not double: MLflow's schema check refuses int64 for a double column (a CSV of
+        # whole numbers); the model converts each named column to float64 itself and names a
+        # column that is not numbers.
+        inputs=Schema([ColSpec(AnyType(), name) for name in spec["features"]]),
         outputs=Schema([ColSpec("double", spec["target"])]),
     )
     requirements = [f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}",

@@ -35,8 +35,24 @@ class LinearModel(PythonModel):
         missing = [name for name in self.features if name not in frame.columns]
         if missing:
             raise ValueError(f"missing columns {missing}: the model takes {self.features}")
-        values = frame[self.features].to_numpy(dtype=np.float64)
+        values = _numbers(frame, self.features)
         return pd.DataFrame({self.target: values @ self.w + self.b}, index=frame.index)
+
+
+def _numbers(frame: pd.DataFrame, features: list) -> np.ndarray:
+    """The named columns as float64 (integers and booleans too); a value that is not a number
+    is an error naming its column and row. (In both model files: each is loaded alone, where
+    linreg-lab may not be installed.)"""
+    out = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        column = pd.to_numeric(frame[name], errors="coerce")
+        bad = column.isna() & frame[name].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"column {name!r}, row {row + 1}: {frame[name].iloc[row]!r} is not "
+                             "a number")  # fmt: skip
+        out[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
 
 
 set_model(LinearModel())
