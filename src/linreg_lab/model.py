@@ -50,7 +50,7 @@ def model_mse(model: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int = 6
 
 def saved(model: nn.Module) -> bytes:
     """The trained module as torch.save writes it: what a run stores for a model that is not
-    linear (tracking/pyfunc_module.py loads it onto the CPU; its class is imported by name).
+    linear (tracking/pyfunc_model.py loads it onto the CPU; its class is imported by name).
     Raises what pickling raises for a module it cannot save (a lambda among its attributes)."""
     import io
 

@@ -1,10 +1,10 @@
 """A run's model as a user uses it (runs in the MLflow helper), logged as an MLflow pyfunc from
-code with a signature that names the columns. A linear model: its recovered weights in the
-table's own units (pyfunc_linear.py; numpy and pandas only), so predictions equal
+code (pyfunc_model.py) with a signature that names the columns. A linear model: its recovered
+weights in the table's own units (numpy and pandas only), so predictions equal
 parameters.json's original-units weights applied to the raw columns. Any other model (a user's
 own nn.Module): the trained module the run stored as its artifact module.pt, with the training
-rows' standardization around it (pyfunc_module.py; torch, and the user's package, bundled as the
-model's code when the run found it outside site-packages)."""
+rows' standardization around it (torch, and the user's package, bundled as the model's code
+when the run found it outside site-packages)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-MODEL_CODE = Path(__file__).with_name("pyfunc_linear.py")
-MODULE_CODE = Path(__file__).with_name("pyfunc_module.py")
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODULE_ARTIFACT = "module.pt"  # a model that is not linear, as torch.save wrote it
 TAG_MODEL_URI = "linreg.model_uri"
 
@@ -79,12 +78,11 @@ def log_model(client, run_id: str, spec: dict) -> str:
         linear = os.path.join(folder, "linear.json")
         with open(linear, "w") as file:
             json.dump(spec, file)
-        artifacts, code, extra = {"linear": linear}, MODEL_CODE, {}
+        artifacts, extra = {"linear": linear}, {}
         if "module" in spec:  # the run's stored module, around it the standardization
             import torch
 
             artifacts["module"] = client.download_artifacts(run_id, spec["module"], folder)
-            code = MODULE_CODE
             requirements.append(f"torch=={torch.__version__.split('+')[0]}")
             if spec.get("code") and os.path.exists(spec["code"]):
                 extra["code_paths"] = [spec["code"]]
@@ -99,7 +97,7 @@ def log_model(client, run_id: str, spec: dict) -> str:
             artifact_path=None,
             name="model",
             flavor=mlflow.pyfunc,
-            python_model=str(code),
+            python_model=str(MODEL_CODE),
             artifacts=artifacts,
             signature=signature,
             pip_requirements=requirements,
