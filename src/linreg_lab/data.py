@@ -117,6 +117,36 @@ class Scaling:
         )  # fmt: skip
 
 
+def standardization(
+    n: int, sums: np.ndarray, squares: np.ndarray, shift: np.ndarray, scaled: np.ndarray, names
+) -> tuple[np.ndarray, np.ndarray, Scaling]:
+    """A table's standardization from its n training rows: sums and squares of each column's
+    values less shift (the features, then the target), scaled: which columns are standardized.
+    Returns (offset, scale, Scaling): a column's value as trained is (value - shift - offset) /
+    scale (an unscaled column's offset is -shift and its scale 1: it keeps its value). Refuses
+    too few rows for least squares and a constant standardized column, in one line each."""
+    d = len(shift) - 1
+    if n <= d:
+        raise DataError(
+            f"dataset.split: {n} training rows for {d} features; least squares needs more rows "
+            "than features (lower dataset.split.val or dataset.split.test)"
+        )
+    mean = sums / n
+    scale = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+    constant = [names[j] for j in range(d) if scaled[j] and not scale[j] > 0]
+    if constant:
+        raise DataError(
+            f"dataset.standardize=true is not allowed: {constant} are constant on the training "
+            "rows (drop them with dataset.features=[...])"
+        )
+    if scaled[d] and not scale[d] > 0:
+        raise DataError("dataset.standardize_target=true: the target is constant")
+    offset = np.where(scaled, mean, -shift)
+    scale = np.where(scaled, scale, 1.0)
+    center = shift + offset
+    return offset, scale, Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
+
+
 @dataclass(frozen=True)
 class Split:
     """The held-out rows: validation and test (either may have no rows)."""

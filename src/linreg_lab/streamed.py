@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from linreg_lab import signals
-from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource
+from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource, standardization
 from linreg_lab.engines.least_squares import LeastSquares, from_sums
 
 log = logging.getLogger(__name__)
@@ -372,26 +372,11 @@ def load_streamed(
         if dropped == first:
             raise DataError(f"{where}: every row has a missing value ({dropped} dropped)")
         log.warning("dataset: dropped %d of %d rows with NaN, inf or empty values", dropped, first)
-    n = int(counts[TRAIN])
-    if n <= d:
-        raise DataError(
-            f"dataset.split: {n} training rows for {d} features; least squares needs more rows "
-            "than features (lower dataset.split.val or dataset.split.test)"
-        )
-    mean = sums[TRAIN][d, :] / n  # the ones column's row: each column's sum
-    mean = np.r_[mean[:d], mean[d + 1]]
-    squares = np.r_[np.diag(sums[TRAIN])[:d], sums[TRAIN][d + 1, d + 1]] / n
-    scale = np.sqrt(np.maximum(squares - mean * mean, 0.0))
-    constant = [columns[j] for j in range(d) if scaled[j] and not scale[j] > 0]
-    if constant:
-        raise DataError(
-            f"dataset.standardize=true is not allowed: {constant} are constant on the training "
-            "rows (drop them with dataset.features=[...])"
-        )
-    if scaled[d] and not scale[d] > 0:
-        raise DataError("dataset.standardize_target=true: the target is constant")
-    offset = np.where(scaled, mean, -shift)  # from the shifted values to the centre (0 unscaled)
-    scale = np.where(scaled, scale, 1.0)
+    train = sums[TRAIN]  # the ones column's row holds each column's sum, the diagonal squares
+    offset, scale, scaling = standardization(
+        int(counts[TRAIN]), np.r_[train[d, :d], train[d, d + 1]],
+        np.r_[np.diag(train)[:d], train[d + 1, d + 1]], shift, scaled, columns,
+    )  # fmt: skip
     # [x - shift, 1, y - shift] T = [(x - center) / scale, 1, (y - center) / scale]
     transform = np.zeros((width, width))
     for j in range(d):
@@ -410,8 +395,6 @@ def load_streamed(
         standardized = transform.T @ sums[part] @ transform
         return from_sums(torch.from_numpy(standardized), n, loss=centred / scale[d] ** 2)
 
-    center = shift + offset
-    scaling = Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
     return StreamedTable(
         files, metadata, tuple(groups), tuple(columns), fractions, missing, scaling, solved(TRAIN),
         solved(VAL), solved(TEST), source, (int(counts[VAL]), int(counts[TEST])), dropped,

@@ -28,6 +28,7 @@ from linreg_lab.data import (
     content_digest,
     split_fractions,
     split_rows,
+    standardization,
 )
 
 MISSING_CHOICES = ("error", "drop")
@@ -347,11 +348,6 @@ def _assemble_rows(
     for chunk in table.chunks([*chosen, target]):
         packed.add(chunk, scaled)
     dropped = packed.drop_missing(missing, where)
-    if packed.train_rows <= d:
-        raise TableError(
-            f"dataset.split: {packed.train_rows} training rows for {d} features; least squares "
-            "needs more rows than features (lower dataset.split.val or dataset.split.test)"
-        )
     scaling = packed.standardize(scaled, chosen)
     rows = torch.from_numpy(packed.out)
     n_train, n_val = packed.train_rows, packed.val_rows
@@ -451,28 +447,16 @@ class _Packed:
         return dropped
 
     def standardize(self, scaled: np.ndarray, names) -> Scaling:
-        """Scale the scaled columns by the training rows' mean and standard deviation."""
+        """Scale the scaled columns by the training rows' mean and standard deviation
+        (data.standardization, which refuses too few rows and constant columns)."""
         from linreg_lab.engines import kernels
 
-        n = self.train_rows
-        mean = self.sums / n
-        variance = np.maximum(self.squares / n - mean * mean, 0.0)
-        scale = np.sqrt(variance)
-        d = self.width - 1
-        constant = [names[j] for j in range(d) if scaled[j] and not scale[j] > 0]
-        if constant:
-            raise TableError(
-                f"dataset.standardize=true is not allowed: {constant} are constant on the "
-                "training rows (drop them with dataset.features=[...])"
-            )
-        if scaled[d] and not scale[d] > 0:
-            raise TableError("dataset.standardize_target=true: the target is constant")
-        offset = np.where(scaled, mean, 0.0)
-        scale = np.where(scaled, scale, 1.0)
+        offset, scale, scaling = standardization(
+            self.train_rows, self.sums, self.squares, self.shift, scaled, names
+        )
         if scaled.any():
             kernels.affine_columns(self.out, offset, 1.0 / scale)
-        center = self.shift + offset
-        return Scaling(center[:d], scale[:d], float(center[d]), float(scale[d]))
+        return scaling
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
