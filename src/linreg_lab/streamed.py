@@ -37,7 +37,6 @@ from linreg_lab.engines.least_squares import LeastSquares, from_sums
 
 log = logging.getLogger(__name__)
 TRAIN, VAL, TEST = 0, 1, 2
-_SLICE_ROWS = 1 << 16  # rows converted to float64 at a time: temporaries stay small
 _GRAM_ROWS = 1 << 14  # rows per product in the statistics pass (13 MB of float64 at D 100)
 
 
@@ -174,41 +173,20 @@ class StreamedTable:
     def windows(self, epoch: int, shuffle: bool, seed: int, batch_size: int) -> Iterator:
         """Epoch epoch's training rows as (rows, order): rows a float32 (n, D + 1) array of
         standardized [x y] (a buffer reused by the next window: train on it before asking for
-        the next), order the int64 order to visit them in."""
+        the next), order the int64 order to visit them in.
+
+        Each row group's columns are written straight into the window by the compiled packing
+        loop that loads tables (kernels.pack_columns: less the centre, as float32), then scaled
+        in place (kernels.affine_columns); rows of other parts, and rows with a missing value
+        when the first pass dropped some, go to a scratch row past the window."""
+        from linreg_lab.engines import kernels
+
         width = len(self.columns)
         size = max(batch_size, -(-self.window // batch_size) * batch_size)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.groups)) if shuffle else np.arange(len(self.groups))
-        groups = [self.groups[i] for i in order]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
-        if not self.dropped_rows:  # every row is finite: packed by the loader's kernel
-            yield from self._packed_windows(groups, size, center, inverse, shuffle, rng)
-            return
-        buffer = np.empty((size, width), np.float32)
-        filled = 0
-        for values, parts, finite in _read(self, groups):
-            train = values[(parts == TRAIN) & finite]
-            start = 0
-            while start < len(train):
-                take = min(size - filled, len(train) - start, _SLICE_ROWS)
-                chunk = train[start : start + take]
-                buffer[filled : filled + take] = (chunk - center) * inverse
-                filled, start = filled + take, start + take
-                if filled == size:
-                    yield buffer, (rng.permutation(size) if shuffle else np.arange(size))
-                    filled = 0
-        if filled:
-            yield buffer[:filled], (rng.permutation(filled) if shuffle else np.arange(filled))
-
-    def _packed_windows(self, groups, size, center, inverse, shuffle, rng) -> Iterator:
-        """windows() for a table without missing values: each row group's columns (as Arrow
-        holds them) are written straight into the window by the compiled packing loop that
-        loads tables (kernels.pack_columns: less the centre, as float32), then scaled in place
-        (kernels.affine_columns); rows of other parts go to a scratch row past the window."""
-        from linreg_lab.engines import kernels
-
-        width = len(self.columns)
         buffer = np.empty((size + 1, width), np.float32)  # the last row: scratch
         no_offset, none = np.zeros(width), np.zeros(width)
         filled = 0
@@ -217,8 +195,14 @@ class StreamedTable:
             kernels.affine_columns(buffer[:rows], no_offset, inverse)
             return buffer[:rows], (rng.permutation(rows) if shuffle else np.arange(rows))
 
-        for columns, parts in _read_columns(self, groups):
-            train = np.flatnonzero(parts == TRAIN)
+        groups = [self.groups[i] for i in order]
+        reading = _read_columns(self.files, self.metadata, self.columns, self.fractions, groups)
+        for columns, parts in reading:
+            kept = parts == TRAIN
+            if self.dropped_rows:  # (a pass over every value: only where some were missing)
+                for column in columns:
+                    kept &= np.isfinite(column)
+            train = np.flatnonzero(kept)
             dest = np.full(len(parts), size, np.int64)
             k = 0
             while k < len(train):
@@ -235,61 +219,31 @@ class StreamedTable:
             yield window(filled)
 
 
-def _read_columns(table, groups) -> Iterator[tuple[tuple, np.ndarray]]:
-    """(columns, parts) of each row group in groups: its chosen columns as Arrow holds them
-    (read-only numpy views, float32 kept, anything else float64) and each row's part; the next
-    row group is read while the caller works on this one."""
-    files = RowGroups(table.files, table.metadata)
-    pending = iter(groups)
-
-    def read():
-        item = next(pending, None)
-        if item is None:
-            return None
-        file, group, first = item
-        chunk = files.read(file, group, list(table.columns))
-        arrays = [c.chunk(0).to_numpy(zero_copy_only=False) if c.num_chunks == 1
-                  else c.to_numpy() for c in chunk.columns]  # fmt: skip
-        kind = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
-        columns = []
-        for array in arrays:
-            view = np.ascontiguousarray(array, dtype=kind).view()
-            view.flags.writeable = False  # one type for every column (Arrow's are read-only)
-            columns.append(view)
-        parts = parts_of(np.arange(first, first + chunk.num_rows), table.fractions)
-        return tuple(columns), parts
-
-    with files, ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
-        coming = reader.submit(read)
-        while (item := coming.result()) is not None:
-            coming = reader.submit(read)
-            yield item
-
-
-def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(values, parts, finite) of each row group in groups: its chosen columns as a float64
-    (rows, D + 1) array, each row's part and whether it has no missing value; the next row
-    group is read while the caller works on this one."""
+def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
+    """Each row group (file, group, ...) of groups as its chosen columns: read-only numpy arrays
+    of one type (float32 when every column is, else float64; nulls become NaN; Arrow's own
+    buffer where it is one chunk of that type). The next row group is read on a thread while
+    the caller works on this one; one file is open at a time."""
     import pyarrow as pa
 
-    files = RowGroups(table.files, table.metadata)
+    files = RowGroups(paths, metadata)
     pending = iter(groups)
 
     def read():
         item = next(pending, None)
         if item is None:
             return None
-        file, group, first = item
-        chunk = files.read(file, group, list(table.columns))
-        # float32 columns stay float32 (half the memory); any other kind becomes float64.
+        chunk = files.read(item[0], item[1], list(columns))
         single = all(pa.types.is_float32(column.type) for column in chunk.columns)
-        kind, arrow_kind = (np.float32, pa.float32()) if single else (np.float64, pa.float64())
-        values = np.empty((chunk.num_rows, len(table.columns)), kind)
-        for j, column in enumerate(chunk.columns):  # nulls become NaN
-            values[:, j] = column.cast(arrow_kind).to_numpy(zero_copy_only=False)
-        del chunk
-        parts = parts_of(np.arange(first, first + len(values)), table.fractions)
-        return values, parts, np.isfinite(values).all(axis=1)
+        kind = pa.float32() if single else pa.float64()
+        arrays = []
+        for column in chunk.columns:
+            column = column.cast(kind)
+            array = column.chunk(0) if column.num_chunks == 1 else column
+            view = np.ascontiguousarray(array.to_numpy(zero_copy_only=False)).view()
+            view.flags.writeable = False  # one type for every column (Arrow's are read-only)
+            arrays.append(view)
+        return tuple(arrays)
 
     with files, ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
         coming = reader.submit(read)
@@ -298,15 +252,14 @@ def _read(table, groups) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             yield item
 
 
-@dataclass
-class _Gathering:
-    """Where load_streamed's one pass is: the description so far."""
-
-    files: tuple[str, ...]
-    metadata: tuple
-    groups: tuple[tuple[int, int, int], ...]
-    columns: tuple[str, ...]
-    fractions: SplitFractions
+def _read_columns(
+    files, metadata, columns, fractions: SplitFractions, groups
+) -> Iterator[tuple[tuple, np.ndarray]]:
+    """(columns, parts) of each row group (file, group, first row) of groups: its columns
+    (read_groups) and each row's part (parts_of)."""
+    arrays = read_groups(files, metadata, columns, groups)
+    for (_, _, first), chosen in zip(groups, arrays, strict=True):
+        yield chosen, parts_of(np.arange(first, first + len(chosen[0])), fractions)
 
 
 def load_streamed(
@@ -328,14 +281,13 @@ def load_streamed(
             first += footer.row_group(g).num_rows
     files = tuple(str(path) for path in parquet.paths)
     metadata = tuple(parquet.metadata)
-    gathering = _Gathering(files, metadata, tuple(groups), tuple(columns), fractions)
     width = len(columns) + 1  # [x, 1, y]: the ones column before the target
     d = len(columns) - 1
     sums = np.zeros((3, width, width))
     counts = np.zeros(3, np.int64)
     shift: np.ndarray | None = None
     dropped = 0
-    for arrays, parts in _read_columns(gathering, groups):
+    for arrays, parts in _read_columns(files, metadata, columns, fractions, groups):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
         if not len(parts):
             continue

@@ -228,35 +228,14 @@ class _ParquetColumns:
         return pa.types.is_nested(self.schema.field(name).type)
 
     def chunks(self, names: list[str]):
-        from linreg_lab.streamed import RowGroups
+        from linreg_lab.streamed import read_groups
 
         groups = [(f, g) for f, m in enumerate(self.metadata) for g in range(m.num_row_groups)]
-        with RowGroups(self.paths, self.metadata) as files:
-
-            def read():
-                f, group = next(pending, (None, None))
-                if f is None:
-                    return None
-                table = files.read(f, group, names)
-                return [_numbers(_column(column)) for column in table.columns]
-
-            pending = iter(groups)
-            with ThreadPoolExecutor(1) as reader:  # pyarrow and the kernel release the GIL
-                coming = reader.submit(read)
-                while (chunk := coming.result()) is not None:
-                    coming = reader.submit(read)
-                    yield chunk
+        yield from read_groups(self.paths, self.metadata, names, groups)
 
 
 def _said(columns) -> str:
     return ", ".join(f"{name}: {kind}" for name, kind in columns)
-
-
-def _column(chunked) -> np.ndarray:
-    """An Arrow column as numpy: its buffer itself when it is one chunk without nulls."""
-    if chunked.num_chunks == 1:
-        return chunked.chunk(0).to_numpy(zero_copy_only=False)
-    return chunked.to_numpy()
 
 
 def _numbers(values: np.ndarray) -> np.ndarray:
