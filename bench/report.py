@@ -167,8 +167,21 @@ def _streamed(rows: list[dict]) -> None:
     )  # fmt: skip
 
 
+def _distributed(rows: list[dict]) -> None:
+    print("   data-parallel jobs (trainer.processes), each in a fresh process: the second epoch")
+    print("   (the ranks' start apart); 'latency': batch 10, the per-step cost of the reduction")
+    _table(
+        ["case", "N", "D", "batch", "ranks", "threads", "epoch", "per step", "vs 1 rank", "start"],
+        [[r["case"], r["N"], r["D"], r["batch"], r["processes"], r["threads"],
+          f'{r["epoch_s"]:.3f} s', f'{r["step_ms"]:.2f} ms',
+          _x(r["over_one"]) if "over_one" in r else "-", f'{r["start_s"]:.1f} s']
+         for r in rows],
+    )  # fmt: skip
+
+
 _PRINTERS = {
     "limits": limits.print_rows,
+    "distributed": _distributed,
     "streamed": _streamed,
     "table": _table_item,
     "throughput": _throughput, "paths": _paths, "large": _large,
@@ -233,6 +246,11 @@ def goals(results: dict) -> list[dict]:
         if "epoch_over_memory" in row:
             goal(f"streamed {row['N']} x {row['D']}: epoch <= 1.5x in memory",
                  row["epoch_over_memory"] if full else None, lambda v: v <= 1.5)  # fmt: skip
+    for row in results.get("distributed", []):
+        if row["case"] == "goal" and row["processes"] == 2:
+            full = row["N"] == 10_000_000 and row["D"] == 100
+            goal("2 ranks x 1 thread: epoch <= 1.3x 1 rank x 2 threads (N 10^7, D 100, batch "
+                 "10^5)", row["over_one"] if full else None, lambda v: v <= 1.3)  # fmt: skip
     if "limits" in results:  # the README's promises, once asserted with a clock in tests
         limits = results["limits"]
         goal("a dead server refused within 30 s", limits["dead_server_s"], lambda v: v <= 30)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the root, on the path
 
 from bench import (  # noqa: E402
+    distributed,
     end_to_end,
     limits,
     paths,
@@ -41,6 +42,7 @@ FULL = {
     "large": [1_000_000, 10_000_000],
     "table": [(10_000_000, 100)],
     "streamed": [(10_000_000, 100), (30_000_000, 100)],  # 4 GB and 12 GB on disk
+    "distributed": [(10_000_000, 100), (20_000, 100)],  # the goal's shape; a step's latency
     "repeats": 3,
     "sweep_runs": 16,
     "vectorized": [
@@ -50,8 +52,8 @@ FULL = {
     "sweeps": [16, 64, 256],  # jobs of the peer sweep and of ours
     "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
-SECTIONS = ["throughput", "paths", "large", "table", "streamed", "default_experiment", "sweep",
-            "vectorized", "sweeps", "limits"]  # fmt: skip
+SECTIONS = ["throughput", "paths", "large", "table", "streamed", "distributed",
+            "default_experiment", "sweep", "vectorized", "sweeps", "limits"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -60,6 +62,7 @@ QUICK = {
     "large": [100_000],
     "table": [(100_000, 10)],
     "streamed": [(100_000, 10), (300_000, 10)],
+    "distributed": [(200_000, 10), (2000, 10)],
     "repeats": 1,
     "sweep_runs": 2,
     "vectorized": [  # each case with one of the two plot settings: both kinds still run
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("large", lambda: large(plan["large"]))
     section("table", lambda: table.measure(plan["table"]))
     section("streamed", lambda: streamed.measure(plan["streamed"]))
+    section("distributed", lambda: distributed.measure(*plan["distributed"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))

@@ -69,7 +69,16 @@ def test_the_programs_rows(tmp_path, template_store):
 
 
 def test_the_launchers_rows(tmp_path, template_store):
-    results, _ = quick(tmp_path, template_store, "vectorized")
+    results, _ = quick(tmp_path, template_store, "vectorized", "distributed")
+    rows = results["distributed"]  # one rank against two, at the goal's batch and at batch 10
+    assert [(r["case"], r["processes"]) for r in rows] == [
+        ("goal", 1),
+        ("goal", 2),
+        ("latency", 1),
+        ("latency", 2),
+    ]
+    assert all(r["epoch_s"] > 0 and r["step_ms"] > 0 for r in rows)
+    assert rows[1]["over_one"] > 0 and rows[3]["reduction_ms"] > 0
     vectorized = results["vectorized"]
     # Each case once, one with the per-run plots and one without (the full run: both each).
     assert {(r["case"], r["log_plots"]) for r in vectorized} == {("lr", True), ("grid", False)}

@@ -436,6 +436,14 @@ def _check_trainer(cfg: DictConfig) -> None:
         value = str(OmegaConf.select(cfg, f"trainer.{key}", default="auto")).lower()
         if value not in allowed:
             _fail(f"trainer.{key}", value, f"one of {', '.join(allowed)}")
+    processes = OmegaConf.select(cfg, "trainer.processes", default=1)
+    if not (
+        isinstance(processes, int) and not isinstance(processes, bool) and 1 <= processes <= 256
+    ):
+        _fail("trainer.processes", processes, "an integer from 1 to 256 (ranks on this machine)")
+    if processes > 1 and str(cfg.trainer.device) == "cuda":
+        _fail("trainer.device", "cuda", f"cpu or auto with trainer.processes={processes}: "
+              "data-parallel ranks train on the CPU (gloo)")  # fmt: skip
     if str(cfg.trainer.device) == "cuda":
         import torch
 

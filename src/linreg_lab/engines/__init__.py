@@ -45,11 +45,22 @@ _SGD_KEYWORDS = frozenset({"lr", "momentum", "dampening", "weight_decay", "neste
 
 
 def choose_engine(
-    requested: str, model: nn.Module, optimizer_factory: Callable, streamed: bool = False
+    requested: str,
+    model: nn.Module,
+    optimizer_factory: Callable,
+    streamed: bool = False,
+    processes: int = 1,
 ) -> str:
     """The engine that trains model: raises EngineError for a choice it cannot honour (a
-    streamed table trains with the analytic engine only)."""
+    streamed table, and a job of several processes, train with the analytic engine only)."""
     engine = _choose(requested, model, sgd_hyper(optimizer_factory))
+    if processes > 1 and (engine != "analytic" or streamed):
+        needs = "a streamed table" if streamed else f"the {engine} engine"
+        raise EngineError(
+            f"trainer.processes={processes}: data-parallel jobs train a linear model with SGD "
+            "on a table in memory (model=linear, optimizer=sgd, dataset.stream=false or auto); "
+            f"this run needs {needs} (set trainer.processes=1)"
+        )
     if streamed and engine != "analytic":
         raise EngineError(
             "dataset.stream: a streamed table trains a linear model with SGD (model=linear, "
@@ -81,10 +92,19 @@ def fit(
     data: RegressionData,
     settings: TrainerSettings,
     on_epoch_end: EpochCallback,
+    on_places: Callable[[list[str]], None] = lambda places: None,
 ) -> str:
-    """Train model in place on data; returns the engine that ran."""
+    """Train model in place on data; returns the engine that ran.
+
+    on_places(places): where each rank of a data-parallel job runs ("host:pid", rank order).
+    """
     hyper = sgd_hyper(optimizer_factory)
     engine = _choose(settings.engine, model, hyper)
+    if settings.processes > 1:
+        choose_engine(settings.engine, model, optimizer_factory, data.streamed,
+                      settings.processes)  # fmt: skip
+        _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places)
+        return engine
     if data.streamed:
         choose_engine(settings.engine, model, optimizer_factory, streamed=True)
         _fit_streamed(model, hyper, data, settings, on_epoch_end)
@@ -139,7 +159,23 @@ def _fit_streamed(model, hyper, data, settings, on_epoch_end: EpochCallback) -> 
         bias.copy_(theta[d:])
 
 
-def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallback) -> None:
+def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places) -> None:
+    """settings.processes ranks on this machine (engines.distributed), this process rank 0."""
+    from linreg_lab.engines.distributed import Job, train_data_parallel
+
+    threads = max(1, torch.get_num_threads() // settings.processes)
+    job = Job(hyper, data.num_samples, settings.epochs, settings.shuffle, settings.seed,
+              settings.batch_size, threads)  # fmt: skip
+
+    def train(theta, X, y, report) -> None:
+        train_data_parallel(theta, job, X, y, settings.processes, report, on_places)
+
+    _fit_analytic(model, hyper, data.to("cpu"), None, settings, on_epoch_end, train)
+
+
+def _fit_analytic(
+    model, hyper, data, orders, settings, on_epoch_end: EpochCallback, train=None
+) -> None:
     """theta = [w, b] trains outside the model (no autograd); the model gets it at the end."""
     X = data.X
     weight, bias = model.weight, model.bias
@@ -155,10 +191,12 @@ def _fit_analytic(model, hyper, data, orders, settings, on_epoch_end: EpochCallb
         on_epoch_end(epoch, last_batch_loss, w, b)
 
     try:
-        epochs = settings.epochs
-        train_analytic(
-            theta, hyper, X, data.y, orders, settings.batch_size, report, epochs, settings.compiled
-        )
+        if train is not None:  # another way to train theta (data-parallel ranks)
+            train(theta, X, data.y, report)
+        else:
+            epochs = settings.epochs
+            train_analytic(theta, hyper, X, data.y, orders, settings.batch_size, report, epochs,
+                           settings.compiled)  # fmt: skip
     finally:  # also when a callback stops training (divergence, Ctrl-C)
         weight.copy_(w)
         bias.copy_(b_slot)

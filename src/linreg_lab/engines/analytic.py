@@ -202,18 +202,24 @@ class _BlasEpochs:
             torch.mv(X_batch.T, residual, out=grad_w)
             torch.sum(residual, dim=0, keepdim=True, out=grad_b)
             grad.mul_(2.0 / count)
-            self._step(theta, grad, h)
+            self._buf = sgd_step(theta, grad, h, self._buf)
         return float(residual.square().mean()), float(theta[-1])
 
-    def _step(self, theta: torch.Tensor, grad: torch.Tensor, h: SGDHyper) -> None:
-        if h.weight_decay:
-            grad.add_(theta, alpha=h.weight_decay)
-        if h.momentum:
-            if self._buf is None:
-                self._buf = grad.clone()
-            else:
-                self._buf.mul_(h.momentum).add_(grad, alpha=1.0 - h.dampening)
-            step = grad.add(self._buf, alpha=h.momentum) if h.nesterov else self._buf
+
+def sgd_step(
+    theta: torch.Tensor, grad: torch.Tensor, h: SGDHyper, buf: torch.Tensor | None
+) -> torch.Tensor | None:
+    """torch.optim.SGD's update of theta by the batch gradient grad (overwritten); buf: the
+    momentum buffer (None before the first step). Returns the buffer for the next step."""
+    if h.weight_decay:
+        grad.add_(theta, alpha=h.weight_decay)
+    if h.momentum:
+        if buf is None:
+            buf = grad.clone()
         else:
-            step = grad
-        theta.add_(step, alpha=-h.lr)
+            buf.mul_(h.momentum).add_(grad, alpha=1.0 - h.dampening)
+        step = grad.add(buf, alpha=h.momentum) if h.nesterov else buf
+    else:
+        step = grad
+    theta.add_(step, alpha=-h.lr)
+    return buf

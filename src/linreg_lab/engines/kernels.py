@@ -127,6 +127,33 @@ def sgd_steps_share(
     return last_loss, has_buf
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def gradient_sums(X, y, order, lo, hi, theta, out):
+    """out[:D + 1] = the unscaled MSE gradient over rows order[lo:hi], out[D + 1] = their
+    squared residuals: a data-parallel rank's part of a batch (engines.distributed), summed
+    over the ranks before the step. The rows as sgd_steps reads them, prefetched."""
+    out[:] = 0
+    out[out.shape[0] - 1] = _share_gradient(X, y, order, lo, hi, hi, hi, theta, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def owned_rows(order, lo, hi, batch_size, own, bounds):
+    """A data-parallel rank's part of an epoch's order, for the rank that owns rows lo..hi-1:
+    own[:k] = its rows in order (as indices into its share: row - lo); bounds[j]: where
+    global batch j's part begins in own (bounds[-1] = k). Returns k."""
+    n = order.shape[0]
+    k = 0
+    bounds[0] = 0
+    for start in range(0, n, batch_size):
+        for i in range(start, min(start + batch_size, n)):
+            row = order[i]
+            if lo <= row < hi:
+                own[k] = row - lo
+                k += 1
+        bounds[start // batch_size + 1] = k
+    return k
+
+
 @numba.njit(nogil=True, fastmath=_FASTMATH, inline="always")
 def _sgd_update(theta, grad, buf, has_buf, lr, momentum, keep, weight_decay, nesterov):
     """One torch.optim.SGD step of theta from the batch gradient grad (buf: momentum)."""

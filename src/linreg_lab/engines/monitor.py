@@ -21,6 +21,11 @@ class Diverged(RuntimeError):
         self.metrics = metrics or {}
 
 
+class RankFailed(RuntimeError):
+    """A rank of a data-parallel job (engines.distributed) died or failed: training stops, the
+    run ends FAILED with this reason."""
+
+
 # A run has diverged once its full-data loss exceeds this many times the larger of the loss
 # it started from and mean(y^2) (the loss of predicting 0): predictions then miss by ~100x the
 # target's own size, which no run on its way to the least-squares optimum passes through (a

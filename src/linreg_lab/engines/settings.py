@@ -24,10 +24,12 @@ class TrainerSettings:
     engine: str = "auto"
     threads: str | int = "auto"
     compiled: str | bool = "auto"
+    processes: int = 1  # data-parallel ranks on this machine (engines.distributed)
 
     def __post_init__(self) -> None:
         # YAML reads true/false as booleans; keep one spelling.
         object.__setattr__(self, "compiled", str(self.compiled).lower())
+        object.__setattr__(self, "processes", int(self.processes))
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -27,7 +27,7 @@ from linreg_lab.config.validate import validate
 from linreg_lab.data import DataError, RegressionData
 from linreg_lab.engines import choose_engine, fit, stability
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
-from linreg_lab.engines.monitor import Diverged, EpochMonitor
+from linreg_lab.engines.monitor import Diverged, EpochMonitor, RankFailed
 from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import code_folder, linear_parameters, model_mse, saved
 from linreg_lab.paths import PROJECT_ROOT
@@ -165,8 +165,12 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
     torch.manual_seed(setup.trainer.seed)
     model = build.model(setup.cfg, setup.data.num_features)
     optimizer_factory = build.optimizer_factory(setup.cfg)
+    processes = setup.trainer.processes
     choose_engine(setup.trainer.engine, model, optimizer_factory,
-                  streamed=setup.data.streamed)  # fmt: skip
+                  streamed=setup.data.streamed, processes=processes)  # fmt: skip
+    if processes > setup.data.num_samples:
+        raise DataError(f"trainer.processes={processes} is more than the training rows "
+                        f"({setup.data.num_samples}): at most one rank per row")  # fmt: skip
     return model, optimizer_factory
 
 
@@ -352,8 +356,12 @@ def run_experiment(
                     progress(epoch, metrics["train/loss"])
                     setup.store.check()  # a store that failed to open stops training here
 
+                def on_places(places: list[str]) -> None:  # a data-parallel job's ranks
+                    run.set_tags({"linreg.ranks": " ".join(places)})
+
                 trainer = setup.trainer
-                outcome.engine = fit(model, optimizer_factory, setup.data, trainer, on_epoch_end)
+                outcome.engine = fit(model, optimizer_factory, setup.data, trainer, on_epoch_end,
+                                     on_places)  # fmt: skip
             record_end(run, setup, model, monitor, outcome.engine, draw_here=wait)
     except BaseException:
         if wait:  # the run's end is in the store before the error goes on (errors: its own)
@@ -380,11 +388,12 @@ class _Status:
 
 @contextmanager
 def ended(run: Run):
-    """End the run FINISHED, FAILED (error as a tag) or KILLED; re-raise all but divergence."""
+    """End the run FINISHED, FAILED (error as a tag) or KILLED; re-raise all but divergence
+    and a data-parallel rank's failure."""
     outcome = _Status()
     try:
         yield outcome
-    except Diverged as error:
+    except (Diverged, RankFailed) as error:  # the run is complete; its training failed
         outcome.status, outcome.failure = FAILED, str(error)
         end_quietly(run, FAILED, str(error))
         return

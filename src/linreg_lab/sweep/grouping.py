@@ -57,6 +57,8 @@ def _planned(cfg: DictConfig, analytic: dict[str, bool]) -> tuple[str | None, di
         return None, None
     if (plain.get("dataset") or {}).get("stream") is True:  # no rows in memory to share
         return None, None
+    if (plain.get("trainer") or {}).get("processes", 1) != 1:  # its own ranks: alone
+        return None, None
     shared = {
         group: {k: v for k, v in node.items() if k not in PER_MODEL_KEYS.get(group, ())}
         if isinstance(node, dict) else node

@@ -1,0 +1,269 @@
+"""Data-parallel SGD on torch.distributed: one job trained by trainer.processes ranks.
+
+Rank r owns the r-th of P contiguous blocks of the table's rows (its share; P is the world
+size), packed with their targets. Every rank draws the same seeded orders (orders.py) and
+walks the same global batches; each cuts a batch to the rows it owns (kernels.owned_rows) and
+sums their gradient with the compiled loop's own per-row code (kernels.gradient_sums); one
+all_reduce of D + 2 values per step (the gradient and the squared residuals, summed) gives
+every rank the global batch's gradient, and every rank takes the same step (analytic.sgd_step,
+torch.optim.SGD's update). trainer.batch_size is the global batch: results equal one
+process's to float32 rounding.
+
+Rank 0 is the run's own process: it starts the other ranks (spawned processes that die with
+it), measures and logs every epoch, and ends them when training ends or stops. The other
+ranks only train: they log nothing. A rank that dies breaks the next all_reduce (gloo sees its
+socket close): rank 0 names it and the run ends FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from linreg_lab import signals
+from linreg_lab.data import packed_rows
+from linreg_lab.engines.analytic import SGDHyper, kernels, sgd_step
+from linreg_lab.engines.monitor import RankFailed
+from linreg_lab.engines.orders import seeded_orders
+
+BACKEND = "gloo"  # CPU tensors; nccl (GPUs) is not wired yet
+# How long a rank waits for the others to join, and for a collective: a rank that *dies* is
+# seen at once (its socket closes); this bounds a rank that hangs.
+TIMEOUT = datetime.timedelta(seconds=60)
+_JOIN_SECONDS = 5.0  # for a rank to exit once training ended, before it is terminated
+
+
+@dataclass(frozen=True)
+class Share:
+    """A rank's part of a job: the rows it owns, lo to hi - 1 (block rank of size)."""
+
+    rank: int
+    size: int
+    lo: int
+    hi: int
+    failed: Callable[[BaseException], BaseException]  # the error to raise when a peer is gone
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of an epoch's order this rank owns (indices into its share, in order) and
+        where each global batch's part begins: batch i is own[bounds[i]:bounds[i + 1]]."""
+        n = order.shape[0]
+        own = np.empty(self.hi - self.lo, np.int64)
+        bounds = np.empty(-(-n // batch_size) + 1, np.int64)
+        count = kernels().owned_rows(order.numpy(), self.lo, self.hi, batch_size, own, bounds)
+        return own[:count], bounds
+
+    def reduce(self, sums: torch.Tensor) -> None:
+        """Sum sums over every rank, in place."""
+        try:
+            dist.all_reduce(sums)
+        except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
+            raise self.failed(error) from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every rank needs to walk the same batches: the plain settings, pickled to each."""
+
+    hyper: SGDHyper
+    num_samples: int
+    epochs: int
+    shuffle: bool
+    seed: int
+    batch_size: int
+    threads: int
+
+
+def blocks(num_samples: int, size: int) -> list[tuple[int, int]]:
+    """The rows each rank owns: size contiguous blocks, as even as can be."""
+    cuts = [rank * num_samples // size for rank in range(size + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def share_rows(X: torch.Tensor, y: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi-1 packed [x y] (each target read with its row): a view where the data is
+    packed already (synthetic data), else a copy."""
+    packed = packed_rows(X, y)
+    if packed is not None:
+        return torch.from_numpy(packed[lo:hi])
+    return _in_huge_pages(torch.cat((X[lo:hi], y.reshape(-1, 1)[lo:hi]), dim=1))
+
+
+def _in_huge_pages(rows: torch.Tensor) -> torch.Tensor:
+    """A copy of rows in memory numpy allocates: Linux backs large arrays of it with 2 MB
+    pages (as make_synthetic_regression's), where torch's and shared memory's 4 KB pages cost
+    a page-table walk per row read at random (measured: a rank's gradient over 5 x 10^4 rows
+    of 5 x 10^6 x 101 took 9-10 ms on torch's or shared pages, 6.3 ms on numpy's)."""
+    out = torch.from_numpy(np.empty(tuple(rows.shape), np.float32))
+    return out.copy_(rows)
+
+
+def train_data_parallel(
+    theta: torch.Tensor,
+    job: Job,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    processes: int,
+    on_epoch_end: Callable[[int, float, float], None],
+    on_places: Callable[[list[str]], None] = lambda places: None,
+) -> None:
+    """Train theta = [w, b] (updated in place) as rank 0 of processes ranks on this machine.
+
+    on_epoch_end(epoch, last_batch_loss, b) runs here after each epoch; on_places(places):
+    where each rank runs ("host:pid"), once they have all joined.
+    """
+    rows = blocks(X.shape[0], processes)
+    port = free_port()
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = []
+    try:
+        for rank in range(1, processes):
+            part = share_rows(X, y, *rows[rank]).clone().share_memory_()
+            process = context.Process(
+                target=_rank_main,
+                args=(rank, processes, port, job, theta.clone(), rows[rank], part),
+                name=f"linreg-rank-{rank}", daemon=False,
+            )  # fmt: skip
+            process.start()
+            ranks.append(process)
+            del part  # in shared memory now, held by its rank
+        _join_world(0, processes, port, job.threads)
+        try:
+            on_places(_places(processes))
+            share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
+            _train(theta, job, share_rows(X, y, *rows[0]), share, on_epoch_end)
+        finally:
+            _leave_world()
+        _wait(ranks)
+    finally:  # also when training stops early (divergence, Ctrl-C) or a rank failed
+        _end(ranks)
+
+
+def _train(theta: torch.Tensor, job: Job, rows: torch.Tensor, share: Share, on_epoch_end) -> None:
+    """Every global batch: this rank's gradient sums, their all_reduce, the same step."""
+    gradient_sums = kernels().gradient_sums
+    d = theta.shape[0] - 1
+    X, theta_np = rows.numpy(), theta.numpy()
+    y = X[:, d]
+    sums = torch.zeros(d + 2, dtype=theta.dtype)
+    sums_np, grad = sums.numpy(), sums[: d + 1]
+    buf = None
+    batch = job.batch_size
+    orders = seeded_orders(job.num_samples, job.epochs, job.shuffle, job.seed)
+    for epoch, order in enumerate(orders, start=1):
+        own, bounds = share.batches(order, batch)
+        n = order.shape[0]
+        count = batch
+        for step, start in enumerate(range(0, n, batch)):
+            if step % 64 == 0:
+                signals.check()  # a stop request (Ctrl-C, SIGTERM) acts between steps
+            count = min(batch, n - start)
+            gradient_sums(X, y, own, bounds[step], bounds[step + 1], theta_np, sums_np)
+            share.reduce(sums)
+            grad.mul_(2.0 / count)
+            buf = sgd_step(theta, grad, job.hyper, buf)
+        on_epoch_end(epoch, float(sums[d + 1]) / count, float(theta[d]))
+
+
+def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) -> None:
+    """A rank other than 0: join the world, train its share, log nothing."""
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group: rank 0 decides, and ends this rank.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rows = _in_huge_pages(rows)  # and the shared copy released
+    try:
+        _join_world(rank, size, port, job.threads)
+        _places(size)
+
+        def peer_gone(error: BaseException) -> BaseException:
+            return RankFailed(f"rank {rank}: rank 0 stopped ({_first_line(error)})")
+
+        _train(theta, job, rows, Share(rank, size, *block, peer_gone), lambda *args: None)
+        _leave_world()
+    except RankFailed:  # rank 0 stopped training (it ends this rank too): nothing to add
+        sys.exit(1)
+
+
+def _join_world(rank: int, size: int, port: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    dist.init_process_group(
+        BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+
+
+def _leave_world() -> None:
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+def _places(size: int) -> list[str]:
+    places: list = [None] * size
+    dist.all_gather_object(places, f"{socket.gethostname()}:{os.getpid()}")
+    return places
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the world's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _failure(ranks, error: BaseException) -> RankFailed:
+    """Rank 0's reduction failed: which rank died, and how (its exit), if one did."""
+    for rank, process in enumerate(ranks, start=1):
+        process.join(timeout=2.0 if rank == 1 else 0.2)
+        code = process.exitcode
+        if code is None:
+            continue
+        if code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+            if -code == signal.SIGKILL:
+                how += " (out of memory, or killed from outside)"
+        else:
+            how = f"exited with code {code}"
+        return RankFailed(f"rank {rank} of {len(ranks) + 1} (pid {process.pid}) {how}")
+    return RankFailed(f"the ranks lost contact: {_first_line(error)}")
+
+
+def _wait(ranks) -> None:
+    """Training ended on rank 0: the other ranks end by themselves once their last step is
+    taken; one that does not exit (or exits with an error) is a failure."""
+    for rank, process in enumerate(ranks, start=1):
+        process.join(timeout=_JOIN_SECONDS)
+        if process.exitcode not in (0, None):
+            raise _failure(ranks, RuntimeError(f"rank {rank} exited with {process.exitcode}"))
+
+
+def _end(ranks) -> None:
+    """No rank outlives its job: terminate the ones still running, then kill."""
+    for process in ranks:
+        if process.is_alive():
+            process.terminate()
+    for process in ranks:
+        process.join(timeout=_JOIN_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _die_with_parent() -> None:
+    """This rank gets SIGKILL when rank 0's process dies, however it dies (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

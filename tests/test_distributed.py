@@ -1,0 +1,152 @@
+"""Data-parallel jobs (trainer.processes): ranks on torch.distributed (gloo) that train one model
+on the same global batches as one process, one run written by rank 0, and no rank that
+outlives its job."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from linreg_lab.data import make_synthetic_regression
+from linreg_lab.engines import fit
+from linreg_lab.engines.settings import TrainerSettings
+from linreg_lab.model import init_linear
+
+
+def _trained(data, lr=0.03, **settings):
+    torch.manual_seed(0)
+    model = init_linear(torch.nn.Linear(data.num_features, 1))
+    epochs, places = [], []
+    trainer = TrainerSettings(**{"epochs": 3, "batch_size": 10, **settings})
+    optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=0.5, weight_decay=1e-3)
+    fit(model, optimizer, data, trainer, lambda e, last, w, b, *rest: epochs.append(last),
+        places.extend)  # fmt: skip
+    return torch.cat([model.weight.detach().view(-1), model.bias.detach()]), epochs, places
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_ranks_train_what_one_process_trains_on_the_same_global_batches(processes):
+    """Shuffled batches of 10 (the last one short: 1003 rows), momentum and weight decay:
+    the parameters and each epoch's last-batch loss equal one process's to float32 rounding."""
+    data = make_synthetic_regression(num_samples=1003, true_w=[2.8, -1.7, 3.6], true_b=3.0,
+                                     noise_std=0.01, seed=1)  # fmt: skip
+    one, one_losses, one_places = _trained(data, compiled="false")
+    compiled, _, _ = _trained(data, compiled="true")
+    many, many_losses, places = _trained(data, processes=processes)
+    torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(many, compiled, rtol=1e-5, atol=1e-5)
+    assert many_losses == pytest.approx(one_losses, rel=1e-3)  # near the noise: ~1e-4
+    assert one_places == [] and len(places) == processes
+    pids = [int(place.rsplit(":", 1)[1]) for place in places]
+    assert pids[0] == os.getpid() and len(set(pids)) == processes
+
+
+@pytest.mark.slow
+def test_least_squares_reference_is_the_single_process_one(store):
+    """One run, written by rank 0: the same reference, metrics and parameters as one process,
+    plus where each rank ran."""
+    one = store.command("trainer.processes=1", "tracking.run_name=one")
+    two = store.command("trainer.processes=2", "tracking.run_name=two")
+    assert "FINISHED" in one.stdout and "FINISHED" in two.stdout
+    runs = {r.info.run_name: r for r in store.runs()}
+    assert set(runs) == {"one", "two"}
+    a, b = runs["one"].data, runs["two"].data
+    assert b.params["trainer.processes"] == "2" and "linreg.ranks" not in a.tags
+    assert len(b.tags["linreg.ranks"].split()) == 2
+    assert b.metrics["optimum/loss"] == pytest.approx(a.metrics["optimum/loss"], rel=1e-9)
+    for key in ("param/w_0", "param/w_1", "param/w_2", "param/b", "train/loss"):
+        assert b.metrics[key] == pytest.approx(a.metrics[key], rel=1e-4, abs=1e-6), key
+
+
+def test_bad_process_settings_are_one_line_before_any_run(store):
+    for args, words in [
+        (["trainer.processes=0"], ["trainer.processes", "0", "1 to 256"]),
+        (["trainer.processes=two"], ["trainer.processes", "two"]),
+        (["trainer.processes=2", "optimizer=adam"], ["trainer.processes=2", "autograd"]),
+        (["trainer.processes=5", "dataset.num_samples=4"], ["trainer.processes=5", "(4)"]),
+    ]:
+        result = store.command(*args, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert all(word in lines[0] for word in words), (args, lines[0])
+    assert store.runs() == []
+
+
+def _ranks_of(pid: int) -> list[int]:
+    """The spawned ranks whose parent is pid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                command = cmd.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in command:
+            found.append(int(entry))
+    return found
+
+
+_LONG = ["trainer.processes=2", "dataset.num_samples=100000", "trainer.batch_size=100",
+         "trainer.epochs=100000"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_epoch_fails_the_run_naming_it(store):
+    from tests.test_failures import start_in_group, wait_for_metric
+
+    process = start_in_group(store, *_LONG)
+    try:
+        wait_for_metric(store, "linreg")
+        (rank,) = _ranks_of(process.pid)
+        os.kill(rank, signal.SIGKILL)
+        killed = time.monotonic()
+        assert process.wait(timeout=30) == 1
+        assert time.monotonic() - killed < 30
+        out = process.stdout.read() + process.stderr.read()
+    finally:
+        process.kill()
+    (run,) = store.runs()
+    assert run.info.status == "FAILED"
+    reason = run.data.tags["linreg.failure"]
+    assert f"rank 1 of 2 (pid {rank}) killed by SIGKILL" in reason and reason in out
+    assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_and_ends_the_run_killed(store):
+    from tests.test_failures import start_in_group, wait_for_metric
+
+    process = start_in_group(store, *_LONG[:1], "trainer.processes=3", *_LONG[1:])
+    try:
+        wait_for_metric(store, "linreg")
+        ranks = _ranks_of(process.pid)
+        assert len(ranks) == 2
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        process.kill()
+    (run,) = store.runs()
+    assert run.info.status == "KILLED" and "SIGINT" in run.data.tags["linreg.failure"]
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{rank}") for rank in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [rank for rank in ranks if os.path.exists(f"/proc/{rank}")]
+
+
+@pytest.mark.slow
+def test_a_sweep_of_data_parallel_jobs(store):
+    """Each job its own ranks, one run each; the vectorized launcher trains them one by one."""
+    store.command("-m", "trainer.processes=2", "optimizer.lr=0.01,0.03",
+                  "hydra/launcher=vectorized")  # fmt: skip
+    jobs = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(jobs) == 2 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert all(len(r.data.tags["linreg.ranks"].split()) == 2 for r in jobs)
