@@ -150,3 +150,38 @@ def test_a_sweep_of_data_parallel_jobs(store):
     jobs = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
     assert len(jobs) == 2 and {r.info.status for r in jobs} == {"FINISHED"}
     assert all(len(r.data.tags["linreg.ranks"].split()) == 2 for r in jobs)
+
+
+def test_a_busy_rendezvous_port_is_one_line_before_rank_0_opens_a_run():
+    import socket
+
+    from linreg_lab.engines.distributed import World
+    from linreg_lab.engines.settings import EngineError
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        world = World(0, 2, f"tcp://vm:{port}", "SLURM")
+        with pytest.raises(EngineError, match=f"MASTER_PORT={port}: .* in use on vm"):
+            world.check()
+        World(1, 2, f"tcp://vm:{port}", "SLURM").check()  # rank 0's port: rank 1 does not bind
+    world.check()  # free again
+
+
+@pytest.mark.slow
+def test_torchrun_starts_the_ranks_and_rank_0_writes_the_one_run(store):
+    """torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): one run, the
+    same parameters as one process."""
+    from tests.conftest import BIN
+
+    store.command("tracking.run_name=one")
+    store.run("torchrun", "--nproc-per-node=2", str(BIN / "linreg-train"),
+              "tracking.run_name=two", timeout=300)  # fmt: skip
+    runs = {r.info.run_name: r for r in store.runs()}
+    assert set(runs) == {"one", "two"}  # rank 1 opened no run
+    two = runs["two"].data
+    assert runs["two"].info.status == "FINISHED" and len(two.tags["linreg.ranks"].split()) == 2
+    assert two.params["trainer.processes"] == "2"  # the world size, from torchrun's environment
+    for key in ("param/w_0", "param/b", "train/loss"):
+        assert two.metrics[key] == pytest.approx(runs["one"].data.metrics[key], rel=1e-4), key

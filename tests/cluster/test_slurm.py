@@ -261,3 +261,23 @@ def test_a_sqlite_store_is_allowed_when_every_node_is_this_machine(store, cluste
     runs = store.runs()
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert squeue() == []
+
+
+def test_a_job_of_2_tasks_trains_as_2_ranks_into_one_run(store, cluster):
+    """hydra.launcher.tasks_per_node=2: SLURM starts each job twice (srun), the two tasks meet
+    on torch.distributed from SLURM's environment, rank 0 writes the job's one run: the same
+    parameters as one process."""
+    store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1", "hydra.launcher.tasks_per_node=2",
+                "optimizer.lr=0.01,0.03", timeout=300)  # fmt: skip
+    children = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    for run in children:
+        assert run.data.params["trainer.processes"] == "2"
+        assert len(run.data.tags["linreg.ranks"].split()) == 2
+    assert squeue() == []
+    store.command("optimizer.lr=0.03", "tracking.run_name=alone")
+    (alone,) = store.runs(filter_string="attributes.run_name = 'alone'")
+    (job,) = [r for r in children if r.data.params["optimizer.lr"] == "0.03"]
+    for key in ("param/w_0", "param/b", "train/loss"):
+        assert job.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-4), key

@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> float:
             console.say(f"linreg-train: {error}: the run ends KILLED, with every epoch it "
                         "trained", file=sys.stderr)  # fmt: skip
         sys.exit(error.exit_code)
+    if outcome is None:  # a rank other than 0 of a job's ranks: rank 0's run says it all
+        return math.inf
     if job is not None:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
         return sweep.job_value(outcome.objective, plain)

@@ -17,16 +17,12 @@ from torch import nn
 from linreg_lab.data import RegressionData
 from linreg_lab.engines.analytic import SGDHyper, train_analytic
 from linreg_lab.engines.orders import seeded_orders
-from linreg_lab.engines.settings import TrainerSettings
+from linreg_lab.engines.settings import EngineError, TrainerSettings
 from linreg_lab.model import linear_parameters, model_mse
 
 # on_epoch_end(epoch, last_batch_loss, w, b[, loss, val_loss]): w and b are the model's values
 # after the epoch; a model that is not linear passes an empty w and its losses, measured here.
 EpochCallback = Callable[..., None]
-
-
-class EngineError(ValueError):
-    pass
 
 
 def sgd_hyper(optimizer_factory: Callable) -> SGDHyper | None:
@@ -93,17 +89,19 @@ def fit(
     settings: TrainerSettings,
     on_epoch_end: EpochCallback,
     on_places: Callable[[list[str]], None] = lambda places: None,
+    world=None,
 ) -> str:
     """Train model in place on data; returns the engine that ran.
 
     on_places(places): where each rank of a data-parallel job runs ("host:pid", rank order).
+    world: the distributed.World this process is a rank of (SLURM's tasks, torchrun), if any.
     """
     hyper = sgd_hyper(optimizer_factory)
     engine = _choose(settings.engine, model, hyper)
-    if settings.processes > 1:
-        choose_engine(settings.engine, model, optimizer_factory, data.streamed,
-                      settings.processes)  # fmt: skip
-        _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places)
+    processes = world.size if world is not None else settings.processes
+    if processes > 1:
+        choose_engine(settings.engine, model, optimizer_factory, data.streamed, processes)
+        _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places, world)
         return engine
     if data.streamed:
         choose_engine(settings.engine, model, optimizer_factory, streamed=True)
@@ -159,16 +157,23 @@ def _fit_streamed(model, hyper, data, settings, on_epoch_end: EpochCallback) -> 
         bias.copy_(theta[d:])
 
 
-def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places) -> None:
-    """settings.processes ranks on this machine (engines.distributed), this process rank 0."""
-    from linreg_lab.engines.distributed import Job, train_data_parallel
+def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places, world) -> None:
+    """Ranks on torch.distributed (engines.distributed): settings.processes on this machine,
+    this process rank 0, or this process's place in a world its launcher started."""
+    from linreg_lab.engines.distributed import Job, train_data_parallel, train_in_world
 
-    threads = max(1, torch.get_num_threads() // settings.processes)
+    # Ranks started here share this process's threads; a launcher's tasks have their own.
+    threads = torch.get_num_threads()
+    if world is None:
+        threads = max(1, threads // settings.processes)
     job = Job(hyper, data.num_samples, settings.epochs, settings.shuffle, settings.seed,
               settings.batch_size, threads)  # fmt: skip
 
     def train(theta, X, y, report) -> None:
-        train_data_parallel(theta, job, X, y, settings.processes, report, on_places)
+        if world is not None:
+            train_in_world(theta, job, X, y, world, report, on_places)
+        else:
+            train_data_parallel(theta, job, X, y, settings.processes, report, on_places)
 
     _fit_analytic(model, hyper, data.to("cpu"), None, settings, on_epoch_end, train)
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import hashlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from linreg_lab.data import packed_rows
 from linreg_lab.engines.analytic import SGDHyper, kernels, sgd_step
 from linreg_lab.engines.monitor import RankFailed
 from linreg_lab.engines.orders import seeded_orders
+from linreg_lab.engines.settings import EngineError
 
 BACKEND = "gloo"  # CPU tensors; nccl (GPUs) is not wired yet
 # How long a rank waits for the others to join, and for a collective: a rank that *dies* is
@@ -82,6 +85,70 @@ class Job:
     seed: int
     batch_size: int
     threads: int
+
+
+@dataclass(frozen=True)
+class World:
+    """Ranks started by something else (SLURM's tasks, torchrun): this process's place."""
+
+    rank: int
+    size: int
+    init_method: str  # how the ranks meet: tcp://host:port, or env:// (torchrun's store)
+    source: str  # "SLURM" or "torchrun"
+
+    def check(self) -> None:
+        """Rank 0's checks before its run exists: gloo is here, the rendezvous port is free."""
+        if not (dist.is_available() and dist.is_gloo_available()):
+            raise EngineError(f"{self.source} started {self.size} tasks, but this torch has no "
+                              "gloo backend (torch.distributed): run one task")  # fmt: skip
+        if self.rank != 0 or not self.init_method.startswith("tcp://"):
+            return
+        host, port = self.init_method.removeprefix("tcp://").rsplit(":", 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", int(port)))
+            except OSError as error:
+                raise EngineError(
+                    f"MASTER_PORT={port}: the rendezvous port of {self.size} {self.source} "
+                    f"tasks is in use on {host} ({error.strerror}); set MASTER_PORT to a free "
+                    "port, or unset it for one derived from the job"
+                ) from None
+
+
+def world_from_environment(job: str = "") -> World | None:
+    """The world this process is a rank of, from its launcher's environment: torchrun's
+    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), or SLURM's when srun started several tasks
+    (SLURM_PROCID, SLURM_STEP_NUM_TASKS; rank 0's host: the step's first node, the
+    port MASTER_PORT or one derived from the SLURM job and job, so that jobs one after
+    another in one task meet on ports of their own). None: one process."""
+    env = os.environ
+    if {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} <= set(env):
+        size = int(env["WORLD_SIZE"])
+        return World(int(env["RANK"]), size, "env://", "torchrun") if size > 1 else None
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
+    if tasks < 2 or "SLURM_PROCID" not in env:
+        return None
+    host = _first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "")
+    port = env.get("MASTER_PORT")
+    if not port:
+        key = f"{env.get('SLURM_JOB_ID', '')}:{env.get('SLURM_STEP_ID', '')}:{job}"
+        port = str(20000 + int(hashlib.sha256(key.encode()).hexdigest(), 16) % 40000)
+    return World(int(env["SLURM_PROCID"]), tasks, f"tcp://{host}:{port}", "SLURM")
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("vm", "node[03-05,9]"), as scontrol expands it."""
+    if "[" not in nodelist and nodelist:
+        return nodelist.split(",")[0]
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.split()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        hosts = []
+    if not hosts:
+        raise EngineError(f"SLURM_STEP_NODELIST={nodelist}: scontrol could not expand it to "
+                          "the hosts of this job's tasks")  # fmt: skip
+    return hosts[0]
 
 
 def blocks(num_samples: int, size: int) -> list[tuple[int, int]]:
@@ -137,7 +204,7 @@ def train_data_parallel(
             process.start()
             ranks.append(process)
             del part  # in shared memory now, held by its rank
-        _join_world(0, processes, port, job.threads)
+        _join_world(0, processes, f"tcp://127.0.0.1:{port}", job.threads)
         try:
             on_places(_places(processes))
             share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
@@ -147,6 +214,42 @@ def train_data_parallel(
         _wait(ranks)
     finally:  # also when training stops early (divergence, Ctrl-C) or a rank failed
         _end(ranks)
+
+
+def train_in_world(
+    theta: torch.Tensor,
+    job: Job,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    world: World,
+    on_epoch_end: Callable[[int, float, float], None],
+    on_places: Callable[[list[str]], None] = lambda places: None,
+) -> None:
+    """Train theta as world.rank of a world its launcher started (SLURM's tasks, torchrun):
+    every rank loaded the table and trains its block; rank 0 reports (on_epoch_end,
+    on_places). A rank that stops (rank 0 ending training too) stops the others' next step."""
+    lo, hi = blocks(X.shape[0], world.size)[world.rank]
+    rows = share_rows(X, y, lo, hi)
+
+    def lost(error: BaseException) -> RankFailed:
+        return RankFailed(f"rank {world.rank} of {world.size} ({world.source}): another rank "
+                          f"stopped or lost contact ({_first_line(error)})")  # fmt: skip
+
+    try:
+        _join_world(world.rank, world.size, world.init_method, job.threads)
+    except RuntimeError as error:  # no rank 0 at the address within TIMEOUT, or refused
+        raise RankFailed(
+            f"rank {world.rank} of {world.size} ({world.source}) could not meet "
+            f"the others at {world.init_method}: {_first_line(error)}"
+        ) from None
+    try:
+        places = _places(world.size)
+        if world.rank == 0:
+            on_places(places)
+        report = on_epoch_end if world.rank == 0 else (lambda *args: None)
+        _train(theta, job, rows, Share(world.rank, world.size, lo, hi, lost), report)
+    finally:
+        _leave_world()
 
 
 def _train(theta: torch.Tensor, job: Job, rows: torch.Tensor, share: Share, on_epoch_end) -> None:
@@ -182,7 +285,7 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) ->
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rows = _in_huge_pages(rows)  # and the shared copy released
     try:
-        _join_world(rank, size, port, job.threads)
+        _join_world(rank, size, f"tcp://127.0.0.1:{port}", job.threads)
         _places(size)
 
         def peer_gone(error: BaseException) -> BaseException:
@@ -194,12 +297,11 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) ->
         sys.exit(1)
 
 
-def _join_world(rank: int, size: int, port: int, threads: int) -> None:
+def _join_world(rank: int, size: int, init_method: str, threads: int) -> None:
     torch.set_num_threads(threads)
     dist.init_process_group(
-        BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
-        timeout=TIMEOUT,
-    )  # fmt: skip
+        BACKEND, init_method=init_method, rank=rank, world_size=size, timeout=TIMEOUT
+    )
 
 
 def _leave_world() -> None:

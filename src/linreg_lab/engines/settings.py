@@ -14,6 +14,10 @@ COMPILED = ("auto", "true", "false")
 _STARTING_THREADS = torch.get_num_threads()
 
 
+class EngineError(ValueError):
+    """A trainer setting this run cannot honour: one line, exit 2, before any run."""
+
+
 @dataclass(frozen=True)
 class TrainerSettings:
     epochs: int = 3

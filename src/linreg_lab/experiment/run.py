@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.data import DataError, RegressionData
-from linreg_lab.engines import choose_engine, fit, stability
+from linreg_lab.engines import EngineError, choose_engine, fit, stability
+from linreg_lab.engines.distributed import World, world_from_environment
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor, RankFailed
 from linreg_lab.engines.settings import TrainerSettings
@@ -160,12 +161,22 @@ def stated_size(cfg: DictConfig) -> tuple[int, int] | None:
     return None
 
 
-def build_model(setup: Setup) -> tuple[torch.nn.Module, Callable]:
-    """The seeded model and its optimizer factory; refuses an impossible engine choice now."""
+def build_model(setup: Setup, world: World | None = None) -> tuple[torch.nn.Module, Callable]:
+    """The seeded model and its optimizer factory; refuses an impossible engine choice now.
+
+    world: the launcher's ranks this process is one of (SLURM's tasks, torchrun), if any."""
     torch.manual_seed(setup.trainer.seed)
     model = build.model(setup.cfg, setup.data.num_features)
     optimizer_factory = build.optimizer_factory(setup.cfg)
     processes = setup.trainer.processes
+    if world is not None:
+        if processes > 1:
+            raise EngineError(
+                f"trainer.processes={processes} in one of {world.size} {world.source} tasks: "
+                "a job is either processes on one machine or one rank per task (set "
+                "trainer.processes=1)"
+            )
+        processes = world.size
     choose_engine(setup.trainer.engine, model, optimizer_factory,
                   streamed=setup.data.streamed, processes=processes)  # fmt: skip
     if processes > setup.data.num_samples:
@@ -191,10 +202,17 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0,
     )
 
 
-def record_start(run: Run, setup: Setup, overrides: Sequence[str]) -> None:
-    """Log what is known before training: params, config, overrides, dataset, optimum."""
+def record_start(
+    run: Run, setup: Setup, overrides: Sequence[str], world_size: int | None = None
+) -> None:
+    """Log what is known before training: params, config, overrides, dataset, optimum.
+
+    world_size: the ranks its launcher started (SLURM's tasks, torchrun), logged as
+    trainer.processes, the job's world size however it was made."""
     config = setup.plain
     params = flatten(config)
+    if world_size is not None:
+        params["trainer.processes"] = world_size
     if params.get("model.module.in_features") == "???":  # filled in from the data
         params["model.module.in_features"] = setup.data.num_features
     run.log_params({**params, **stability_params(setup.optimum, config)})
@@ -328,9 +346,17 @@ def run_experiment(
     wait: return once the run is in the store (False: once it is handed to the helper).
     plain: cfg resolved (build.plain_config), where the caller has it already.
     tags: more tags for the run (linreg-train: its Hydra output folder).
+
+    In a world of ranks its launcher started (SLURM tasks, torchrun), rank 0 does all this and
+    the other ranks only train: they return None.
     """
+    world = world_from_environment(" ".join(overrides))
+    if world is not None and world.rank > 0:
+        return _train_as_rank(cfg, world, data_source)
+    if world is not None:
+        world.check()
     setup = set_up(cfg, store, parent_run_id, data_source, plain)
-    model, optimizer_factory = build_model(setup)
+    model, optimizer_factory = build_model(setup, world)
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
     if (start := linear_parameters(model)) is not None:
         monitor.start(*start)
@@ -341,7 +367,7 @@ def run_experiment(
     run = open_run(setup, overrides, tags=tags)
     try:
         with ended(run) as outcome:
-            record_start(run, setup, overrides)
+            record_start(run, setup, overrides, world.size if world is not None else None)
             with console.epoch_progress(setup.trainer.epochs, quiet) as progress:
 
                 def on_epoch_end(epoch: int, last_batch_loss: float, w, b: float,
@@ -361,7 +387,7 @@ def run_experiment(
 
                 trainer = setup.trainer
                 outcome.engine = fit(model, optimizer_factory, setup.data, trainer, on_epoch_end,
-                                     on_places)  # fmt: skip
+                                     on_places, world)  # fmt: skip
             record_end(run, setup, model, monitor, outcome.engine, draw_here=wait)
     except BaseException:
         if wait:  # the run's end is in the store before the error goes on (errors: its own)
@@ -377,6 +403,21 @@ def run_experiment(
         fitted = (setup.optimum.w.cpu().tolist(), setup.optimum.b)
         console.summary(result, setup.data, model, setup.tracking, fitted)
     return result
+
+
+def _train_as_rank(cfg: DictConfig, world: World, data_source: DataSource | None) -> None:
+    """A rank other than 0: the same data and seeded model as rank 0, trained in step with it;
+    no store, no run, nothing said but why it stopped early."""
+    validate(cfg)
+    trainer = build.trainer(cfg)
+    data, _ = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
+    torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
+    torch.manual_seed(trainer.seed)
+    model = build.model(cfg, data.num_features)
+    try:
+        fit(model, build.optimizer_factory(cfg), data, trainer, lambda *args: None, world=world)
+    except RankFailed as error:  # rank 0 ended training early (its run says why), or died
+        console.say(f"linreg-train: {error}", file=sys.stderr)
 
 
 @dataclass
