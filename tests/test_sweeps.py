@@ -179,13 +179,23 @@ def test_a_repeated_job_runs_twice_each_with_its_own_run(store, launcher):
 
 
 def test_optuna_preset_searches_and_reports(store):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[optuna]")
+    pytest.importorskip("optuna", reason="pip install -e .[optuna]")
     result = store.command("-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=3")
     parent, children = sweep_runs(store, "lr_batch_optuna")
     assert len(children) == 3 and parent.info.status == "FINISHED"
     assert "Best value" in result.stdout + result.stderr
     best = min(children, key=lambda c: c.data.metrics["train/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
+    # The parent is the study: its settings, counts, best trial and Optuna's plots.
+    assert parent.data.params["optuna.study_name"] == "lr_batch"
+    assert parent.data.params["optuna.sampler"] == "TPESampler(seed=0)"
+    assert parent.data.metrics["optuna.trials.complete"] == 3
+    assert parent.data.metrics["optuna.best_value"] == best.data.metrics["train/loss"]
+    assert parent.data.tags["optuna.best_trial"] == best.data.tags["linreg.trial"]
+    assert {c.data.tags["linreg.trial"] for c in children} == {"0", "1", "2"}
+    plots = {a.path for a in store.client.list_artifacts(parent.info.run_id, "optuna")}
+    assert "optuna/optimization_history.png" in plots
+    assert (store.root / "optuna.db").exists()  # beside the store (mlflow.db)
 
 
 def test_jobs_on_the_same_data_reuse_it_with_the_same_results(store):

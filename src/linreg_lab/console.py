@@ -180,5 +180,8 @@ def job_line(job: str, outcome) -> None:
     on meanwhile.
     """
     loss = outcome.metrics.get("train/loss", float("nan"))
-    line = f"[{job}] {outcome.status:<8} train/loss {loss:.4e}  run {{run_id}}"
+    status = outcome.status
+    if status == "KILLED" and str(outcome.failure or "").startswith("pruned"):
+        status = "PRUNED"  # by a sweeper's pruner: its run's tags say at which epoch
+    line = f"[{job}] {status:<8} train/loss {loss:.4e}  run {{run_id}}"
     outcome.run.store.announce(line, outcome.run, log_files())

@@ -67,8 +67,15 @@ def train(cfg: DictConfig) -> float:
     arguments = job.run_arguments() if job is not None else {}
     # The run and its folder point at each other: .hydra/, the job's log, the outputs.
     output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    arguments["tags"] = {}
     if output_dir:
-        arguments["tags"] = {"linreg.output_dir": os.path.abspath(str(output_dir))}
+        arguments["tags"]["linreg.output_dir"] = os.path.abspath(str(output_dir))
+    trial = OmegaConf.select(cfg, "sweep.trial", default=None)
+    if job is not None and trial is not None:  # a job of hydra/sweeper=optuna: its trial
+        from linreg_lab.sweep.study import TAG_TRIAL, trial_reporter
+
+        arguments["tags"][TAG_TRIAL] = str(trial)
+        arguments["on_epoch"] = trial_reporter(int(trial))
     try:
         with exit_on_user_error():
             outcome = run_experiment(

@@ -56,6 +56,16 @@ class DataSource(Protocol):
     ) -> tuple[RegressionData, LeastSquares]: ...
 
 
+class StopEarly(Exception):
+    """Raised by a run's on_epoch hook (a sweeper's pruner): training stops after that epoch;
+    the run ends KILLED with this reason and tags, every epoch it trained kept. Not an error:
+    the command goes on."""
+
+    def __init__(self, reason: str, tags: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.tags = tags or {}
+
+
 @dataclass(frozen=True)
 class Outcome:
     run: Run
@@ -340,12 +350,15 @@ def run_experiment(
     wait: bool = True,
     plain: dict | None = None,
     tags: dict[str, str] | None = None,
-) -> Outcome:
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> Outcome | None:
     """Validate, build, train and record one run; never leaves the run RUNNING.
 
     wait: return once the run is in the store (False: once it is handed to the helper).
     plain: cfg resolved (build.plain_config), where the caller has it already.
     tags: more tags for the run (linreg-train: its Hydra output folder).
+    on_epoch(epoch, metrics): called once each epoch's metrics are logged; it may raise
+    StopEarly (a sweeper's pruner).
 
     In a world of ranks its launcher started (SLURM tasks, torchrun), rank 0 does all this and
     the other ranks only train: they return None.
@@ -381,6 +394,8 @@ def run_experiment(
                     run.log_metrics(metrics, step=epoch)
                     progress(epoch, metrics["train/loss"])
                     setup.store.check()  # a store that failed to open stops training here
+                    if on_epoch is not None:
+                        on_epoch(epoch, metrics)
 
                 def on_places(places: list[str]) -> None:  # a data-parallel job's ranks
                     run.set_tags({"linreg.ranks": " ".join(places)})
@@ -437,6 +452,12 @@ def ended(run: Run):
     except (Diverged, RankFailed) as error:  # the run is complete; its training failed
         outcome.status, outcome.failure = FAILED, str(error)
         end_quietly(run, FAILED, str(error))
+        return
+    except StopEarly as error:  # stopped on purpose (pruned): KILLED, saying why
+        outcome.status, outcome.failure = KILLED, str(error)
+        if error.tags:
+            run.set_tags(error.tags)
+        end_quietly(run, KILLED, str(error))
         return
     except KeyboardInterrupt:  # library use, where SIGINT still raises
         end_quietly(run, KILLED, "interrupted by SIGINT")

@@ -104,6 +104,7 @@ class SweepCallback(Callback):
             compose_each_job_once(GlobalHydra.instance().config_loader())
         with exit_on_user_error(), job_environment(config):  # hydra.job.env_set, as jobs see it
             check_launcher(config)
+            _check_sweeper(config)
             jobs = check_sweep(config)
             with as_job(config, 0):  # e.g. tracking.run_name=job${hydra:job.num}
                 tracking = build.tracking(config)
@@ -158,6 +159,18 @@ class SweepCallback(Callback):
         # reported as one line and an exit code: Hydra would only warn about an error here.
         if _current is not None:
             _current.ran_to_its_end = True
+
+
+def _check_sweeper(config: DictConfig) -> None:
+    """hydra/sweeper=optuna: its settings, search space and storage (sweep.study)."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if target.startswith("hydra_plugins.linreg_optuna_sweeper."):
+        from linreg_lab.sweep import study
+
+        done = study.check(config, task_overrides(config))
+        if done is not None:  # a finished study: no parent run, nothing to compare
+            print(f"linreg-train: {done}", file=sys.stderr, flush=True)
+            sys.exit(0)
 
 
 def _note_finished_jobs(config: DictConfig, store: Store, stop_file: Path) -> None:

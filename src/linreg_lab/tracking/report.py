@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from linreg_lab.tracking import records, sweep_plot
 from linreg_lab.tracking.params import SEED_KEYS, TAG_DATA_KEY
-from linreg_lab.tracking.tags import FAILED, FINISHED, KILLED, TAG_FAILURE
+from linreg_lab.tracking.tags import FAILED, FINISHED, KILLED, PRUNED, TAG_FAILURE, TAG_PRUNED
 
 if TYPE_CHECKING:  # this module runs in the MLflow helper; importers need no mlflow
     from mlflow import MlflowClient
@@ -111,7 +111,7 @@ def rows_of(runs: list[Run]) -> list[Row]:
             run.info.run_id,
             run.info.run_name or "",
             run.data.tags.get("linreg.overrides", ""),
-            run.info.status,
+            _status(run),
             run.data.metrics.get("train/loss", math.nan),
             run.data.metrics.get("error/w_l2", math.nan),
             run.data.tags.get(TAG_FAILURE, ""),
@@ -124,6 +124,13 @@ def rows_of(runs: list[Run]) -> list[Row]:
     ]
     metric = ranking_metric(rows)
     return sorted(rows, key=lambda row: row.sort_key(metric))
+
+
+def _status(run: Run) -> str:
+    """The run's MLflow status, or PRUNED for a run a sweeper's pruner stopped."""
+    if run.info.status == KILLED and TAG_PRUNED in run.data.tags:
+        return PRUNED
+    return run.info.status
 
 
 def _overrides(tag: str) -> dict[str, str]:
@@ -164,6 +171,8 @@ def _config_row(group: list[Row], keys: list[str], metric: str) -> Row:
     finished = [row for row in group if row.status == FINISHED]
     statuses = {row.status for row in group}
     status = FINISHED if statuses == {FINISHED} else (KILLED if KILLED in statuses else FAILED)
+    if statuses == {PRUNED}:
+        status = PRUNED
     names = sorted({k for row in finished for k in row.metrics})
     mean = {k: _mean([row.metrics.get(k, math.nan) for row in finished]) for k in names}
     std = {k: _std([row.metrics.get(k, math.nan) for row in finished]) for k in names}
@@ -389,7 +398,7 @@ def finish_sweep(
     closed_as = KILLED if interrupted else FAILED
     close_dead_runs(client, children(client, parent), closed_as, "its sweep was stopped")
     rows = compare(client, parent, log=True, plots=plots)
-    statuses = {row.status for row in rows}
+    statuses = {row.status for row in rows} - {PRUNED}  # pruned on purpose: the sweep's own
     if interrupted or KILLED in statuses:
         status = KILLED
     elif failure or not rows or statuses != {FINISHED}:
@@ -402,7 +411,7 @@ def finish_sweep(
         except Exception as error:  # the comparison is logged; the model is extra
             log.warning("could not register the sweep's best model: %s", error)
     reason = failure or (f"interrupted by {interrupted}" if interrupted else None)
-    failed = [row for row in rows if row.status != FINISHED]
+    failed = [row for row in rows if row.status not in (FINISHED, PRUNED)]
     if failed and not reason:
         reason = f"{len(failed)} of {len(rows)} runs did not finish"
     records.end_run(client, parent_run_id, status, reason)

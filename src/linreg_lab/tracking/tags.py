@@ -4,6 +4,10 @@ import os
 
 # MLflow's RunStatus names, without importing mlflow.
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+# Not an MLflow status: how the comparison shows a KILLED run that a sweeper's pruner stopped
+# (its tag TAG_PRUNED holds the last epoch it trained).
+PRUNED = "PRUNED"
+TAG_PRUNED = "linreg.pruned"
 
 # Who owns a RUNNING run, so runs orphaned by SIGKILL can be found later.
 TAG_PID, TAG_HOST = "linreg.pid", "linreg.host"

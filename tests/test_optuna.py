@@ -1,0 +1,108 @@
+"""hydra/sweeper=optuna: linreg-lab's own sweeper on Optuna's ask-and-tell API: pruning, a
+study that lives on in its storage, and settings refused before any run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="pip install -e .[optuna]")
+
+from tests.test_sweeps import sweep_runs  # noqa: E402
+
+PRUNED = ["-m", "experiment=lr_batch_optuna_pruned", "trainer.epochs=6"]
+
+
+def _study(store, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{store.root / 'optuna.db'}")
+
+
+def test_optuna_is_current():
+    major = int(optuna.__version__.split(".")[0])
+    assert major >= 4, optuna.__version__
+
+
+@pytest.mark.slow
+def test_pruned_trials_stop_early_and_say_so(store):
+    store.command(*PRUNED, "hydra.sweeper.n_trials=12")
+    parent, children = sweep_runs(store, "lr_batch_optuna_pruned")
+    assert len(children) == 12 and parent.info.status == "FINISHED"
+    pruned = [c for c in children if "linreg.pruned" in c.data.tags]
+    assert pruned, "the median pruner stopped no trial"
+    epochs = 0
+    for run in children:
+        history = store.client.get_metric_history(run.info.run_id, "train/loss")
+        epochs += len(history)
+        if run in pruned:  # KILLED, with every epoch it trained, the last one in its tag
+            assert run.info.status == "KILLED"
+            assert len(history) == int(run.data.tags["linreg.pruned"]) < 6
+            assert "pruned by Optuna's MedianPruner" in run.data.tags["linreg.failure"]
+        else:
+            assert run.info.status == "FINISHED" and len(history) == 6
+    assert epochs < 12 * 6
+    assert parent.data.tags["linreg.best_run_id"] not in {r.info.run_id for r in pruned}
+    assert parent.data.metrics["optuna.trials.pruned"] == len(pruned)
+    study = _study(store, "lr_batch_pruned")
+    states = {t.number: t.state.name for t in study.trials}
+    for run in children:
+        expected = "PRUNED" if run in pruned else "COMPLETE"
+        assert states[int(run.data.tags["linreg.trial"])] == expected
+    report = store.report("--experiment", "lr_batch_optuna_pruned")
+    assert "PRUNED" in report.stdout
+
+
+@pytest.mark.slow
+def test_a_study_resumes_with_the_trials_it_still_owes(store):
+    base = ["-m", "experiment=lr_batch_optuna", "trainer.epochs=1"]
+    store.command(*base, "hydra.sweeper.n_trials=3")
+    store.command(*base, "hydra.sweeper.n_trials=5")  # the study's total: 2 more
+    study = _study(store, "lr_batch")
+    assert len(study.trials) == 5 and {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 5  # new points
+    sweeps = [r for r in store.runs("lr_batch_optuna") if r.data.tags.get("linreg.sweep")]
+    assert len(sweeps) == 2
+    again = store.command(*base, "hydra.sweeper.n_trials=5")
+    assert "has all its 5 trials" in again.stderr and "nothing to run" in again.stderr
+    assert len([r for r in store.runs("lr_batch_optuna") if r.data.tags.get("linreg.sweep")]) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_study_then_the_same_command_finishes_it(store):
+    from tests.test_failures import start_in_group, wait_for_metric
+
+    args = ["-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.study_name=long", "dataset.num_samples=100000"]  # fmt: skip
+    process = start_in_group(store, *args, "trainer.epochs=100000")
+    try:
+        wait_for_metric(store, "lr_batch_optuna")
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+    (trial,) = _study(store, "long").trials
+    assert trial.state.name in ("FAIL", "RUNNING")  # told FAIL, or left by the killed sweep
+    store.command(*args, "trainer.epochs=1")  # the same study (named), shorter jobs
+    study = _study(store, "long")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("hydra.sweeper.pruner=sometimes", ["hydra.sweeper.pruner=sometimes", "median"]),
+        ("hydra.sweeper.n_trials=0", ["hydra.sweeper.n_trials=0", ">= 1"]),
+        ("trainer.batch_size=tag(log,choice(10,32))", ["tag(log, choice(...))", "categorical"]),
+        ("hydra.sweeper.storage=sqlite:////proc/no/optuna.db", ["storage", "cannot be opened"]),
+        ("hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler",
+         ["NoSuchSampler", "optuna.samplers"]),
+    ],
+)  # fmt: skip
+def test_bad_sweeper_settings_are_one_line_before_any_run(store, override, words):
+    result = store.command("-m", "experiment=lr_batch_optuna", override, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    experiment = store.client.get_experiment_by_name("lr_batch_optuna")
+    assert experiment is None or not store.runs("lr_batch_optuna")
