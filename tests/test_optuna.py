@@ -106,3 +106,25 @@ def test_bad_sweeper_settings_are_one_line_before_any_run(store, override, words
     assert all(word in lines[0] for word in words), lines[0]
     experiment = store.client.get_experiment_by_name("lr_batch_optuna")
     assert experiment is None or not store.runs("lr_batch_optuna")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"],
+     ["hydra/launcher=vectorized", "hydra.sweeper.n_jobs=6", "trainer.batch_size=32"]],
+    ids=["joblib", "vectorized"],
+)  # fmt: skip
+def test_jobs_are_pruned_on_other_launchers(store, launcher):
+    """joblib's workers reach the study from their own processes; the vectorized launcher
+    trains a batch of trials in one pass and drops the pruned ones from it."""
+    store.command(*PRUNED, "hydra.sweeper.n_trials=12", *launcher)
+    parent, children = sweep_runs(store, "lr_batch_optuna_pruned")
+    assert len(children) == 12 and parent.info.status == "FINISHED"
+    pruned = [c for c in children if c.info.status == "KILLED"]
+    assert pruned and all("linreg.pruned" in c.data.tags for c in pruned)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    if "hydra/launcher=vectorized" in launcher:  # in passes of several models
+        assert {c.data.tags["linreg.engine"] for c in finished} == {"vectorized"}
+    study = _study(store, "lr_batch_pruned")
+    assert sum(t.state.name == "PRUNED" for t in study.trials) == len(pruned)

@@ -281,3 +281,29 @@ def test_a_job_of_2_tasks_trains_as_2_ranks_into_one_run(store, cluster):
     (job,) = [r for r in children if r.data.params["optimizer.lr"] == "0.03"]
     for key in ("param/w_0", "param/b", "train/loss"):
         assert job.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-4), key
+
+
+def test_an_optuna_study_across_2_slurm_tasks(store, cluster):
+    """hydra/sweeper=optuna on SLURM: two trials at a time, each in its own array task,
+    reporting its epochs to the study (sqlite beside the store: every node is this machine)
+    and pruned there when the pruner says so."""
+    import optuna
+
+    store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1", "experiment=lr_batch_optuna_pruned",
+                "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "trainer.epochs=4",
+                timeout=600)  # fmt: skip
+    runs = store.runs("lr_batch_optuna_pruned")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 8 and len({r.data.tags["linreg.slurm_job"] for r in children}) == 8
+    study = optuna.load_study(study_name="lr_batch_pruned",
+                              storage=f"sqlite:///{store.root / 'optuna.db'}")  # fmt: skip
+    states = {t.number: t.state.name for t in study.trials}
+    assert len(states) == 8 and set(states.values()) <= {"COMPLETE", "PRUNED"}
+    for run in children:  # each trial's intermediate values came from its SLURM task
+        trial = study.trials[int(run.data.tags["linreg.trial"])]
+        assert len(trial.intermediate_values) == len(
+            store.client.get_metric_history(run.info.run_id, "train/loss")
+        )
+        assert (run.info.status == "KILLED") == (trial.state.name == "PRUNED")
+    assert squeue() == []

@@ -120,9 +120,11 @@ class VectorizedLauncher(Launcher):
             job = sweep.job(build.tracking(members[0]))
             arguments = {} if job is None else job.run_arguments()
             arguments.pop("wait", None)
+            tags, hooks = _trials(members) if job is not None else (None, None)
             trained = train_group(
-                members, overrides, plains=[plains[index] for index in group], **arguments
-            )
+                members, overrides, plains=[plains[index] for index in group], tags=tags,
+                on_epochs=hooks, **arguments,
+            )  # fmt: skip
         outcomes = {id(cfg): outcome for cfg, outcome in zip(members, trained)}
         by_number = {cfg.hydra.job.num: outcomes[id(cfg)] for cfg in members}
         plain_by_number = {configs[i].hydra.job.num: plains[i] for i in group}
@@ -138,6 +140,23 @@ class VectorizedLauncher(Launcher):
             return sweep.job_value(outcome.objective, plain_by_number[job.num])
 
         return report
+
+
+def _trials(members) -> tuple[list[dict], list]:
+    """hydra/sweeper=optuna's jobs (sweep.trial set): each member's trial tag and reporter,
+    so that a pass drops the members whose trials are pruned and trains on with the rest."""
+    tags, hooks = [], []
+    for cfg in members:
+        trial = OmegaConf.select(cfg, "sweep.trial", default=None)
+        if trial is None:
+            tags.append({})
+            hooks.append(None)
+            continue
+        from linreg_lab.sweep.study import TAG_TRIAL, trial_reporter
+
+        tags.append({TAG_TRIAL: str(trial)})
+        hooks.append(trial_reporter(int(trial)))
+    return tags, hooks
 
 
 # A group whose whole training costs less than this many multiply-adds (epochs x N x (D + 1):

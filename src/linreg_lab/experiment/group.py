@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 import torch
@@ -18,6 +18,7 @@ from linreg_lab.experiment.run import (
     DataSource,
     Outcome,
     Setup,
+    StopEarly,
     build_model,
     end_quietly,
     ended,
@@ -27,7 +28,7 @@ from linreg_lab.experiment.run import (
     run_experiment,
     set_up,
 )  # fmt: skip
-from linreg_lab.tracking import FAILED, FINISHED, Store
+from linreg_lab.tracking import FAILED, FINISHED, KILLED, Store
 
 ENGINE = "vectorized"
 
@@ -40,19 +41,25 @@ def train_group(
     parent_run_id=None,
     data_source: DataSource | None = None,
     plains: Sequence[dict],
+    tags: Sequence[dict[str, str]] | None = None,
+    on_epochs: Sequence[Callable[[int, dict], None] | None] | None = None,
 ) -> list[Outcome]:
     """One pass over the shared data for every config; each gets its own run and outcome.
 
     The configs must share everything but per-model settings, and be validated and resolved
     (plains): sweep.grouping.group_jobs does both. The members share the first one's
-    settings, store and data instead of each setting up its own."""
+    settings, store and data instead of each setting up its own. tags, on_epochs: each
+    member's, as run_experiment's (a member whose hook raises StopEarly ends KILLED; the pass
+    trains on with the rest)."""
+    tags = list(tags or [{}] * len(configs))
+    on_epochs = list(on_epochs or [None] * len(configs))
     shared = set_up(configs[0], store, parent_run_id, data_source, plains[0])
     if shared.data.streamed:  # dataset.stream=auto streamed it: its jobs train one by one
         kept = _Kept(shared)
         return [
             run_experiment(cfg, job, True, store=shared.store, parent_run_id=parent_run_id,
-                           data_source=kept, plain=plain)
-            for cfg, job, plain in zip(configs, overrides, plains)
+                           data_source=kept, plain=plain, tags=tag, on_epoch=hook)
+            for cfg, job, plain, tag, hook in zip(configs, overrides, plains, tags, on_epochs)
         ]  # fmt: skip
     others = [_member(cfg, plain, shared) for cfg, plain in zip(configs[1:], plains[1:])]
     setups = [shared, *others]
@@ -70,7 +77,7 @@ def train_group(
     for monitor, model in zip(monitors, models):  # the loss each starts from: its ceiling
         monitor.start(model.weight.detach().view(-1), float(model.bias.detach()))
     # Metrics are posted every second, as a single run's are: a crash loses at most those.
-    runs = [open_run(s, o) for s, o in zip(setups, overrides)]
+    runs = [open_run(s, o, tags=t) for s, o, t in zip(setups, overrides, tags)]
     with ExitStack() as stack:
         statuses = [stack.enter_context(ended(run)) for run in runs]
         for run, setup, job_overrides in zip(runs, setups, overrides):
@@ -95,6 +102,13 @@ def train_group(
                     end_quietly(run, FAILED, str(error))
                     continue
                 run.log_metrics(metrics, step=epoch)
+                if on_epochs[k] is not None:
+                    try:
+                        on_epochs[k](epoch, metrics)
+                    except StopEarly as stopped:  # pruned: its run ends, the pass goes on
+                        status.status, status.failure = KILLED, str(stopped)
+                        run.set_tags(stopped.tags)
+                        end_quietly(run, KILLED, str(stopped))
             shared.store.check()
 
         # The single runs' orders (seeded_orders: the same ones, kept between groups of a
@@ -116,7 +130,7 @@ def train_group(
                 record_end(run, setup, model, monitor, ENGINE)
     shared.store.check()
     return [
-        Outcome(run, status.status, monitor.final, ENGINE)
+        Outcome(run, status.status, monitor.final, ENGINE, status.failure)
         for run, status, monitor in zip(runs, statuses, monitors)
     ]
 

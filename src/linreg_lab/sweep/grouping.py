@@ -20,6 +20,7 @@ PER_MODEL_KEYS = {
     "optimizer": {field.name for field in dataclasses.fields(SGDHyper)},
     "model": {"weight_std", "bias_init"},
     "tracking": {"run_name"},
+    "sweep": {"trial"},  # each job's own Optuna trial
 }
 
 
