@@ -179,8 +179,21 @@ def _distributed(rows: list[dict]) -> None:
     )  # fmt: skip
 
 
+def _optuna(rows: list[dict]) -> None:
+    print("   an Optuna search with pruning (successive halving) against the same search")
+    print("   unpruned and a grid of 16 lrs x 4 batch sizes: real linreg-train -m, fresh stores")
+    _table(
+        ["data", "sweep", "jobs", "pruned", "epochs", "wall", "CPU", "best"],
+        [[r["dataset"], kind, r[kind]["jobs"], r[kind]["pruned"], r[kind]["epochs"],
+          f'{r[kind]["wall_s"]:.1f} s', f'{r[kind]["cpu_s"]:.1f} s',
+          f'{r[kind]["best"]:.5g} ({r[kind]["metric"]})']
+         for r in rows for kind in ("pruned", "unpruned", "grid")],
+    )  # fmt: skip
+
+
 _PRINTERS = {
     "limits": limits.print_rows,
+    "optuna": _optuna,
     "distributed": _distributed,
     "streamed": _streamed,
     "table": _table_item,
@@ -251,6 +264,15 @@ def goals(results: dict) -> list[dict]:
             full = row["N"] == 10_000_000 and row["D"] == 100
             goal("2 ranks x 1 thread: epoch <= 1.3x 1 rank x 2 threads (N 10^7, D 100, batch "
                  "10^5)", row["over_one"] if full else None, lambda v: v <= 1.3)  # fmt: skip
+    for row in results.get("optuna", []):
+        full = row["n_trials"] >= 30 and row["grid"]["jobs"] == 64
+        goal(
+            f"Optuna with pruning on {row['dataset']}: epochs <= 40% of the same trials unpruned",
+            row["epochs_over_unpruned"] if full else None,
+            lambda v: v <= 0.4,
+        )
+        goal(f"Optuna with pruning on {row['dataset']}: best within 2% of the 64-point grid's",
+             row["best_over_grid"] if full else None, lambda v: v <= 1.02)  # fmt: skip
     if "limits" in results:  # the README's promises, once asserted with a clock in tests
         limits = results["limits"]
         goal("a dead server refused within 30 s", limits["dead_server_s"], lambda v: v <= 30)

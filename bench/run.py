@@ -25,6 +25,7 @@ from bench import (  # noqa: E402
     distributed,
     end_to_end,
     limits,
+    optuna_search,
     paths,
     report,
     streamed,
@@ -43,6 +44,7 @@ FULL = {
     "table": [(10_000_000, 100)],
     "streamed": [(10_000_000, 100), (30_000_000, 100)],  # 4 GB and 12 GB on disk
     "distributed": [(10_000_000, 100), (20_000, 100)],  # the goal's shape; a step's latency
+    "optuna": {"n_trials": 30, "epochs": 10, "grid_lrs": 16},  # a 64-point grid
     "repeats": 3,
     "sweep_runs": 16,
     "vectorized": [
@@ -53,7 +55,7 @@ FULL = {
     "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
 SECTIONS = ["throughput", "paths", "large", "table", "streamed", "distributed",
-            "default_experiment", "sweep", "vectorized", "sweeps", "limits"]  # fmt: skip
+            "default_experiment", "sweep", "vectorized", "sweeps", "optuna", "limits"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
     "reference_max_steps": 100,
@@ -63,6 +65,7 @@ QUICK = {
     "table": [(100_000, 10)],
     "streamed": [(100_000, 10), (300_000, 10)],
     "distributed": [(200_000, 10), (2000, 10)],
+    "optuna": {"n_trials": 6, "epochs": 3, "grid_lrs": 2, "datasets": ["tutorial"]},
     "repeats": 1,
     "sweep_runs": 2,
     "vectorized": [  # each case with one of the two plot settings: both kinds still run
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
     section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"],
                                              plan.get("sweeps_variants")))  # fmt: skip
+    section("optuna", lambda: optuna_search.measure(**plan["optuna"]))
     section("limits", limits.measure)
     results["goals"] = report.goals(results)
     results["seconds"] = time.perf_counter() - started

@@ -38,7 +38,7 @@ def test_pruned_trials_stop_early_and_say_so(store):
         if run in pruned:  # KILLED, with every epoch it trained, the last one in its tag
             assert run.info.status == "KILLED"
             assert len(history) == int(run.data.tags["linreg.pruned"]) < 6
-            assert "pruned by Optuna's MedianPruner" in run.data.tags["linreg.failure"]
+            assert "pruned by Optuna's SuccessiveHalvingPruner" in run.data.tags["linreg.failure"]
         else:
             assert run.info.status == "FINISHED" and len(history) == 6
     assert epochs < 12 * 6
@@ -128,3 +128,13 @@ def test_jobs_are_pruned_on_other_launchers(store, launcher):
         assert {c.data.tags["linreg.engine"] for c in finished} == {"vectorized"}
     study = _study(store, "lr_batch_pruned")
     assert sum(t.state.name == "PRUNED" for t in study.trials) == len(pruned)
+
+
+@pytest.mark.slow
+def test_without_a_pruner_every_trial_trains_every_epoch_and_reports_it(store):
+    store.command(*PRUNED, "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner=null")
+    parent, children = sweep_runs(store, "lr_batch_optuna_pruned")
+    assert {c.info.status for c in children} == {"FINISHED"} and len(children) == 6
+    assert parent.data.params["optuna.pruner"] == "none"
+    study = _study(store, "lr_batch_pruned")
+    assert [len(t.intermediate_values) for t in study.trials] == [6] * 6

@@ -7,6 +7,7 @@ parent run. The only module that imports optuna.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ENV_STORAGE = "LINREG_OPTUNA_STORAGE"  # the study's storage URL, for the jobs' trials
 ENV_STUDY = "LINREG_OPTUNA_STUDY"  # the study's name
+ENV_PRUNER = "LINREG_OPTUNA_PRUNER"  # the pruner's spec (JSON; null: none): a job's own pruner
 TAG_TRIAL = "linreg.trial"  # a job's run: its trial's number
 _PRUNED_AT = "linreg.pruned_at"  # the trial's user attribute: the epoch a job was pruned at
 _OWNER = "linreg.sweeper"  # the trial's user attribute: host:pid of the sweep that asked it
@@ -298,6 +300,7 @@ def run_study(config: DictConfig, arguments: Sequence[str], launch: Callable, sw
     study = open_study(settings)
     _fail_stale(study)
     os.environ[ENV_STORAGE], os.environ[ENV_STUDY] = settings.storage, settings.study_name
+    os.environ[ENV_PRUNER] = json.dumps(settings.pruner)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     done_before = _counted(study)
     log.info(f"Optuna study {settings.study_name} in {_masked(settings.storage)}: "
@@ -321,7 +324,7 @@ def run_study(config: DictConfig, arguments: Sequence[str], launch: Callable, sw
             for trial, ret in zip(trials, returns):
                 _tell(study, trial, ret, signals.stop_requested())
     finally:
-        for name in (ENV_STORAGE, ENV_STUDY):
+        for name in (ENV_STORAGE, ENV_STUDY, ENV_PRUNER):
             os.environ.pop(name, None)
         _report(study, settings, sweep)
 
@@ -383,7 +386,10 @@ def trial_reporter(number: int) -> Callable[[int, dict], None] | None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.get_storage(storage)
-    study = optuna.load_study(study_name=name, storage=storage)
+    # The sweep's pruner decides (load_study would give a MedianPruner to a study without one).
+    pruner = _build(json.loads(os.environ.get(ENV_PRUNER) or "null"))
+    pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(name), number
     )
