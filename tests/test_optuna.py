@@ -138,3 +138,25 @@ def test_without_a_pruner_every_trial_trains_every_epoch_and_reports_it(store):
     assert parent.data.params["optuna.pruner"] == "none"
     study = _study(store, "lr_batch_pruned")
     assert [len(t.intermediate_values) for t in study.trials] == [6] * 6
+
+
+@pytest.mark.slow
+def test_two_commands_on_one_study_share_its_trials(store):
+    """Started together on a storage that does not exist yet: both open it, and together
+    they run the study's n_trials, each a parent run of its own."""
+    from tests.test_failures import start_in_group
+
+    args = ["-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=8",
+            "hydra.sweeper.study_name=shared", "trainer.epochs=2"]  # fmt: skip
+    first, second = start_in_group(store, *args), start_in_group(store, *args)
+    try:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+        assert second.wait(timeout=300) == 0, second.stderr.read()
+    finally:
+        first.kill()
+        second.kill()
+    study = _study(store, "shared")
+    assert len(study.trials) == 8 and {t.state.name for t in study.trials} == {"COMPLETE"}
+    runs = store.runs("lr_batch_optuna")
+    assert len([r for r in runs if r.data.tags.get("linreg.sweep") == "true"]) == 2
+    assert len([r for r in runs if "linreg.trial" in r.data.tags]) == 8

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ PRUNERS = {
     "wilcoxon": "WilcoxonPruner",
 }
 DIRECTIONS = ("minimize", "maximize")
+_OPEN_ATTEMPTS = 5
 STUDY_FILE = "optuna.db"  # beside a sqlite MLflow store, unless hydra.sweeper.storage says
 
 
@@ -241,23 +243,31 @@ def open_study(settings: StudySettings):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if settings.storage.startswith("sqlite:///"):
-            folder = Path(settings.storage.removeprefix("sqlite:///")).parent
-            folder.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            study_name=settings.study_name, storage=settings.storage,
-            sampler=_build(settings.sampler), pruner=_build(settings.pruner),
-            direction=settings.direction, load_if_exists=True,
-        )  # fmt: skip
-    except Exception as error:  # sqlalchemy's OperationalError, an unknown dialect, ...
-        from linreg_lab.tracking.store import mask_secrets
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            if settings.storage.startswith("sqlite:///"):
+                folder = Path(settings.storage.removeprefix("sqlite:///")).parent
+                folder.mkdir(parents=True, exist_ok=True)
+            study = optuna.create_study(
+                study_name=settings.study_name, storage=settings.storage,
+                sampler=_build(settings.sampler), pruner=_build(settings.pruner),
+                direction=settings.direction, load_if_exists=True,
+            )  # fmt: skip
+            break
+        except Exception as error:  # sqlalchemy's OperationalError, an unknown dialect, ...
+            # Two commands creating one new storage (or study) at once: one of them loses the
+            # race for its tables; it finds them made a moment later.
+            racing = type(error).__name__ in ("OperationalError", "IntegrityError")
+            if racing and attempt + 1 < _OPEN_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            from linreg_lab.tracking.store import mask_secrets
 
-        text = " ".join(mask_secrets(str(error)).split())[:300]
-        raise ConfigError(
-            f"hydra.sweeper.storage={mask_secrets(settings.storage)}: the study's storage "
-            f"cannot be opened ({text})"
-        ) from None
+            text = " ".join(mask_secrets(str(error)).split())[:300]
+            raise ConfigError(
+                f"hydra.sweeper.storage={mask_secrets(settings.storage)}: the study's storage "
+                f"cannot be opened ({text})"
+            ) from None
     seed = settings.sampler.get("seed")
     asked = len(study.get_trials(deepcopy=False))
     if _whole(seed) and asked:  # resumed: a sampler seeded as before would draw its points again
