@@ -16,6 +16,13 @@ PRUNED = ["-m", "experiment=lr_batch_optuna_pruned", "trainer.epochs=6"]
 
 
 def _study(store, name: str):
+    """The study named name, or the one the last sweep of experiment name searched."""
+    experiment = store.client.get_experiment_by_name(name)
+    if experiment is not None:
+        (parent,) = store.client.search_runs(
+            [experiment.experiment_id], "tags.`linreg.sweep` = 'true'", max_results=1
+        )
+        name = parent.data.params["optuna.study_name"]
     return optuna.load_study(study_name=name, storage=f"sqlite:///{store.root / 'optuna.db'}")
 
 
@@ -44,7 +51,7 @@ def test_pruned_trials_stop_early_and_say_so(store):
     assert epochs < 12 * 6
     assert parent.data.tags["linreg.best_run_id"] not in {r.info.run_id for r in pruned}
     assert parent.data.metrics["optuna.trials.pruned"] == len(pruned)
-    study = _study(store, "lr_batch_pruned")
+    study = _study(store, "lr_batch_optuna_pruned")
     states = {t.number: t.state.name for t in study.trials}
     for run in children:
         expected = "PRUNED" if run in pruned else "COMPLETE"
@@ -58,7 +65,7 @@ def test_a_study_resumes_with_the_trials_it_still_owes(store):
     base = ["-m", "experiment=lr_batch_optuna", "trainer.epochs=1"]
     store.command(*base, "hydra.sweeper.n_trials=3")
     store.command(*base, "hydra.sweeper.n_trials=5")  # the study's total: 2 more
-    study = _study(store, "lr_batch")
+    study = _study(store, "lr_batch_optuna")
     assert len(study.trials) == 5 and {t.state.name for t in study.trials} == {"COMPLETE"}
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 5  # new points
     sweeps = [r for r in store.runs("lr_batch_optuna") if r.data.tags.get("linreg.sweep")]
@@ -126,7 +133,7 @@ def test_jobs_are_pruned_on_other_launchers(store, launcher):
     finished = [c for c in children if c.info.status == "FINISHED"]
     if "hydra/launcher=vectorized" in launcher:  # in passes of several models
         assert {c.data.tags["linreg.engine"] for c in finished} == {"vectorized"}
-    study = _study(store, "lr_batch_pruned")
+    study = _study(store, "lr_batch_optuna_pruned")
     assert sum(t.state.name == "PRUNED" for t in study.trials) == len(pruned)
 
 
@@ -136,7 +143,7 @@ def test_without_a_pruner_every_trial_trains_every_epoch_and_reports_it(store):
     parent, children = sweep_runs(store, "lr_batch_optuna_pruned")
     assert {c.info.status for c in children} == {"FINISHED"} and len(children) == 6
     assert parent.data.params["optuna.pruner"] == "none"
-    study = _study(store, "lr_batch_pruned")
+    study = _study(store, "lr_batch_optuna_pruned")
     assert [len(t.intermediate_values) for t in study.trials] == [6] * 6
 
 
@@ -160,3 +167,19 @@ def test_two_commands_on_one_study_share_its_trials(store):
     runs = store.runs("lr_batch_optuna")
     assert len([r for r in runs if r.data.tags.get("linreg.sweep") == "true"]) == 2
     assert len([r for r in runs if "linreg.trial" in r.data.tags]) == 8
+
+
+def test_a_named_study_searched_otherwise_is_one_line_before_any_new_run(store):
+    base = ["-m", "experiment=lr_batch_optuna", "hydra.sweeper.study_name=named",
+            "hydra.sweeper.n_trials=1", "trainer.epochs=1"]  # fmt: skip
+    store.command(*base)
+    for args, words in [
+        (["trainer.batch_size=choice(10,100)"], ["trainer.batch_size", "choice(10, 32, 100)"]),
+        (["hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=2"],
+         ["hydra.sweeper.direction=maximize", "minimizes"]),
+    ]:  # fmt: skip
+        result = store.command(*base, *args, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert all(word in lines[0] for word in words), lines[0]
+    assert len(store.runs("lr_batch_optuna")) == 2  # the first sweep's parent and its job

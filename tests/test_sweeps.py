@@ -187,7 +187,7 @@ def test_optuna_preset_searches_and_reports(store):
     best = min(children, key=lambda c: c.data.metrics["train/loss"])
     assert parent.data.tags["linreg.best_run_id"] == best.info.run_id
     # The parent is the study: its settings, counts, best trial and Optuna's plots.
-    assert parent.data.params["optuna.study_name"] == "lr_batch"
+    assert parent.data.params["optuna.study_name"].startswith("lr_batch_optuna-")
     assert parent.data.params["optuna.sampler"] == "TPESampler(seed=0)"
     assert parent.data.metrics["optuna.trials.complete"] == 3
     assert parent.data.metrics["optuna.best_value"] == best.data.metrics["train/loss"]

@@ -296,7 +296,8 @@ def test_an_optuna_study_across_2_slurm_tasks(store, cluster):
     runs = store.runs("lr_batch_optuna_pruned")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 8 and len({r.data.tags["linreg.slurm_job"] for r in children}) == 8
-    study = optuna.load_study(study_name="lr_batch_pruned",
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    study = optuna.load_study(study_name=parent.data.params["optuna.study_name"],
                               storage=f"sqlite:///{store.root / 'optuna.db'}")  # fmt: skip
     states = {t.number: t.state.name for t in study.trials}
     assert len(states) == 8 and set(states.values()) <= {"COMPLETE", "PRUNED"}

@@ -155,7 +155,7 @@ def _trials(members) -> tuple[list[dict], list]:
         from linreg_lab.sweep.study import TAG_TRIAL, trial_reporter
 
         tags.append({TAG_TRIAL: str(trial)})
-        hooks.append(trial_reporter(int(trial)))
+        hooks.append(trial_reporter(int(trial), int(cfg.trainer.epochs)))
     return tags, hooks
 
 

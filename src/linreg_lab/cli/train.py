@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> float:
     from linreg_lab import build, console, sweep
     from linreg_lab.config.errors import exit_on_user_error
     from linreg_lab.experiment import run_experiment
-    from linreg_lab.tracking import FINISHED
+    from linreg_lab.tracking import FINISHED, KILLED
 
     hydra_cfg = HydraConfig.get()
     _paths_from_where_the_user_stands(cfg)
@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> float:
         from linreg_lab.sweep.study import TAG_TRIAL, trial_reporter
 
         arguments["tags"][TAG_TRIAL] = str(trial)
-        arguments["on_epoch"] = trial_reporter(int(trial))
+        arguments["on_epoch"] = trial_reporter(int(trial), int(cfg.trainer.epochs))
     try:
         with exit_on_user_error():
             outcome = run_experiment(
@@ -92,6 +92,8 @@ def train(cfg: DictConfig) -> float:
         return math.inf
     if job is not None:
         console.job_line(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", outcome)
+        if outcome.status == KILLED:  # pruned (its sweeper knows): not a replicate's value
+            return math.inf
         return sweep.job_value(outcome.objective, plain)
     if outcome.status != FINISHED:  # a diverged run: the run is complete, the training not
         sys.exit(1)

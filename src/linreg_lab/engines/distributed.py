@@ -204,9 +204,16 @@ def train_data_parallel(
             process.start()
             ranks.append(process)
             del part  # in shared memory now, held by its rank
-        _join_world(0, processes, f"tcp://127.0.0.1:{port}", job.threads)
         try:
-            on_places(_places(processes))
+            _join_world(0, processes, f"tcp://127.0.0.1:{port}", job.threads)
+        except RuntimeError as error:  # a rank died before it joined (its imports, OOM)
+            raise _failure(ranks, error) from None
+        try:
+            try:
+                places = _places(processes)
+            except RuntimeError as error:
+                raise _failure(ranks, error) from None
+            on_places(places)
             share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
             _train(theta, job, share_rows(X, y, *rows[0]), share, on_epoch_end)
         finally:
@@ -231,7 +238,9 @@ def train_in_world(
     lo, hi = blocks(X.shape[0], world.size)[world.rank]
     rows = share_rows(X, y, lo, hi)
 
-    def lost(error: BaseException) -> RankFailed:
+    def lost(error: BaseException) -> BaseException:
+        if signals.stop_requested():  # scancel's SIGTERM reached every task: a stop
+            return signals.Interrupted(signals.received() or signal.SIGTERM)
         return RankFailed(f"rank {world.rank} of {world.size} ({world.source}): another rank "
                           f"stopped or lost contact ({_first_line(error)})")  # fmt: skip
 
@@ -281,8 +290,10 @@ def _train(theta: torch.Tensor, job: Job, rows: torch.Tensor, share: Share, on_e
 def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) -> None:
     """A rank other than 0: join the world, train its share, log nothing."""
     _die_with_parent()
-    # Ctrl-C reaches the whole process group: rank 0 decides, and ends this rank.
+    # Ctrl-C reaches the whole process group: rank 0 decides, and ends this rank (SIGTERM: at
+    # once; importing linreg-train's module here made it a flag to be checked).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     rows = _in_huge_pages(rows)  # and the shared copy released
     try:
         _join_world(rank, size, f"tcp://127.0.0.1:{port}", job.threads)
@@ -322,8 +333,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _failure(ranks, error: BaseException) -> RankFailed:
-    """Rank 0's reduction failed: which rank died, and how (its exit), if one did."""
+def _failure(ranks, error: BaseException) -> BaseException:
+    """Rank 0's reduction failed: which rank died, and how (its exit), if one did; a stop
+    (Ctrl-C, SIGTERM, scancel to every task) that reached the other ranks first is a stop."""
+    if signals.stop_requested():
+        return signals.Interrupted(signals.received() or signal.SIGTERM)
     for rank, process in enumerate(ranks, start=1):
         process.join(timeout=2.0 if rank == 1 else 0.2)
         code = process.exitcode

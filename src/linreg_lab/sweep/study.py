@@ -239,7 +239,7 @@ def _digest(space: dict, fixed: list[str], direction: str) -> str:
 
 def open_study(settings: StudySettings):
     """The study (created, or loaded to resume it); ConfigError when its storage is not
-    reachable, or holds a study of the other direction."""
+    reachable."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -275,6 +275,27 @@ def open_study(settings: StudySettings):
     return study
 
 
+def _check_same_search(study, settings: StudySettings) -> None:
+    """A study resumed under its name must be searched as before: the same direction, and the
+    same choices for a categorical key (Optuna refuses another value space)."""
+    if study.direction.name.lower() != settings.direction:
+        _fail("hydra.sweeper.direction", settings.direction,
+              f"study {settings.study_name} {study.direction.name.lower()}s; name a new "
+              "study (hydra.sweeper.study_name) to search the other way")  # fmt: skip
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False):
+        for key, before in trial.distributions.items():
+            now = settings.space.get(key)
+            categorical = optuna.distributions.CategoricalDistribution
+            if isinstance(before, categorical) and now is not None and now != before:
+                _fail(key, f"choice{tuple(getattr(now, 'choices', ()))}",
+                      f"study {settings.study_name} searched {key} over "
+                      f"choice{tuple(before.choices)}; keep them, or name a new study "
+                      "(hydra.sweeper.study_name)")  # fmt: skip
+        return  # one trial shows the space the study was searched over
+
+
 def owed(study, settings: StudySettings) -> int:
     """How many trials the study still owes of its n_trials."""
     return max(0, settings.n_trials - _counted(study))
@@ -285,6 +306,7 @@ def check(config: DictConfig, arguments: Sequence[str]) -> str | None:
     (raises ConfigError); what to say instead of sweeping when the study owes no trial."""
     settings = settings_of(config, arguments)
     study = open_study(settings)
+    _check_same_search(study, settings)
     _fail_stale(study)
     if owed(study, settings):
         return None
@@ -316,9 +338,12 @@ def run_study(config: DictConfig, arguments: Sequence[str], launch: Callable, sw
     log.info(f"Optuna study {settings.study_name} in {_masked(settings.storage)}: "
              f"{done_before} of {settings.n_trials} trials done before")  # fmt: skip
     number = 0
+    # This command asks at most the trials owed when it started: a trial that fails (its job
+    # raised) is owed again, to the next command, not asked again here without end.
+    budget = owed(study, settings)
     try:
-        while not signals.stop_requested():
-            count = owed(study, settings)
+        while not signals.stop_requested() and number < budget:
+            count = min(owed(study, settings), budget - number)
             if count <= 0:
                 break
             trials = [study.ask(settings.space) for _ in range(min(settings.n_jobs, count))]
@@ -385,10 +410,11 @@ def _tell(study, trial, ret, stopping: bool) -> None:
 # --- a job's trial ---------------------------------------------------------------------------
 
 
-def trial_reporter(number: int) -> Callable[[int, dict], None] | None:
+def trial_reporter(number: int, epochs: int) -> Callable[[int, dict], None] | None:
     """In a job of an Optuna sweep (sweep.trial=number): report each epoch's ranking metric
-    (val/loss, else train/loss) to the trial; raise StopEarly when the study's pruner says so.
-    None outside an Optuna sweep (no study in the environment)."""
+    (val/loss, else train/loss) to the trial; raise StopEarly when the study's pruner says so,
+    before the last of the job's epochs (a run that trained them all is complete). None
+    outside an Optuna sweep (no study in the environment)."""
     storage, name = os.environ.get(ENV_STORAGE), os.environ.get(ENV_STUDY)
     if not storage or not name:
         return None
@@ -410,7 +436,7 @@ def trial_reporter(number: int) -> Callable[[int, dict], None] | None:
         if value is None or not math.isfinite(value):
             return  # a diverged epoch: the run ends FAILED by itself
         trial.report(float(value), epoch)
-        if trial.should_prune():
+        if epoch < epochs and trial.should_prune():
             trial.set_user_attr(_PRUNED_AT, epoch)
             raise StopEarly(
                 f"pruned by Optuna's {type(study.pruner).__name__} at epoch {epoch} (trial "
