@@ -65,7 +65,7 @@ QUICK = {
     "table": [(100_000, 10)],
     "streamed": [(100_000, 10), (300_000, 10)],
     "distributed": [(200_000, 10), (2000, 10)],
-    "optuna": {"n_trials": 6, "epochs": 3, "grid_lrs": 2, "datasets": ["tutorial"]},
+    "optuna": {"n_trials": 4, "epochs": 2, "grid_lrs": 2, "datasets": ["tutorial"]},
     "repeats": 1,
     "sweep_runs": 2,
     "vectorized": [  # each case with one of the two plot settings: both kinds still run

@@ -59,9 +59,9 @@ def test_the_programs_rows(tmp_path, template_store):
     results, _ = quick(tmp_path, template_store, "default_experiment", "sweep", "limits",
                        "optuna")  # fmt: skip
     (optuna,) = results["optuna"]  # three real sweeps on the tutorial's data
-    assert optuna["pruned"]["jobs"] == optuna["unpruned"]["jobs"] == 6
+    assert optuna["pruned"]["jobs"] == optuna["unpruned"]["jobs"] == 4
     assert optuna["grid"]["jobs"] == 8 and optuna["unpruned"]["pruned"] == 0
-    assert optuna["unpruned"]["epochs"] == 6 * 3 >= optuna["pruned"]["epochs"]
+    assert optuna["unpruned"]["epochs"] == 4 * 2 >= optuna["pruned"]["epochs"]
     assert 0 < optuna["best_over_grid"] < 10
     assert results["default_experiment"]["ours_s"] > 0
     assert results["default_experiment"]["reference_s"] > 0
