@@ -185,3 +185,46 @@ def test_torchrun_starts_the_ranks_and_rank_0_writes_the_one_run(store):
     assert two.params["trainer.processes"] == "2"  # the world size, from torchrun's environment
     for key in ("param/w_0", "param/b", "train/loss"):
         assert two.metrics[key] == pytest.approx(runs["one"].data.metrics[key], rel=1e-4), key
+
+
+def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):
+    """Every rank walks the same windows and takes its slice of each global batch: the same
+    batches as one process streaming, shuffled, so the same parameters (float32 rounding)."""
+    from linreg_lab.tables import load_table
+    from tests.test_streamed import _folder, _table
+
+    folder = _folder(tmp_path, _table())
+    split = {"val": 0.2, "test": 0.0, "seed": 3}
+    table = load_table(str(folder), "price", split=split, stream=True, shuffle_window=500)
+    one, one_losses, _ = _trained(table, compiled="true", batch_size=32)
+    for processes in (2, 3):
+        many, losses, places = _trained(table, processes=processes, batch_size=32)
+        torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
+        assert losses == pytest.approx(one_losses, rel=1e-3) and len(places) == processes
+
+
+@pytest.mark.slow
+def test_linreg_train_streams_a_folder_on_3_ranks_and_ctrl_c_stops_them(tmp_path, store):
+    from tests.test_failures import start_in_group, wait_for_metric
+    from tests.test_streamed import _folder, _table
+
+    folder = _folder(tmp_path, _table(30_000))
+    table = ["dataset=table", f"dataset.path={folder}", "dataset.target=price",
+             "dataset.stream=true", "trainer.processes=3"]  # fmt: skip
+    store.command(*table, "trainer.epochs=2", "tracking.run_name=short")
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED" and run.data.tags["linreg.streamed"] == "true"
+    assert len(run.data.tags["linreg.ranks"].split()) == 3
+    process = start_in_group(store, *table, "dataset.shuffle_window=1000",
+                             "trainer.epochs=100000")  # fmt: skip
+    try:
+        wait_for_metric(store, "linreg", count=2)
+        ranks = _ranks_of(process.pid)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        process.kill()
+    killed = [r for r in store.runs() if r.info.status == "KILLED"]
+    assert len(killed) == 1 and len(ranks) == 2
+    time.sleep(2)
+    assert not [rank for rank in ranks if os.path.exists(f"/proc/{rank}")]

@@ -50,12 +50,11 @@ def choose_engine(
     """The engine that trains model: raises EngineError for a choice it cannot honour (a
     streamed table, and a job of several processes, train with the analytic engine only)."""
     engine = _choose(requested, model, sgd_hyper(optimizer_factory))
-    if processes > 1 and (engine != "analytic" or streamed):
-        needs = "a streamed table" if streamed else f"the {engine} engine"
+    if processes > 1 and engine != "analytic":
         raise EngineError(
             f"trainer.processes={processes}: data-parallel jobs train a linear model with SGD "
-            "on a table in memory (model=linear, optimizer=sgd, dataset.stream=false or auto); "
-            f"this run needs {needs} (set trainer.processes=1)"
+            f"(model=linear, optimizer=sgd); this run needs the {engine} engine (set "
+            "trainer.processes=1)"
         )
     if streamed and engine != "analytic":
         raise EngineError(
@@ -169,11 +168,24 @@ def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places, wo
     job = Job(hyper, data.num_samples, settings.epochs, settings.shuffle, settings.seed,
               settings.batch_size, threads)  # fmt: skip
 
-    def train(theta, X, y, report) -> None:
+    def train(theta, X, y, report, table=None) -> None:
         if world is not None:
-            train_in_world(theta, job, X, y, world, report, on_places)
+            train_in_world(theta, job, X, y, world, report, on_places, table)
         else:
-            train_data_parallel(theta, job, X, y, settings.processes, report, on_places)
+            train_data_parallel(theta, job, X, y, settings.processes, report, on_places, table)
+
+    if data.streamed:  # every rank walks the table's windows (engines.distributed)
+        model.to("cpu")
+        weight, bias = model.weight.detach().view(-1), model.bias.detach()
+        theta = torch.cat((weight, bias))
+        d = data.num_features
+        try:
+            train(theta, None, None,
+                  lambda epoch, loss, b: on_epoch_end(epoch, loss, theta[:d], b), data)  # fmt: skip
+        finally:  # also when a callback stops training (divergence, Ctrl-C)
+            weight.copy_(theta[:d])
+            bias.copy_(theta[d:])
+        return
 
     _fit_analytic(model, hyper, data.to("cpu"), None, settings, on_epoch_end, train)
 

@@ -9,6 +9,12 @@ every rank the global batch's gradient, and every rank takes the same step (anal
 torch.optim.SGD's update). trainer.batch_size is the global batch: results equal one
 process's to float32 rounding.
 
+A streamed table (streamed.StreamedTable) is trained the same way with the same windows on
+every rank: each rank reads the whole table in the epoch's seeded order (its own read-ahead,
+on its own core) and takes its contiguous slice of each global batch of each window, so the
+batches are the single process's and so are the results; the statistics pass is every
+rank's own, over the same rows, giving the same sums.
+
 Rank 0 is the run's own process: it starts the other ranks (spawned processes that die with
 it), measures and logs every epoch, and ends them when training ends or stops. The other
 ranks only train: they log nothing. A rank that dies breaks the next all_reduce (gloo sees its
@@ -178,27 +184,30 @@ def _in_huge_pages(rows: torch.Tensor) -> torch.Tensor:
 def train_data_parallel(
     theta: torch.Tensor,
     job: Job,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    X: torch.Tensor | None,
+    y: torch.Tensor | None,
     processes: int,
     on_epoch_end: Callable[[int, float, float], None],
     on_places: Callable[[list[str]], None] = lambda places: None,
+    table=None,
 ) -> None:
     """Train theta = [w, b] (updated in place) as rank 0 of processes ranks on this machine.
 
     on_epoch_end(epoch, last_batch_loss, b) runs here after each epoch; on_places(places):
-    where each rank runs ("host:pid"), once they have all joined.
+    where each rank runs ("host:pid"), once they have all joined. table: a streamed table
+    (X and y None): every rank trains its slice of each of its windows' batches.
     """
-    rows = blocks(X.shape[0], processes)
+    rows = blocks(X.shape[0] if table is None else 0, processes)
     port = free_port()
     context = torch.multiprocessing.get_context("spawn")
     ranks = []
     try:
         for rank in range(1, processes):
-            part = share_rows(X, y, *rows[rank]).clone().share_memory_()
+            part = None if table is not None else (
+                share_rows(X, y, *rows[rank]).clone().share_memory_())  # fmt: skip
             process = context.Process(
                 target=_rank_main,
-                args=(rank, processes, port, job, theta.clone(), rows[rank], part),
+                args=(rank, processes, port, job, theta.clone(), rows[rank], part, table),
                 name=f"linreg-rank-{rank}", daemon=False,
             )  # fmt: skip
             process.start()
@@ -215,7 +224,10 @@ def train_data_parallel(
                 raise _failure(ranks, error) from None
             on_places(places)
             share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
-            _train(theta, job, share_rows(X, y, *rows[0]), share, on_epoch_end)
+            if table is not None:
+                _train_windows(theta, job, table, share, on_epoch_end)
+            else:
+                _train(theta, job, share_rows(X, y, *rows[0]), share, on_epoch_end)
         finally:
             _leave_world()
         _wait(ranks)
@@ -231,12 +243,13 @@ def train_in_world(
     world: World,
     on_epoch_end: Callable[[int, float, float], None],
     on_places: Callable[[list[str]], None] = lambda places: None,
+    table=None,
 ) -> None:
     """Train theta as world.rank of a world its launcher started (SLURM's tasks, torchrun):
     every rank loaded the table and trains its block; rank 0 reports (on_epoch_end,
     on_places). A rank that stops (rank 0 ending training too) stops the others' next step."""
-    lo, hi = blocks(X.shape[0], world.size)[world.rank]
-    rows = share_rows(X, y, lo, hi)
+    lo, hi = blocks(X.shape[0] if table is None else 0, world.size)[world.rank]
+    rows = share_rows(X, y, lo, hi) if table is None else None
 
     def lost(error: BaseException) -> BaseException:
         if signals.stop_requested():  # scancel's SIGTERM reached every task: a stop
@@ -256,7 +269,11 @@ def train_in_world(
         if world.rank == 0:
             on_places(places)
         report = on_epoch_end if world.rank == 0 else (lambda *args: None)
-        _train(theta, job, rows, Share(world.rank, world.size, lo, hi, lost), report)
+        share = Share(world.rank, world.size, lo, hi, lost)
+        if table is not None:
+            _train_windows(theta, job, table, share, report)
+        else:
+            _train(theta, job, rows, share, report)
     finally:
         _leave_world()
 
@@ -287,14 +304,42 @@ def _train(theta: torch.Tensor, job: Job, rows: torch.Tensor, share: Share, on_e
         on_epoch_end(epoch, float(sums[d + 1]) / count, float(theta[d]))
 
 
-def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) -> None:
+def _train_windows(theta: torch.Tensor, job: Job, table, share: Share, on_epoch_end) -> None:
+    """A streamed table: every rank walks the same windows; of each global batch of a window
+    this rank sums rows [start + rank * count // size, start + (rank + 1) * count // size)."""
+    gradient_sums = kernels().gradient_sums
+    d = theta.shape[0] - 1
+    theta_np = theta.numpy()
+    sums = torch.zeros(d + 2, dtype=theta.dtype)
+    sums_np, grad = sums.numpy(), sums[: d + 1]
+    buf = None
+    batch, rank, size = job.batch_size, share.rank, share.size
+    for epoch in range(1, job.epochs + 1):
+        count = batch
+        for rows, order in table.windows(epoch, job.shuffle, job.seed, batch):
+            y = rows[:, d]
+            n = order.shape[0]
+            for step, start in enumerate(range(0, n, batch)):
+                if step % 64 == 0:
+                    signals.check()
+                count = min(batch, n - start)
+                lo, hi = start + rank * count // size, start + (rank + 1) * count // size
+                gradient_sums(rows, y, order, lo, hi, theta_np, sums_np)
+                share.reduce(sums)
+                grad.mul_(2.0 / count)
+                buf = sgd_step(theta, grad, job.hyper, buf)
+        on_epoch_end(epoch, float(sums[d + 1]) / count, float(theta[d]))
+
+
+def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, table) -> None:
     """A rank other than 0: join the world, train its share, log nothing."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group: rank 0 decides, and ends this rank (SIGTERM: at
     # once; importing linreg-train's module here made it a flag to be checked).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    rows = _in_huge_pages(rows)  # and the shared copy released
+    if rows is not None:
+        rows = _in_huge_pages(rows)  # and the shared copy released
     try:
         _join_world(rank, size, f"tcp://127.0.0.1:{port}", job.threads)
         _places(size)
@@ -302,7 +347,11 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows) ->
         def peer_gone(error: BaseException) -> BaseException:
             return RankFailed(f"rank {rank}: rank 0 stopped ({_first_line(error)})")
 
-        _train(theta, job, rows, Share(rank, size, *block, peer_gone), lambda *args: None)
+        share = Share(rank, size, *block, peer_gone)
+        if table is not None:
+            _train_windows(theta, job, table, share, lambda *args: None)
+        else:
+            _train(theta, job, rows, share, lambda *args: None)
         _leave_world()
     except RankFailed:  # rank 0 stopped training (it ends this rank too): nothing to add
         sys.exit(1)
