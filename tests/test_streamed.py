@@ -101,6 +101,45 @@ def test_every_epoch_visits_every_training_row_once_in_a_seeded_order(tmp_path):
     assert np.allclose(in_file_order + center, train, rtol=1e-5)  # shuffle=false: file order
 
 
+def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
+    tmp_path, monkeypatch
+):
+    """A data-parallel rank's view (StreamedTable.shares): it reads only its row groups, and
+    its rows, put where its order says, rebuild with the other ranks' the single process's
+    windows exactly (with a split and the dropped rows of missing values)."""
+    from linreg_lab import streamed
+
+    frame = _table()
+    frame.loc[[5, 1200, 2999], "a"] = np.nan
+    data = load_table(str(_folder(tmp_path, frame)), "price", missing="drop",
+                      split={"val": 0.2, "test": 0.0, "seed": 3}, stream=True,
+                      shuffle_window=300)  # fmt: skip
+    reads = []
+    real_read = streamed.RowGroups.read
+
+    def counted(self, file, group, columns):
+        reads.append((file, group))
+        return real_read(self, file, group, columns)
+
+    monkeypatch.setattr(streamed.RowGroups, "read", counted)
+    whole = [rows[order].copy() for rows, order in data.windows(2, True, 5, 32)]
+    assert len(reads) == len(data.groups) and len(whole) > 2
+    for size in (2, 3):
+        reads.clear()
+        shares = [[(rows.copy(), order, owned) for rows, order, owned in
+                   data.shares(2, True, 5, 32, rank, size)] for rank in range(size)]  # fmt: skip
+        assert sorted(reads) == sorted({(f, g) for f, g, _ in data.groups})  # each group once
+        held = [sum(owned for _, _, owned in share) for share in shares]
+        assert sum(held) == data.num_samples and max(held) < 0.7 * data.num_samples
+        for w, rows in enumerate(whole):
+            rebuilt = np.full_like(rows, np.nan)
+            for share in shares:
+                local, order, owned = share[w]
+                mine = order < owned
+                rebuilt[mine] = local[order[mine]]
+            np.testing.assert_array_equal(rebuilt, rows)
+
+
 def test_held_out_losses_are_those_of_the_held_out_rows(tmp_path):
     frame = _table(2000)
     folder = _folder(tmp_path, frame)

@@ -11,8 +11,11 @@ so. Nothing here holds more than a window of rows (and one row group read ahead)
 - Each epoch reads the row groups again (shuffled, seeded), keeps their training rows,
   standardizes them, and fills a window of `window` rows (a multiple of the batch size);
   each full window's rows are shuffled (seeded) and trained on in batches; what is left at
-  the end is the last window. trainer.shuffle=false keeps the file's order throughout: the
-  batches are then exactly those of the same table in memory.
+  the end is the last window. Each row group's count of training rows, from the first pass,
+  fixes every window's bounds before a row is read: so data-parallel ranks (shares) can each
+  read only their own row groups and still walk one process's windows. trainer.shuffle=false
+  keeps the file's order throughout: the batches are then exactly those of the same table
+  in memory.
 - The split: each row's part is drawn from a seeded hash of its row number in the table
   (dataset.split.seed), so the parts' sizes are the fractions up to sampling noise (in memory
   they are exact: a permutation of all rows, which streaming cannot hold).
@@ -117,6 +120,7 @@ class StreamedTable:
     files: tuple[str, ...]
     metadata: tuple = field(compare=False, repr=False)  # each file's footer (pyarrow's)
     groups: tuple[tuple[int, int, int], ...]  # (file, row group, first row in the table)
+    group_rows: tuple[int, ...]  # each row group's training rows (the first pass's count)
     columns: tuple[str, ...]  # the features, then the target
     fractions: SplitFractions
     missing: str
@@ -179,44 +183,91 @@ class StreamedTable:
         loop that loads tables (kernels.pack_columns: less the centre, as float32), then scaled
         in place (kernels.affine_columns); rows of other parts, and rows with a missing value
         when the first pass dropped some, go to a scratch row past the window."""
+        for rows, order, _ in self._windows(epoch, shuffle, seed, batch_size, 0, 1):
+            yield rows, order
+
+    def shares(
+        self, epoch: int, shuffle: bool, seed: int, batch_size: int, rank: int, size: int
+    ) -> Iterator:
+        """A data-parallel rank's view of epoch epoch's windows (size ranks): the same windows
+        and orders on every rank, each rank reading only the row groups it owns (those at
+        positions rank, rank + size, ... of the epoch's group order). Yields (rows, order,
+        owned): rows the window's rows this rank owns (owned of them, in window order), order
+        the window's order with those rows numbered 0 .. owned - 1 and the others owned ..
+        n - 1 (so a global batch's part here is its entries below owned)."""
+        for rows, order, mine in self._windows(epoch, shuffle, seed, batch_size, rank, size):
+            owned = len(rows)
+            if size > 1:
+                relabel = np.empty(len(order), np.int64)
+                relabel[mine] = np.arange(owned)
+                relabel[~mine] = np.arange(owned, len(order))
+                order = relabel[order]
+            yield rows, order, owned
+
+    def _windows(self, epoch, shuffle, seed, batch_size, rank, size) -> Iterator:
+        """(rows, order, mine): the epoch's windows, each as the rows rank reads of it, the
+        window's order, and which of its rows those are (a mask; None for one rank).
+
+        Every window is cut from the epoch's training rows by the training rows each row group
+        holds (counted by the first pass), so a rank knows every window's bounds without reading
+        the groups of the others."""
         from linreg_lab.engines import kernels
 
         width = len(self.columns)
-        size = max(batch_size, -(-self.window // batch_size) * batch_size)
+        size_rows = max(batch_size, -(-self.window // batch_size) * batch_size)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.groups)) if shuffle else np.arange(len(self.groups))
+        counts = np.asarray(self.group_rows, np.int64)[order]  # training rows, epoch order
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        total = int(ends[-1]) if len(ends) else 0
+        mine = [p for p in range(rank, len(order), size) if counts[p]]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
-        buffer = np.empty((size + 1, width), np.float32)  # the last row: scratch
+        buffer = np.empty((size_rows + 1, width), np.float32)  # the last row: scratch
         no_offset, none = np.zeros(width), np.zeros(width)
-        filled = 0
-
-        def window(rows: int):
-            kernels.affine_columns(buffer[:rows], no_offset, inverse)
-            return buffer[:rows], (rng.permutation(rows) if shuffle else np.arange(rows))
-
-        groups = [self.groups[i] for i in order]
+        groups = [self.groups[order[p]] for p in mine]
         reading = _read_columns(self.files, self.metadata, self.columns, self.fractions, groups)
-        for columns, parts in reading:
-            kept = parts == TRAIN
-            if self.dropped_rows:  # (a pass over every value: only where some were missing)
-                for column in columns:
-                    kept &= np.isfinite(column)
-            train = np.flatnonzero(kept)
-            dest = np.full(len(parts), size, np.int64)
-            k = 0
-            while k < len(train):
-                take = min(size - filled, len(train) - k)
-                rows = train[k : k + take]
-                dest[rows] = np.arange(filled, filled + take)
+        positions = iter(mine)
+        p, group = next(positions, None), None
+        for lo in range(0, total, size_rows):
+            hi = min(lo + size_rows, total)
+            owned = np.zeros(hi - lo, bool) if size > 1 else None
+            filled = 0
+            while p is not None and starts[p] < hi:
+                if group is None:
+                    group = self._training_rows(next(reading), counts[p], size_rows)
+                columns, train, dest = group
+                a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
+                rows = train[a:b]
+                dest[rows] = np.arange(filled, filled + len(rows))
                 kernels.pack_columns(columns, int(rows[0]), int(rows[-1]) + 1, 0, dest, 0,
                                      center, buffer, none, none.copy())  # fmt: skip
-                filled, k = filled + take, k + take
-                if filled == size:
-                    yield window(size)
-                    filled = 0
-        if filled:
-            yield window(filled)
+                if owned is not None:
+                    owned[starts[p] + a - lo : starts[p] + b - lo] = True
+                filled += len(rows)
+                if ends[p] > hi:  # the group goes on in the next window
+                    break
+                p, group = next(positions, None), None
+            kernels.affine_columns(buffer[:filled], no_offset, inverse)
+            n = hi - lo
+            yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
+
+    def _training_rows(self, read: tuple, expected: int, scratch: int) -> tuple:
+        """A row group's (columns, its training rows, their places in the window: scratch
+        until packed), checked against the first pass's count."""
+        columns, parts = read
+        kept = parts == TRAIN
+        if self.dropped_rows:  # (a pass over every value: only where some were missing)
+            for column in columns:
+                kept &= np.isfinite(column)
+        train = np.flatnonzero(kept)
+        if len(train) != expected:
+            raise DataError(
+                f"dataset.path={self.source.path}: a row group holds {len(train)} training "
+                f"rows, {expected} in the first pass: the table changed while training"
+            )
+        return columns, train, np.full(len(parts), scratch, np.int64)
 
 
 def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
@@ -287,8 +338,10 @@ def load_streamed(
     counts = np.zeros(3, np.int64)
     shift: np.ndarray | None = None
     dropped = 0
+    group_rows = []
     for arrays, parts in _read_columns(files, metadata, columns, fractions, groups):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
+        group_rows.append(0)
         if not len(parts):
             continue
         if shift is None:  # every column centred by it, the target too: float64 keeps digits
@@ -320,6 +373,7 @@ def load_streamed(
                 if rows.shape[1]:
                     sums[part] += rows @ rows.T
                     counts[part] += rows.shape[1]
+            group_rows[-1] += int((kept == TRAIN).sum())
     if dropped:
         if dropped == first:
             raise DataError(f"{where}: every row has a missing value ({dropped} dropped)")
@@ -348,7 +402,7 @@ def load_streamed(
         return from_sums(torch.from_numpy(standardized), n, loss=centred / scale[d] ** 2)
 
     return StreamedTable(
-        files, metadata, tuple(groups), tuple(columns), fractions, missing, scaling, solved(TRAIN),
-        solved(VAL), solved(TEST), source, (int(counts[VAL]), int(counts[TEST])), dropped,
-        int(window),
+        files, metadata, tuple(groups), tuple(group_rows), tuple(columns), fractions, missing,
+        scaling, solved(TRAIN), solved(VAL), solved(TEST), source,
+        (int(counts[VAL]), int(counts[TEST])), dropped, int(window),
     )  # fmt: skip

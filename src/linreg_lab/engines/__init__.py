@@ -8,6 +8,7 @@ loop. Nothing here knows about configs, MLflow or sweeps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -138,22 +139,31 @@ def _fit_streamed(model, hyper, data, settings, on_epoch_end: EpochCallback) -> 
     from linreg_lab.engines.analytic import CompiledSteps
 
     model.to("cpu")
-    weight, bias = model.weight.detach().view(-1), model.bias.detach()
-    theta = torch.cat((weight, bias))
     d = data.num_features
     width = (d + 1) * 4
-    stepper = CompiledSteps(theta, hyper, min(data.window, data.num_samples) * width,
-                            settings.batch_size)  # fmt: skip
-    try:
+    with _theta_of(model) as theta:
+        stepper = CompiledSteps(theta, hyper, min(data.window, data.num_samples) * width,
+                                settings.batch_size)  # fmt: skip
         for epoch in range(1, settings.epochs + 1):
             loss = float("nan")
             for rows, order in data.windows(epoch, settings.shuffle, settings.seed,
                                             settings.batch_size):  # fmt: skip
                 loss = stepper.run(rows, rows[:, d], order)
             on_epoch_end(epoch, loss, theta[:d], float(theta[d]))
-    finally:  # also when a callback stops training (divergence, Ctrl-C)
-        weight.copy_(theta[:d])
-        bias.copy_(theta[d:])
+
+
+@contextlib.contextmanager
+def _theta_of(model: nn.Module):
+    """theta = [w, b] of a linear model, trained outside it (no autograd, no no_grad); the
+    model gets theta's values at the end, also when a callback stops training (divergence,
+    Ctrl-C). Detached views share the parameters' storage and version counter."""
+    weight, bias = model.weight.detach().view(-1), model.bias.detach()
+    theta = torch.cat((weight, bias))
+    try:
+        yield theta
+    finally:
+        weight.copy_(theta[:-1])
+        bias.copy_(theta[-1:])
 
 
 def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places, world) -> None:
@@ -176,15 +186,10 @@ def _fit_data_parallel(model, hyper, data, settings, on_epoch_end, on_places, wo
 
     if data.streamed:  # every rank walks the table's windows (engines.distributed)
         model.to("cpu")
-        weight, bias = model.weight.detach().view(-1), model.bias.detach()
-        theta = torch.cat((weight, bias))
-        d = data.num_features
-        try:
+        with _theta_of(model) as theta:
+            d = data.num_features
             train(theta, None, None,
                   lambda epoch, loss, b: on_epoch_end(epoch, loss, theta[:d], b), data)  # fmt: skip
-        finally:  # also when a callback stops training (divergence, Ctrl-C)
-            weight.copy_(theta[:d])
-            bias.copy_(theta[d:])
         return
 
     _fit_analytic(model, hyper, data.to("cpu"), None, settings, on_epoch_end, train)
@@ -194,26 +199,16 @@ def _fit_analytic(
     model, hyper, data, orders, settings, on_epoch_end: EpochCallback, train=None
 ) -> None:
     """theta = [w, b] trains outside the model (no autograd); the model gets it at the end."""
-    X = data.X
-    weight, bias = model.weight, model.bias
-    if weight.device != X.device:
-        model.to(X.device)
-        weight, bias = model.weight, model.bias
-    # Detached views share the parameters' storage and version counter: no autograd, no no_grad.
-    weight, bias = weight.detach().view(-1), bias.detach()
-    theta = torch.cat((weight, bias))
-    w, b_slot = theta[:-1], theta[-1:]
+    if model.weight.device != data.X.device:
+        model.to(data.X.device)
+    with _theta_of(model) as theta:
+        w = theta[:-1]
 
-    def report(epoch: int, last_batch_loss: float, b: float) -> None:
-        on_epoch_end(epoch, last_batch_loss, w, b)
+        def report(epoch: int, last_batch_loss: float, b: float) -> None:
+            on_epoch_end(epoch, last_batch_loss, w, b)
 
-    try:
         if train is not None:  # another way to train theta (data-parallel ranks)
-            train(theta, X, data.y, report)
+            train(theta, data.X, data.y, report)
         else:
-            epochs = settings.epochs
-            train_analytic(theta, hyper, X, data.y, orders, settings.batch_size, report, epochs,
-                           settings.compiled)  # fmt: skip
-    finally:  # also when a callback stops training (divergence, Ctrl-C)
-        weight.copy_(w)
-        bias.copy_(b_slot)
+            train_analytic(theta, hyper, data.X, data.y, orders, settings.batch_size, report,
+                           settings.epochs, settings.compiled)  # fmt: skip

@@ -9,11 +9,11 @@ every rank the global batch's gradient, and every rank takes the same step (anal
 torch.optim.SGD's update). trainer.batch_size is the global batch: results equal one
 process's to float32 rounding.
 
-A streamed table (streamed.StreamedTable) is trained the same way with the same windows on
-every rank: each rank reads the whole table in the epoch's seeded order (its own read-ahead,
-on its own core) and takes its contiguous slice of each global batch of each window, so the
-batches are the single process's and so are the results; the statistics pass is every
-rank's own, over the same rows, giving the same sums.
+A streamed table (streamed.StreamedTable) is trained the same way, window by window: every
+rank walks the same windows and orders (one process's), but reads only the row groups it owns
+(every size-th of the epoch's group order, StreamedTable.shares), and sums the rows of each
+global batch that came from them; so the Parquet decoding is split between the ranks and the
+batches, and the results, are still the single process's.
 
 Rank 0 is the run's own process: it starts the other ranks (spawned processes that die with
 it), measures and logs every epoch, and ends them when training ends or stops. The other
@@ -32,7 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,15 +62,6 @@ class Share:
     lo: int
     hi: int
     failed: Callable[[BaseException], BaseException]  # the error to raise when a peer is gone
-
-    def batches(self, order: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of an epoch's order this rank owns (indices into its share, in order) and
-        where each global batch's part begins: batch i is own[bounds[i]:bounds[i + 1]]."""
-        n = order.shape[0]
-        own = np.empty(self.hi - self.lo, np.int64)
-        bounds = np.empty(-(-n // batch_size) + 1, np.int64)
-        count = kernels().owned_rows(order.numpy(), self.lo, self.hi, batch_size, own, bounds)
-        return own[:count], bounds
 
     def reduce(self, sums: torch.Tensor) -> None:
         """Sum sums over every rank, in place."""
@@ -195,7 +186,8 @@ def train_data_parallel(
 
     on_epoch_end(epoch, last_batch_loss, b) runs here after each epoch; on_places(places):
     where each rank runs ("host:pid"), once they have all joined. table: a streamed table
-    (X and y None): every rank trains its slice of each of its windows' batches.
+    (X and y None): every rank reads its own row groups and trains their rows of each
+    window's global batches.
     """
     rows = blocks(X.shape[0] if table is None else 0, processes)
     port = free_port()
@@ -224,10 +216,8 @@ def train_data_parallel(
                 raise _failure(ranks, error) from None
             on_places(places)
             share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
-            if table is not None:
-                _train_windows(theta, job, table, share, on_epoch_end)
-            else:
-                _train(theta, job, share_rows(X, y, *rows[0]), share, on_epoch_end)
+            data = table if table is not None else share_rows(X, y, *rows[0])
+            _train(theta, job, share, data, on_epoch_end)
         finally:
             _leave_world()
         _wait(ranks)
@@ -270,65 +260,77 @@ def train_in_world(
             on_places(places)
         report = on_epoch_end if world.rank == 0 else (lambda *args: None)
         share = Share(world.rank, world.size, lo, hi, lost)
-        if table is not None:
-            _train_windows(theta, job, table, share, report)
-        else:
-            _train(theta, job, rows, share, report)
+        _train(theta, job, share, table if table is not None else rows, report)
     finally:
         _leave_world()
 
 
-def _train(theta: torch.Tensor, job: Job, rows: torch.Tensor, share: Share, on_epoch_end) -> None:
-    """Every global batch: this rank's gradient sums, their all_reduce, the same step."""
-    gradient_sums = kernels().gradient_sums
-    d = theta.shape[0] - 1
-    X, theta_np = rows.numpy(), theta.numpy()
-    y = X[:, d]
-    sums = torch.zeros(d + 2, dtype=theta.dtype)
-    sums_np, grad = sums.numpy(), sums[: d + 1]
-    buf = None
-    batch = job.batch_size
-    orders = seeded_orders(job.num_samples, job.epochs, job.shuffle, job.seed)
-    for epoch, order in enumerate(orders, start=1):
-        own, bounds = share.batches(order, batch)
+def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> None:
+    """Train theta on this rank's share of data (its block of rows, packed [x y], or a
+    streamed table) for job.epochs epochs: the same global batches and steps on every rank."""
+    steps = _Steps(theta, job, share)
+    for epoch, windows in enumerate(_epochs(job, share, data), start=1):
+        for X, order, lo, hi in windows:
+            steps.run(X, order, lo, hi)
+        on_epoch_end(epoch, steps.last_loss(), float(theta[-1]))
+
+
+def _epochs(job: Job, share: Share, data) -> Iterator:
+    """Each epoch's orders, as the (X, order, lo, hi) this rank walks: the global batches of
+    order, of which entries lo .. hi - 1 are its rows X[entry - lo]. A block of rows: one
+    order an epoch (orders.seeded_orders, one process's); a streamed table: its windows,
+    each rank holding the rows of its own row groups (StreamedTable.shares)."""
+    if isinstance(data, torch.Tensor):
+        X = data.numpy()
+        for order in seeded_orders(job.num_samples, job.epochs, job.shuffle, job.seed):
+            yield [(X, order.numpy(), share.lo, share.hi)]
+        return
+    for epoch in range(1, job.epochs + 1):
+        windows = data.shares(epoch, job.shuffle, job.seed, job.batch_size, share.rank, share.size)
+        yield ((rows, order, 0, owned) for rows, order, owned in windows)
+
+
+class _Steps:
+    """The data-parallel SGD step, written once: over each global batch, this rank's gradient
+    sums (kernels.gradient_sums), one all_reduce of D + 2 values (the gradient and the squared
+    residuals), and the same step on every rank (analytic.sgd_step, momentum carried on)."""
+
+    def __init__(self, theta: torch.Tensor, job: Job, share: Share):
+        self.theta, self.theta_np, self.hyper, self.share = theta, theta.numpy(), job.hyper, share
+        self.batch = job.batch_size
+        self.sums = torch.zeros(theta.shape[0] + 1, dtype=theta.dtype)
+        self.buf = None
+        self.count = self.batch  # the rows of the last batch taken
+
+    def run(self, X: np.ndarray, order: np.ndarray, lo: int, hi: int) -> None:
+        """Every global batch of order; entries lo .. hi - 1 are this rank's rows X[entry - lo]."""
+        gradient_sums = kernels().gradient_sums
+        d = self.theta.shape[0] - 1
+        y, sums, grad = X[:, d], self.sums.numpy(), self.sums[: d + 1]
+        own, bounds = _owned(order, lo, hi, self.batch)
         n = order.shape[0]
-        count = batch
-        for step, start in enumerate(range(0, n, batch)):
+        for step, start in enumerate(range(0, n, self.batch)):
             if step % 64 == 0:
                 signals.check()  # a stop request (Ctrl-C, SIGTERM) acts between steps
-            count = min(batch, n - start)
-            gradient_sums(X, y, own, bounds[step], bounds[step + 1], theta_np, sums_np)
-            share.reduce(sums)
-            grad.mul_(2.0 / count)
-            buf = sgd_step(theta, grad, job.hyper, buf)
-        on_epoch_end(epoch, float(sums[d + 1]) / count, float(theta[d]))
+            self.count = min(self.batch, n - start)
+            gradient_sums(X, y, own, bounds[step], bounds[step + 1], self.theta_np, sums)
+            self.share.reduce(self.sums)
+            grad.mul_(2.0 / self.count)
+            self.buf = sgd_step(self.theta, grad, self.hyper, self.buf)
+
+    def last_loss(self) -> float:
+        """The last global batch's mean squared residual."""
+        return float(self.sums[-1]) / self.count
 
 
-def _train_windows(theta: torch.Tensor, job: Job, table, share: Share, on_epoch_end) -> None:
-    """A streamed table: every rank walks the same windows; of each global batch of a window
-    this rank sums rows [start + rank * count // size, start + (rank + 1) * count // size)."""
-    gradient_sums = kernels().gradient_sums
-    d = theta.shape[0] - 1
-    theta_np = theta.numpy()
-    sums = torch.zeros(d + 2, dtype=theta.dtype)
-    sums_np, grad = sums.numpy(), sums[: d + 1]
-    buf = None
-    batch, rank, size = job.batch_size, share.rank, share.size
-    for epoch in range(1, job.epochs + 1):
-        count = batch
-        for rows, order in table.windows(epoch, job.shuffle, job.seed, batch):
-            y = rows[:, d]
-            n = order.shape[0]
-            for step, start in enumerate(range(0, n, batch)):
-                if step % 64 == 0:
-                    signals.check()
-                count = min(batch, n - start)
-                lo, hi = start + rank * count // size, start + (rank + 1) * count // size
-                gradient_sums(rows, y, order, lo, hi, theta_np, sums_np)
-                share.reduce(sums)
-                grad.mul_(2.0 / count)
-                buf = sgd_step(theta, grad, job.hyper, buf)
-        on_epoch_end(epoch, float(sums[d + 1]) / count, float(theta[d]))
+def _owned(order: np.ndarray, lo: int, hi: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of order a rank owns (lo .. hi - 1, as indices from lo, in order) and where
+    each global batch's part begins: batch i is own[bounds[i]:bounds[i + 1]]."""
+    n = order.shape[0]
+    own = np.empty(hi - lo, np.int64)
+    bounds = np.empty(-(-n // batch_size) + 1, np.int64)
+    count = kernels().owned_rows(order, lo, hi, batch_size, own, bounds)
+    return own[:count], bounds
 
 
 def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, table) -> None:
@@ -348,10 +350,7 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, ta
             return RankFailed(f"rank {rank}: rank 0 stopped ({_first_line(error)})")
 
         share = Share(rank, size, *block, peer_gone)
-        if table is not None:
-            _train_windows(theta, job, table, share, lambda *args: None)
-        else:
-            _train(theta, job, rows, share, lambda *args: None)
+        _train(theta, job, share, table if table is not None else rows, lambda *args: None)
         _leave_world()
     except RankFailed:  # rank 0 stopped training (it ends this rank too): nothing to add
         sys.exit(1)
