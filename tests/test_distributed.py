@@ -123,17 +123,11 @@ def test_a_rank_killed_mid_epoch_fails_the_run_naming_it(store):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_and_ends_the_run_killed(store):
-    from tests.test_failures import start_in_group, wait_for_metric
+    from tests.test_failures import interrupt
 
-    process = start_in_group(store, *_LONG[:1], "trainer.processes=3", *_LONG[1:])
-    try:
-        wait_for_metric(store, "linreg")
-        ranks = _ranks_of(process.pid)
-        assert len(ranks) == 2
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) == 130
-    finally:
-        process.kill()
+    ranks = interrupt(store, *_LONG[:1], "trainer.processes=3", *_LONG[1:],
+                      before=lambda process: _ranks_of(process.pid))  # fmt: skip
+    assert len(ranks) == 2
     (run,) = store.runs()
     assert run.info.status == "KILLED" and "SIGINT" in run.data.tags["linreg.failure"]
     deadline = time.monotonic() + 10
@@ -205,7 +199,7 @@ def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):
 
 @pytest.mark.slow
 def test_linreg_train_streams_a_folder_on_3_ranks_and_ctrl_c_stops_them(tmp_path, store):
-    from tests.test_failures import start_in_group, wait_for_metric
+    from tests.test_failures import interrupt
     from tests.test_streamed import _folder, _table
 
     folder = _folder(tmp_path, _table(30_000))
@@ -215,15 +209,8 @@ def test_linreg_train_streams_a_folder_on_3_ranks_and_ctrl_c_stops_them(tmp_path
     (run,) = store.runs()
     assert run.info.status == "FINISHED" and run.data.tags["linreg.streamed"] == "true"
     assert len(run.data.tags["linreg.ranks"].split()) == 3
-    process = start_in_group(store, *table, "dataset.shuffle_window=1000",
-                             "trainer.epochs=100000")  # fmt: skip
-    try:
-        wait_for_metric(store, "linreg", count=2)
-        ranks = _ranks_of(process.pid)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) == 130
-    finally:
-        process.kill()
+    ranks = interrupt(store, *table, "dataset.shuffle_window=1000", "trainer.epochs=100000",
+                      count=2, before=lambda process: _ranks_of(process.pid))  # fmt: skip
     killed = [r for r in store.runs() if r.info.status == "KILLED"]
     assert len(killed) == 1 and len(ranks) == 2
     time.sleep(2)

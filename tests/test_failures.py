@@ -151,18 +151,29 @@ def wait_for_metric(store, experiment: str, count: int = 1, timeout: float = 120
     raise AssertionError("no run logged an epoch in time")
 
 
+def interrupt(store, *args: str, signum=signal.SIGINT, code=130, experiment="linreg",
+              count: int = 1, timeout: float = 30, before=lambda process: None):  # fmt: skip
+    """Start linreg-train args in its own process group, wait for count runs of experiment to
+    have logged an epoch (the store's earlier runs included), send the group signum (Ctrl-C
+    by default) and check the exit code; returns before(process), read just before the
+    signal (the ranks a job started, say)."""
+    process = start_in_group(store, *args)
+    try:
+        wait_for_metric(store, experiment, count=count)
+        seen = before(process)
+        os.killpg(process.pid, signum)
+        assert process.wait(timeout=timeout) == code
+    finally:
+        process.kill()
+    return seen
+
+
 LONG_RUN = ["dataset.num_samples=20000", "trainer.epochs=100000", "trainer.engine=autograd"]
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_ends_the_run_killed_keeping_its_metrics(store, signum, code):
-    process = start_in_group(store, *LONG_RUN)
-    try:
-        wait_for_metric(store, "linreg")
-        os.killpg(process.pid, signum)
-        assert process.wait(timeout=30) == code
-    finally:
-        process.kill()
+    interrupt(store, *LONG_RUN, signum=signum, code=code)
     (run,) = store.runs()
     assert run.info.status == "KILLED"
     assert signal.Signals(signum).name in run.data.tags["linreg.failure"]

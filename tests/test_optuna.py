@@ -3,9 +3,6 @@ study that lives on in its storage, and settings refused before any run."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
 optuna = pytest.importorskip("optuna", reason="pip install -e .[optuna]")
@@ -77,17 +74,11 @@ def test_a_study_resumes_with_the_trials_it_still_owes(store):
 
 @pytest.mark.slow
 def test_ctrl_c_mid_study_then_the_same_command_finishes_it(store):
-    from tests.test_failures import start_in_group, wait_for_metric
+    from tests.test_failures import interrupt
 
     args = ["-m", "experiment=lr_batch_optuna", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.study_name=long", "dataset.num_samples=100000"]  # fmt: skip
-    process = start_in_group(store, *args, "trainer.epochs=100000")
-    try:
-        wait_for_metric(store, "lr_batch_optuna")
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 130
-    finally:
-        process.kill()
+    interrupt(store, *args, "trainer.epochs=100000", experiment="lr_batch_optuna", timeout=60)
     (trial,) = _study(store, "long").trials
     assert trial.state.name in ("FAIL", "RUNNING")  # told FAIL, or left by the killed sweep
     store.command(*args, "trainer.epochs=1")  # the same study (named), shorter jobs

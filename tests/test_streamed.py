@@ -213,21 +213,12 @@ def test_linreg_train_streams_a_folder_and_refuses_what_it_cannot_stream(tmp_pat
 def test_ctrl_c_mid_epoch_ends_a_streamed_run_killed(tmp_path, store):
     """Ctrl-C while a window trains and the next row group is being read: exit 130, the run
     KILLED with the epochs it logged."""
-    import os
-    import signal
-
-    from tests.test_failures import start_in_group, wait_for_metric
+    from tests.test_failures import interrupt
 
     folder = _folder(tmp_path, _table(30_000))
-    process = start_in_group(store, "dataset=table", f"dataset.path={folder}",
-                             "dataset.target=price", "dataset.stream=true",
-                             "dataset.shuffle_window=1000", "trainer.epochs=100000")  # fmt: skip
-    try:
-        wait_for_metric(store, "linreg")
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) == 130
-    finally:
-        process.kill()
+    interrupt(store, "dataset=table", f"dataset.path={folder}", "dataset.target=price",
+              "dataset.stream=true", "dataset.shuffle_window=1000",
+              "trainer.epochs=100000")  # fmt: skip
     (run,) = store.runs()
     assert run.info.status == "KILLED" and "SIGINT" in run.data.tags["linreg.failure"]
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
