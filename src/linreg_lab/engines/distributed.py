@@ -327,7 +327,7 @@ def _owned(order: np.ndarray, lo: int, hi: int, batch_size: int) -> tuple[np.nda
     """The entries of order a rank owns (lo .. hi - 1, as indices from lo, in order) and where
     each global batch's part begins: batch i is own[bounds[i]:bounds[i + 1]]."""
     n = order.shape[0]
-    own = np.empty(hi - lo, np.int64)
+    own = np.empty(hi - lo + 1, np.int64)
     bounds = np.empty(-(-n // batch_size) + 1, np.int64)
     count = kernels().owned_rows(order, lo, hi, batch_size, own, bounds)
     return own[:count], bounds
