@@ -1,11 +1,13 @@
 """Item: data-parallel jobs (trainer.processes): an epoch on ranks against one process.
 
-    python -m bench.distributed run N D BATCH PROCESSES THREADS   # one job, 2 epochs: the
+    python -m bench.distributed run N D BATCH PROCESSES THREADS   # one job, 3 epochs: the
                                                                   # second epoch's time
 
 Each job runs in a fresh process on synthetic data (N x D float32). The epoch is timed from
 the end of the first epoch to the end of the second, so the ranks' start (spawning them,
-their imports, the rendezvous) is not in it; it is reported apart (start_s). Rows:
+their imports, the rendezvous) is not in it; it is reported apart (start_s). A third epoch
+follows so that the second is a middle one: on ranks, the next epoch's order is drawn while
+an epoch trains (engines.distributed._ahead), and the last epoch has none to draw. Rows:
 - the goal's: N 10^7 x D 100 at a global batch of 10^5, 2 ranks x 1 thread against 1 rank x
   2 threads (the engine's default path: the compiled loop on both cores);
 - the cost of a step's reduction: a small table (it stays in cache) at batch 10, 2 ranks x 1
@@ -36,7 +38,7 @@ def run(n: int, d: int, batch: int, processes: int, threads: int, compiled: str)
 
     data = make_synthetic_regression(true_w=None, num_features=d, num_samples=n, seed=0)
     torch.set_num_threads(threads)
-    settings = TrainerSettings(batch_size=batch, epochs=2, processes=processes,
+    settings = TrainerSettings(batch_size=batch, epochs=3, processes=processes,
                                compiled=compiled)  # fmt: skip
     model = init_linear(torch.nn.Linear(d, 1))
     ends: list[float] = []
