@@ -187,15 +187,24 @@ class StreamedTable:
             yield rows, order
 
     def shares(
-        self, epoch: int, shuffle: bool, seed: int, batch_size: int, rank: int, size: int
+        self,
+        epoch: int,
+        shuffle: bool,
+        seed: int,
+        batch_size: int,
+        rank: int,
+        size: int,
+        buffers: int = 1,
     ) -> Iterator:
         """A data-parallel rank's view of epoch epoch's windows (size ranks): the same windows
         and orders on every rank, each rank reading only the row groups it owns (those at
         positions rank, rank + size, ... of the epoch's group order). Yields (rows, order,
         owned): rows the window's rows this rank owns (owned of them, in window order), order
         the window's order with those rows numbered 0 .. owned - 1 and the others owned ..
-        n - 1 (so a global batch's part here is its entries below owned)."""
-        for rows, order, mine in self._windows(epoch, shuffle, seed, batch_size, rank, size):
+        n - 1 (so a global batch's part here is its entries below owned). buffers: how many
+        windows' rows are kept (in turn): 2 lets a window be made while the one before trains."""
+        windows = self._windows(epoch, shuffle, seed, batch_size, rank, size, buffers)
+        for rows, order, mine in windows:
             owned = len(rows)
             if size > 1:
                 relabel = np.empty(len(order), np.int64)
@@ -204,7 +213,7 @@ class StreamedTable:
                 order = relabel[order]
             yield rows, order, owned
 
-    def _windows(self, epoch, shuffle, seed, batch_size, rank, size) -> Iterator:
+    def _windows(self, epoch, shuffle, seed, batch_size, rank, size, buffers=1) -> Iterator:
         """(rows, order, mine): the epoch's windows, each as the rows rank reads of it, the
         window's order, and which of its rows those are (a mask; None for one rank).
 
@@ -224,34 +233,37 @@ class StreamedTable:
         mine = [p for p in range(rank, len(order), size) if counts[p]]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
-        buffer = np.empty((size_rows + 1, width), np.float32)  # the last row: scratch
+        # Each window's rows, the last row a scratch row; buffers of them, used in turn.
+        rings = [np.empty((size_rows + 1, width), np.float32) for _ in range(buffers)]
         no_offset, none = np.zeros(width), np.zeros(width)
         groups = [self.groups[order[p]] for p in mine]
-        reading = _read_columns(self.files, self.metadata, self.columns, self.fractions, groups)
-        positions = iter(mine)
-        p, group = next(positions, None), None
-        for lo in range(0, total, size_rows):
-            hi = min(lo + size_rows, total)
-            owned = np.zeros(hi - lo, bool) if size > 1 else None
-            filled = 0
-            while p is not None and starts[p] < hi:
-                if group is None:
-                    group = self._training_rows(next(reading), counts[p], size_rows)
-                columns, train, dest = group
-                a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
-                rows = train[a:b]
-                dest[rows] = np.arange(filled, filled + len(rows))
-                kernels.pack_columns(columns, int(rows[0]), int(rows[-1]) + 1, 0, dest, 0,
-                                     center, buffer, none, none.copy())  # fmt: skip
-                if owned is not None:
-                    owned[starts[p] + a - lo : starts[p] + b - lo] = True
-                filled += len(rows)
-                if ends[p] > hi:  # the group goes on in the next window
-                    break
-                p, group = next(positions, None), None
-            kernels.affine_columns(buffer[:filled], no_offset, inverse)
-            n = hi - lo
-            yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
+        with ReadAhead(self.files, self.metadata, self.columns, groups) as ahead:
+            reading = _with_parts(ahead, self.fractions, groups)
+            positions = iter(mine)
+            p, group = next(positions, None), None
+            for lo in range(0, total, size_rows):
+                hi = min(lo + size_rows, total)
+                buffer = rings[(lo // size_rows) % buffers]
+                owned = np.zeros(hi - lo, bool) if size > 1 else None
+                filled = 0
+                while p is not None and starts[p] < hi:
+                    if group is None:
+                        group = self._training_rows(next(reading), counts[p], size_rows)
+                    columns, train, dest = group
+                    a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
+                    rows = train[a:b]
+                    dest[rows] = np.arange(filled, filled + len(rows))
+                    kernels.pack_columns(columns, int(rows[0]), int(rows[-1]) + 1, 0, dest, 0,
+                                         center, buffer, none, none.copy())  # fmt: skip
+                    if owned is not None:
+                        owned[starts[p] + a - lo : starts[p] + b - lo] = True
+                    filled += len(rows)
+                    if ends[p] > hi:  # the group goes on in the next window
+                        break
+                    p, group = next(positions, None), None
+                kernels.affine_columns(buffer[:filled], no_offset, inverse)
+                n = hi - lo
+                yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
 
     def _training_rows(self, read: tuple, expected: int, scratch: int) -> tuple:
         """A row group's (columns, its training rows, their places in the window: scratch
@@ -270,21 +282,31 @@ class StreamedTable:
         return columns, train, np.full(len(parts), scratch, np.int64)
 
 
-def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
+class ReadAhead:
     """Each row group (file, group, ...) of groups as its chosen columns: read-only numpy arrays
     of one type (float32 when every column is, else float64; nulls become NaN; Arrow's own
-    buffer where it is one chunk of that type). The next row group is read on a thread while
-    the caller works on this one; one file is open at a time."""
-    import pyarrow as pa
+    buffer where it is one chunk of that type). Iterate it once, then close it (or use it as a
+    context manager).
 
-    files = RowGroups(paths, metadata)
-    pending = iter(groups)
+    The first row group is read from the moment this is made, each next one on the same
+    thread while the caller works on the one before (pyarrow releases the GIL); one file is
+    open at a time. A data-parallel rank makes it as an epoch starts, so its first group is
+    read while the other ranks train theirs."""
 
-    def read():
-        item = next(pending, None)
+    def __init__(self, paths, metadata, columns: list[str], groups):
+        self._files = RowGroups(paths, metadata)
+        self._pending = iter(groups)
+        self._columns = list(columns)
+        self._reader = ThreadPoolExecutor(1)
+        self._coming = self._reader.submit(self._read)
+
+    def _read(self) -> tuple | None:
+        import pyarrow as pa
+
+        item = next(self._pending, None)
         if item is None:
             return None
-        chunk = files.read(item[0], item[1], list(columns))
+        chunk = self._files.read(item[0], item[1], self._columns)
         single = all(pa.types.is_float32(column.type) for column in chunk.columns)
         kind = pa.float32() if single else pa.float64()
         arrays = []
@@ -296,19 +318,32 @@ def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
             arrays.append(view)
         return tuple(arrays)
 
-    with files, ThreadPoolExecutor(1) as reader:  # pyarrow releases the GIL while it reads
-        coming = reader.submit(read)
-        while (item := coming.result()) is not None:
-            coming = reader.submit(read)
+    def __iter__(self) -> Iterator[tuple]:
+        while (item := self._coming.result()) is not None:
+            self._coming = self._reader.submit(self._read)
             yield item
 
+    def close(self) -> None:
+        self._coming.cancel()
+        self._reader.shutdown(wait=True)
+        self._files.close()
 
-def _read_columns(
-    files, metadata, columns, fractions: SplitFractions, groups
-) -> Iterator[tuple[tuple, np.ndarray]]:
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
+    """ReadAhead's row groups, as a generator that closes it."""
+    with ReadAhead(paths, metadata, columns, groups) as reading:
+        yield from reading
+
+
+def _with_parts(arrays, fractions: SplitFractions, groups) -> Iterator[tuple[tuple, np.ndarray]]:
     """(columns, parts) of each row group (file, group, first row) of groups: its columns
-    (read_groups) and each row's part (parts_of)."""
-    arrays = read_groups(files, metadata, columns, groups)
+    (arrays: ReadAhead's) and each row's part (parts_of)."""
     for (_, _, first), chosen in zip(groups, arrays, strict=True):
         yield chosen, parts_of(np.arange(first, first + len(chosen[0])), fractions)
 
@@ -339,7 +374,8 @@ def load_streamed(
     shift: np.ndarray | None = None
     dropped = 0
     group_rows = []
-    for arrays, parts in _read_columns(files, metadata, columns, fractions, groups):
+    reading = read_groups(files, metadata, columns, groups)
+    for arrays, parts in _with_parts(reading, fractions, groups):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
         group_rows.append(0)
         if not len(parts):

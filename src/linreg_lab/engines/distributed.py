@@ -292,9 +292,12 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
             yield [(X, own, bounds, job.num_samples)]
         return
     for epoch in range(1, job.epochs + 1):
-        windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size)
-        yield ((rows, *_owned(order, 0, owned, batch), len(order))
-               for rows, order, owned in windows)  # fmt: skip
+        # The next window is read, packed and cut while this one trains: a window's rows are
+        # one rank's where its row groups are larger than the window, so the others make theirs
+        # meanwhile, instead of after it (2 windows' memory a rank).
+        windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size, 2)
+        yield _ahead((rows, *_owned(order, 0, owned, batch), len(order))
+                     for rows, order, owned in windows)  # fmt: skip
 
 
 def _ahead(items: Iterator) -> Iterator:
