@@ -182,8 +182,9 @@ def test_torchrun_starts_the_ranks_and_rank_0_writes_the_one_run(store):
 
 
 def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):
-    """Every rank walks the same windows and takes its slice of each global batch: the same
-    batches as one process streaming, shuffled, so the same parameters (float32 rounding)."""
+    """Every rank walks the same windows, reading only its own row groups, and sums the rows
+    of each global batch that came from them: the same batches as one process streaming,
+    shuffled, so the same parameters (float32 rounding)."""
     from linreg_lab.tables import load_table
     from tests.test_streamed import _folder, _table
 
@@ -195,6 +196,31 @@ def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):
         many, losses, places = _trained(table, processes=processes, batch_size=32)
         torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
         assert losses == pytest.approx(one_losses, rel=1e-3) and len(places) == processes
+
+
+def test_a_rank_that_cannot_read_its_row_group_is_named_with_why(tmp_path):
+    """Only rank 1 reads the second file's row group (the first goes to rank 0, the second
+    to the rank holding fewer rows); broken after the first pass, rank 0 says which and why."""
+    import pandas as pd
+
+    from linreg_lab.engines.monitor import RankFailed
+    from linreg_lab.tables import load_table
+    from tests.test_streamed import _table
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    frame = _table(400)
+    frame[:200].to_parquet(folder / "part-0.parquet")
+    frame[200:].to_parquet(folder / "part-1.parquet")
+    table = load_table(str(folder), "price", split={"val": 0.0, "test": 0.0, "seed": 0},
+                       stream=True)  # fmt: skip
+    assert pd.read_parquet(folder / "part-1.parquet").shape == (200, 4)
+    (folder / "part-1.parquet").write_bytes(b"PAR1" + bytes(2000) + b"PAR1")
+    with pytest.raises(RankFailed) as failed:
+        _trained(table, processes=2, shuffle=False, batch_size=100)
+    message = str(failed.value)
+    assert message.startswith("rank 1 of 2 (pid ") and "exited with code 1: " in message
+    assert "part-1.parquet: cannot read it as parquet" in message, message
 
 
 @pytest.mark.slow

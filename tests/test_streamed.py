@@ -130,7 +130,8 @@ def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
                    data.shares(2, True, 5, 32, rank, size)] for rank in range(size)]  # fmt: skip
         assert sorted(reads) == sorted({(f, g) for f, g, _ in data.groups})  # each group once
         held = [sum(owned for _, _, owned in share) for share in shares]
-        assert sum(held) == data.num_samples and max(held) < 0.7 * data.num_samples
+        assert sum(held) == data.num_samples  # each training row held by one rank
+        assert max(held) - min(held) <= 400  # even, within a row group (97 to 400 rows)
         for w, rows in enumerate(whole):
             rebuilt = np.full_like(rows, np.nan)
             for share in shares:

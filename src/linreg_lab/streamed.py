@@ -197,8 +197,8 @@ class StreamedTable:
         buffers: int = 1,
     ) -> Iterator:
         """A data-parallel rank's view of epoch epoch's windows (size ranks): the same windows
-        and orders on every rank, each rank reading only the row groups it owns (those at
-        positions rank, rank + size, ... of the epoch's group order). Yields (rows, order,
+        and orders on every rank, each rank reading only the row groups it owns (_owners: in
+        the epoch's group order, each to the rank holding the fewest rows). Yields (rows, order,
         owned): rows the window's rows this rank owns (owned of them, in window order), order
         the window's order with those rows numbered 0 .. owned - 1 and the others owned ..
         n - 1 (so a global batch's part here is its entries below owned). buffers: how many
@@ -230,7 +230,7 @@ class StreamedTable:
         ends = np.cumsum(counts)
         starts = ends - counts
         total = int(ends[-1]) if len(ends) else 0
-        mine = [p for p in range(rank, len(order), size) if counts[p]]
+        mine = [p for p, owner in enumerate(_owners(counts, size)) if owner == rank]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
         # Each window's rows, the last row a scratch row; buffers of them, used in turn.
@@ -280,6 +280,23 @@ class StreamedTable:
                 f"rows, {expected} in the first pass: the table changed while training"
             )
         return columns, train, np.full(len(parts), scratch, np.int64)
+
+
+def _owners(counts: np.ndarray, size: int) -> list[int]:
+    """The rank that reads each row group (counts: their training rows, in the epoch's
+    order): each, in turn, the rank holding the fewest rows so far (the lowest on a tie), so
+    the ranks' rows are even whatever the groups' sizes; -1 for a group without any. Every
+    rank draws the same owners from the same counts."""
+    held = [0] * size
+    owners = []
+    for count in counts.tolist():
+        if not count:
+            owners.append(-1)
+            continue
+        rank = held.index(min(held))
+        held[rank] += count
+        owners.append(rank)
+    return owners
 
 
 class ReadAhead:

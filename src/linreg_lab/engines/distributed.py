@@ -194,6 +194,7 @@ def train_data_parallel(
     rows = blocks(X.shape[0] if table is None else 0, processes)
     port = free_port()
     context = torch.multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()  # (rank, the one line of what stopped it)
     ranks = []
     try:
         for rank in range(1, processes):
@@ -201,7 +202,8 @@ def train_data_parallel(
                 share_rows(X, y, *rows[rank]).clone().share_memory_())  # fmt: skip
             process = context.Process(
                 target=_rank_main,
-                args=(rank, processes, port, job, theta.clone(), rows[rank], part, table),
+                args=(rank, processes, port, job, theta.clone(), rows[rank], part, table,
+                      errors),  # fmt: skip
                 name=f"linreg-rank-{rank}", daemon=False,
             )  # fmt: skip
             process.start()
@@ -210,19 +212,19 @@ def train_data_parallel(
         try:
             _join_world(0, processes, f"tcp://127.0.0.1:{port}", job.threads)
         except RuntimeError as error:  # a rank died before it joined (its imports, OOM)
-            raise _failure(ranks, error) from None
+            raise _failure(ranks, error, errors) from None
         try:
             try:
                 places = _places(processes)
             except RuntimeError as error:
-                raise _failure(ranks, error) from None
+                raise _failure(ranks, error, errors) from None
             on_places(places)
-            share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error))
+            share = Share(0, processes, *rows[0], lambda error: _failure(ranks, error, errors))
             data = table if table is not None else share_rows(X, y, *rows[0])
             _train(theta, job, share, data, on_epoch_end)
         finally:
             _leave_world()
-        _wait(ranks)
+        _wait(ranks, errors)
     finally:  # also when training stops early (divergence, Ctrl-C) or a rank failed
         _end(ranks)
 
@@ -271,10 +273,16 @@ def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> N
     """Train theta on this rank's share of data (its block of rows, packed [x y], or a
     streamed table) for job.epochs epochs: the same global batches and steps on every rank."""
     steps = _Steps(theta, job, share)
-    for epoch, windows in enumerate(_epochs(job, share, data), start=1):
-        for X, own, bounds, n in windows:
-            steps.run(X, own, bounds, n)
-        on_epoch_end(epoch, steps.last_loss(), float(theta[-1]))
+    # Closed here, whatever ends training (a stop, a lost rank): their threads and files end
+    # with it, not when the exception is freed.
+    with contextlib.closing(_epochs(job, share, data)) as epochs:
+        for epoch, windows in enumerate(epochs, start=1):
+            try:
+                for X, own, bounds, n in windows:
+                    steps.run(X, own, bounds, n)
+            finally:
+                getattr(windows, "close", lambda: None)()  # a generator (a streamed epoch's)
+            on_epoch_end(epoch, steps.last_loss(), float(theta[-1]))
 
 
 def _epochs(job: Job, share: Share, data) -> Iterator:
@@ -288,32 +296,42 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
         X = data.numpy()
         orders = seeded_orders(job.num_samples, job.epochs, job.shuffle, job.seed)
         cut = (_owned(order.numpy(), share.lo, share.hi, batch) for order in orders)
-        for own, bounds in _ahead(cut):
-            yield [(X, own, bounds, job.num_samples)]
+        with contextlib.closing(_ahead(cut, lowest=True)) as ahead:
+            for own, bounds in ahead:
+                yield [(X, own, bounds, job.num_samples)]
         return
     for epoch in range(1, job.epochs + 1):
         # The next window is read, packed and cut while this one trains: a window's rows are
         # one rank's where its row groups are larger than the window, so the others make theirs
         # meanwhile, instead of after it (2 windows' memory a rank).
+        # (At the usual priority: making windows is a streamed epoch's floor, not idle work.)
         windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size, 2)
         yield _ahead((rows, *_owned(order, 0, owned, batch), len(order))
                      for rows, order, owned in windows)  # fmt: skip
 
 
-def _ahead(items: Iterator) -> Iterator:
-    """items, each made on a thread of the lowest CPU priority while the caller works on the
-    one before: a rank's next order is drawn and cut (0.27 s at 10^7 rows on one core) in
-    the time its core would idle, waiting on the other ranks in each step's all_reduce."""
+def _ahead(items: Iterator, lowest: bool = False) -> Iterator:
+    """items, each made on a thread while the caller works on the one before. lowest: that
+    thread at the lowest CPU priority, so that it runs in the time its core would idle: a
+    rank's next order is drawn and cut (0.27 s at 10^7 rows on one core) while the rank waits
+    on the others in each step's all_reduce. (Threads inherit their creator's priority:
+    numba's pool is started first, here, so that it does not start at the lowest.)"""
 
     def lowest_priority() -> None:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
-    with ThreadPoolExecutor(1, initializer=lowest_priority) as pool:
-        coming = pool.submit(next, items, None)
+    if lowest:
+        kernels().start_threads()
+    pool = ThreadPoolExecutor(1, initializer=lowest_priority if lowest else None)
+    coming = pool.submit(next, items, None)
+    try:
         while (item := coming.result()) is not None:
             coming = pool.submit(next, items, None)
             yield item
+    finally:
+        coming.cancel()  # not started yet: never; else its item is made, then the thread ends
+        pool.shutdown(wait=True)
 
 
 class _Steps:
@@ -358,7 +376,8 @@ def _owned(order: np.ndarray, lo: int, hi: int, batch_size: int) -> tuple[np.nda
     return own[:count], bounds
 
 
-def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, table) -> None:
+def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, table,
+               errors) -> None:  # fmt: skip
     """A rank other than 0: join the world, train its share, log nothing."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group: rank 0 decides, and ends this rank (SIGTERM: at
@@ -378,6 +397,9 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, ta
         _train(theta, job, share, table if table is not None else rows, lambda *args: None)
         _leave_world()
     except RankFailed:  # rank 0 stopped training (it ends this rank too): nothing to add
+        sys.exit(1)
+    except Exception as error:  # its own (a row group it alone reads, say): rank 0 says it
+        errors.put((rank, _first_line(error)))
         sys.exit(1)
 
 
@@ -406,13 +428,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _failure(ranks, error: BaseException) -> BaseException:
-    """Rank 0's reduction failed: which rank died, and how (its exit), if one did; a stop
-    (Ctrl-C, SIGTERM, scancel to every task) that reached the other ranks first is a stop."""
+def _failure(ranks, error: BaseException, errors) -> BaseException:
+    """Rank 0's reduction failed: which rank died, and how (its exit, and the error it sent
+    on errors), if one did; a stop (Ctrl-C, SIGTERM, scancel to every task) that reached the
+    other ranks first is a stop."""
     if signals.stop_requested():
         return signals.Interrupted(signals.received() or signal.SIGTERM)
     for rank, process in enumerate(ranks, start=1):
         process.join(timeout=2.0 if rank == 1 else 0.2)
+    said = {}
+    while not errors.empty():
+        said.update([errors.get()])
+    for rank, process in sorted(enumerate(ranks, start=1), key=lambda item: item[0] not in said):
         code = process.exitcode
         if code is None:
             continue
@@ -420,19 +447,20 @@ def _failure(ranks, error: BaseException) -> BaseException:
             how = f"killed by {signal.Signals(-code).name}"
             if -code == signal.SIGKILL:
                 how += " (out of memory, or killed from outside)"
-        else:
-            how = f"exited with code {code}"
+        else:  # the rank that said what stopped it first: the others followed it
+            how = f"exited with code {code}" + (f": {said[rank]}" if rank in said else "")
         return RankFailed(f"rank {rank} of {len(ranks) + 1} (pid {process.pid}) {how}")
     return RankFailed(f"the ranks lost contact: {_first_line(error)}")
 
 
-def _wait(ranks) -> None:
+def _wait(ranks, errors) -> None:
     """Training ended on rank 0: the other ranks end by themselves once their last step is
     taken; one that does not exit (or exits with an error) is a failure."""
     for rank, process in enumerate(ranks, start=1):
         process.join(timeout=_JOIN_SECONDS)
         if process.exitcode not in (0, None):
-            raise _failure(ranks, RuntimeError(f"rank {rank} exited with {process.exitcode}"))
+            raise _failure(ranks, RuntimeError(f"rank {rank} exited with {process.exitcode}"),
+                           errors)  # fmt: skip
 
 
 def _end(ranks) -> None:

@@ -36,6 +36,12 @@ def usable_threads(wanted: int) -> int:
     return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
 
 
+def start_threads() -> None:
+    """Start numba's thread pool now, from this thread, if it has not started (its threads
+    inherit this thread's CPU priority)."""
+    numba.get_num_threads()
+
+
 def set_threads(threads: int) -> None:
     """The thread count of the next parallel loops of this thread."""
     numba.set_num_threads(usable_threads(threads))
