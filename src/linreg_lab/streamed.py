@@ -27,7 +27,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -36,6 +35,7 @@ import torch
 
 from linreg_lab import signals
 from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource, standardization
+from linreg_lab.engines.ahead import Ahead
 from linreg_lab.engines.least_squares import LeastSquares, from_sums
 
 log = logging.getLogger(__name__)
@@ -299,30 +299,25 @@ def _owners(counts: np.ndarray, size: int) -> list[int]:
     return owners
 
 
-class ReadAhead:
+class ReadAhead(Ahead):
     """Each row group (file, group, ...) of groups as its chosen columns: read-only numpy arrays
     of one type (float32 when every column is, else float64; nulls become NaN; Arrow's own
     buffer where it is one chunk of that type). Iterate it once, then close it (or use it as a
     context manager).
 
     The first row group is read from the moment this is made, each next one on the same
-    thread while the caller works on the one before (pyarrow releases the GIL); one file is
-    open at a time. A data-parallel rank makes it as an epoch starts, so its first group is
-    read while the other ranks train theirs."""
+    thread while the caller works on the one before (engines.ahead; pyarrow releases the GIL);
+    one file is open at a time. A data-parallel rank makes it as an epoch starts, so its
+    first group is read while the other ranks train theirs."""
 
     def __init__(self, paths, metadata, columns: list[str], groups):
         self._files = RowGroups(paths, metadata)
-        self._pending = iter(groups)
         self._columns = list(columns)
-        self._reader = ThreadPoolExecutor(1)
-        self._coming = self._reader.submit(self._read)
+        super().__init__(self._read(item) for item in groups)
 
-    def _read(self) -> tuple | None:
+    def _read(self, item) -> tuple:
         import pyarrow as pa
 
-        item = next(self._pending, None)
-        if item is None:
-            return None
         chunk = self._files.read(item[0], item[1], self._columns)
         single = all(pa.types.is_float32(column.type) for column in chunk.columns)
         kind = pa.float32() if single else pa.float64()
@@ -335,21 +330,9 @@ class ReadAhead:
             arrays.append(view)
         return tuple(arrays)
 
-    def __iter__(self) -> Iterator[tuple]:
-        while (item := self._coming.result()) is not None:
-            self._coming = self._reader.submit(self._read)
-            yield item
-
     def close(self) -> None:
-        self._coming.cancel()
-        self._reader.shutdown(wait=True)
+        super().close()
         self._files.close()
-
-    def __enter__(self) -> ReadAhead:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:

@@ -11,9 +11,9 @@ process's to float32 rounding.
 
 A streamed table (streamed.StreamedTable) is trained the same way, window by window: every
 rank walks the same windows and orders (one process's), but reads only the row groups it owns
-(every size-th of the epoch's group order, StreamedTable.shares), and sums the rows of each
-global batch that came from them; so the Parquet decoding is split between the ranks and the
-batches, and the results, are still the single process's.
+(each to the rank holding the fewest rows, StreamedTable.shares), and sums the rows of each
+global batch that came from them; so the Parquet decoding and the packing of rows are split
+between the ranks and the batches, and the results, are still the single process's.
 
 Rank 0 is the run's own process: it starts the other ranks (spawned processes that die with
 it), measures and logs every epoch, and ends them when training ends or stops. The other
@@ -32,9 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +41,7 @@ import torch.distributed as dist
 
 from linreg_lab import signals
 from linreg_lab.data import packed_rows
+from linreg_lab.engines.ahead import Ahead
 from linreg_lab.engines.analytic import SGDHyper, kernels, sgd_step
 from linreg_lab.engines.monitor import RankFailed
 from linreg_lab.engines.orders import seeded_orders
@@ -281,7 +280,7 @@ def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> N
                 for X, own, bounds, n in windows:
                     steps.run(X, own, bounds, n)
             finally:
-                getattr(windows, "close", lambda: None)()  # a generator (a streamed epoch's)
+                getattr(windows, "close", lambda: None)()  # an Ahead (a streamed epoch's)
             on_epoch_end(epoch, steps.last_loss(), float(theta[-1]))
 
 
@@ -289,14 +288,14 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
     """Each epoch's windows, as the (X, own, bounds, n) this rank walks: n entries of one
     order cut in global batches, of which batch i's part here is X[own[bounds[i]:bounds[i +
     1]]] (_owned). A block of rows: one order an epoch (orders.seeded_orders, one
-    process's), the next one drawn and cut while this one trains (_ahead); a streamed table:
+    process's), the next one drawn and cut while this one trains (Ahead); a streamed table:
     its windows, each rank holding the rows of its own row groups (StreamedTable.shares)."""
     batch = job.batch_size
     if isinstance(data, torch.Tensor):
         X = data.numpy()
         orders = seeded_orders(job.num_samples, job.epochs, job.shuffle, job.seed)
         cut = (_owned(order.numpy(), share.lo, share.hi, batch) for order in orders)
-        with contextlib.closing(_ahead(cut, lowest=True)) as ahead:
+        with Ahead(cut, lowest=True) as ahead:
             for own, bounds in ahead:
                 yield [(X, own, bounds, job.num_samples)]
         return
@@ -306,32 +305,8 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
         # meanwhile, instead of after it (2 windows' memory a rank).
         # (At the usual priority: making windows is a streamed epoch's floor, not idle work.)
         windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size, 2)
-        yield _ahead((rows, *_owned(order, 0, owned, batch), len(order))
-                     for rows, order, owned in windows)  # fmt: skip
-
-
-def _ahead(items: Iterator, lowest: bool = False) -> Iterator:
-    """items, each made on a thread while the caller works on the one before. lowest: that
-    thread at the lowest CPU priority, so that it runs in the time its core would idle: a
-    rank's next order is drawn and cut (0.27 s at 10^7 rows on one core) while the rank waits
-    on the others in each step's all_reduce. (Threads inherit their creator's priority:
-    numba's pool is started first, here, so that it does not start at the lowest.)"""
-
-    def lowest_priority() -> None:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-    if lowest:
-        kernels().start_threads()
-    pool = ThreadPoolExecutor(1, initializer=lowest_priority if lowest else None)
-    coming = pool.submit(next, items, None)
-    try:
-        while (item := coming.result()) is not None:
-            coming = pool.submit(next, items, None)
-            yield item
-    finally:
-        coming.cancel()  # not started yet: never; else its item is made, then the thread ends
-        pool.shutdown(wait=True)
+        yield Ahead((rows, *_owned(order, 0, owned, batch), len(order))
+                    for rows, order, owned in windows)  # fmt: skip
 
 
 class _Steps:
