@@ -12,7 +12,7 @@ an epoch trains (engines.distributed._ahead), and the last epoch has none to dra
   2 threads (the engine's default path: the compiled loop on both cores);
 - the cost of a step's reduction: a small table (it stays in cache) at batch 10, 2 ranks x 1
   thread against 1 rank x 1 thread on the BLAS path (the ranks' own step): the difference per
-  step is the all_reduce of D + 2 values and the ranks' meeting.
+  step is the reduction of D + 2 values (an all_gather) and the ranks' meeting.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ class Ahead:
     does items (a generator) if it can be closed.
 
     lowest: the thread at the lowest CPU priority, so that it runs in the time its core would
-    idle (a rank waiting on the others in each step's all_reduce). Threads inherit their
+    idle (a rank waiting on the others in each step's reduction). Threads inherit their
     creator's priority: numba's pool is started first, here, so it does not start at the
     lowest."""
 

@@ -4,8 +4,8 @@ Rank r owns the r-th of P contiguous blocks of the table's rows (its share; P is
 size), packed with their targets. Every rank draws the same seeded orders (orders.py) and
 walks the same global batches; each cuts a batch to the rows it owns (kernels.owned_rows) and
 sums their gradient with the compiled loop's own per-row code (kernels.gradient_sums); one
-all_reduce of D + 2 values per step (the gradient and the squared residuals, summed) gives
-every rank the global batch's gradient, and every rank takes the same step (analytic.sgd_step,
+collective of D + 2 values per step (the gradient and the squared residuals: Share.reduce)
+gives every rank the global batch's gradient, and every rank takes the same step (analytic.sgd_step,
 torch.optim.SGD's update). trainer.batch_size is the global batch: results equal one
 process's to float32 rounding.
 
@@ -17,7 +17,7 @@ between the ranks and the batches, and the results, are still the single process
 
 Rank 0 is the run's own process: it starts the other ranks (spawned processes that die with
 it), measures and logs every epoch, and ends them when training ends or stops. The other
-ranks only train: they log nothing. A rank that dies breaks the next all_reduce (gloo sees its
+ranks only train: they log nothing. A rank that dies breaks the next collective (gloo sees its
 socket close): rank 0 names it and the run ends FAILED.
 """
 
@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,13 +63,22 @@ class Share:
     lo: int
     hi: int
     failed: Callable[[BaseException], BaseException]  # the error to raise when a peer is gone
+    _gathered: list = field(default_factory=list, repr=False, compare=False)
 
     def reduce(self, sums: torch.Tensor) -> None:
-        """Sum sums over every rank, in place."""
+        """Sum sums over every rank, in place: every rank's sums gathered (all_gather), then
+        added in rank order, element by element, so every rank holds the same bits whatever
+        its CPU. On one machine gloo's all_gather of ~100 floats between 2 ranks takes ~0.6
+        ms, its all_reduce ~1.4 ms (one message each way against the ring's several)."""
+        if not self._gathered:
+            self._gathered.extend(torch.empty_like(sums) for _ in range(self.size))
         try:
-            dist.all_reduce(sums)
+            dist.all_gather(self._gathered, sums)
         except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
             raise self.failed(error) from None
+        sums.copy_(self._gathered[0])
+        for part in self._gathered[1:]:
+            sums.add_(part)
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,7 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
 
 class _Steps:
     """The data-parallel SGD step, written once: over each global batch, this rank's gradient
-    sums (kernels.gradient_sums), one all_reduce of D + 2 values (the gradient and the squared
+    sums (kernels.gradient_sums), one reduction of D + 2 values (the gradient and the squared
     residuals), and the same step on every rank (analytic.sgd_step, momentum carried on)."""
 
     def __init__(self, theta: torch.Tensor, job: Job, share: Share):
