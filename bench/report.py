@@ -86,7 +86,9 @@ def _sweep(r: dict) -> None:
 
 def _vectorized(rows: list[dict]) -> None:
     print("5. vectorized sweeps: hydra/launcher=vectorized vs basic (engine=auto, MLflow)")
-    print("   one pass per batch size; plots = per-run matplotlib plots (tracking.log_plots)")
+    print("   one pass per batch size; plots = tracking.log_plots; each launcher's median of")
+    rounds = len(rows[0].get("basic_runs_s", [None])) if rows else 1
+    print(f"   {rounds} run(s), the two alternated; every run's time in the JSON")
     _table(
         ["sweep", "runs", "N", "D", "batch", "plots", "passes", "basic", "vectorized", "vs basic"],
         [[f'{r["lrs"]} lrs' + (f' x {len(r["batches"])} batches' if len(r["batches"]) > 1 else ""),

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("distributed", lambda: distributed.measure(*plan["distributed"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
-    section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"]))
+    section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"], plan["repeats"]))
     section("sweeps", lambda: sweeps.measure(plan["sweeps"], plan["sweeps_joblib"],
                                              plan.get("sweeps_variants")))  # fmt: skip
     section("optuna", lambda: optuna_search.measure(**plan["optuna"]))

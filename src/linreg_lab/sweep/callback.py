@@ -28,6 +28,7 @@ from linreg_lab.sweep.check import (
     check_launcher,
     check_sweep,
     job_environment,
+    swept_overrides,
     task_overrides,
 )
 from linreg_lab.sweep.compose_once import compose_each_job_once
@@ -66,6 +67,8 @@ class Sweep:
     stop_file: Path
     reuse: DataReuse = field(default_factory=DataReuse)
     ran_to_its_end: bool = False
+    # The jobs check_sweep validated before the sweep started, each as its set of overrides.
+    checked: frozenset = frozenset()
 
 
 _current: Sweep | None = None
@@ -74,6 +77,12 @@ _current: Sweep | None = None
 def current() -> Sweep | None:
     """The sweep this process runs, if it is the sweep's own process."""
     return _current
+
+
+def checked(overrides) -> bool:
+    """Whether the job with these task overrides (hydra.overrides.task) was validated when
+    this process's sweep started (check_sweep): a launcher need not validate it again."""
+    return _current is not None and frozenset(overrides or ()) in _current.checked
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -131,6 +140,8 @@ class SweepCallback(Callback):
             # The jobs share this process's MLflow helper, which knows the handles: the sweep
             # starts while MLflow opens.
             _current = Sweep(store, parent, parent.handle, stop_file)
+            fixed, _ = swept_overrides(config)
+            _current.checked = frozenset(frozenset([*fixed, *job]) for job, _ in jobs)
         else:  # workers need the ids themselves
             with exit_on_user_error():
                 _current = Sweep(store, parent, parent.id, stop_file)
