@@ -7,7 +7,7 @@ Each job runs in a fresh process on synthetic data (N x D float32). The epoch is
 the end of the first epoch to the end of the second, so the ranks' start (spawning them,
 their imports, the rendezvous) is not in it; it is reported apart (start_s). A third epoch
 follows so that the second is a middle one: on ranks, the next epoch's order is drawn while
-an epoch trains (engines.distributed._ahead), and the last epoch has none to draw. Rows:
+an epoch trains (engines.ahead.Ahead), and the last epoch has none to draw. Rows:
 - the goal's: N 10^7 x D 100 at a global batch of 10^5, 2 ranks x 1 thread against 1 rank x
   2 threads (the engine's default path: the compiled loop on both cores);
 - the cost of a step's reduction: a small table (it stays in cache) at batch 10, 2 ranks x 1
