@@ -93,6 +93,21 @@ def test_a_cheap_group_trains_in_passes_and_every_job_is_recorded(store):
     assert len(list(Path(store.root, "multirun").glob("*/*/*/.hydra/config.yaml"))) == 12
 
 
+def test_a_job_naming_its_hydra_number_runs_alone_and_finishes(store):
+    """A ${hydra:job.num} in a job's settings resolves only in the job's own Hydra config: the
+    launcher cannot plan such a job with others (it crashed here), so it runs as the basic
+    launcher runs it, named after its own number."""
+    result = store.command("-m", "tracking.run_name=job${hydra:job.num}", "optimizer.lr=0.01,0.1",
+                           "trainer.epochs=1", "hydra/launcher=vectorized")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Launching 2 jobs as 2 passes: 1, 1" in result.stdout + result.stderr
+    runs = store.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["job0", "job1"]
+    assert {r.info.status for r in children} == {"FINISHED"} == {parent.info.status}
+
+
 def test_only_cheap_groups_are_split():
     from hydra_plugins.linreg_vectorized_launcher.vectorized_launcher import _pipelined
 

@@ -76,6 +76,8 @@ class VectorizedLauncher(Launcher):
             configs.append(config)
 
         plains: list[dict | None] = []
+        # A job whose settings need its own Hydra config (a ${hydra:job.num}) cannot be
+        # resolved here: it runs alone, as the basic launcher runs it.
         grouped = group_jobs(configs, plains)
         groups = [
             chunk
@@ -186,16 +188,17 @@ def _work(cfg: DictConfig) -> int | None:
 
 def _finished_apart(group: list[int], configs: list[DictConfig], plains) -> list[list[int]]:
     """A re-run sweep's jobs that FINISHED before run alone (each is skipped by its task),
-    the rest as one group."""
-    from linreg_lab import build, sweep
+    the rest as one group. A job alone already is left to its task, which checks itself."""
+    from linreg_lab import sweep
     from linreg_lab.tracking.params import job_key
 
+    if len(group) == 1:
+        return [group]
+
     def finished(index: int) -> bool:
-        cfg = configs[index]
-        if OmegaConf.select(cfg, "sweep.rerun_finished", default=False):
+        if OmegaConf.select(configs[index], "sweep.rerun_finished", default=False):
             return False
-        plain = plains[index] if plains[index] is not None else build.plain_config(cfg)
-        return sweep.finished_run(job_key(plain)) is not None
+        return sweep.finished_run(job_key(plains[index])) is not None
 
     done = [index for index in group if finished(index)]
     rest = [index for index in group if index not in done]

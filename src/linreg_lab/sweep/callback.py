@@ -79,10 +79,11 @@ def current() -> Sweep | None:
     return _current
 
 
-def checked(overrides) -> bool:
-    """Whether the job with these task overrides (hydra.overrides.task) was validated when
-    this process's sweep started (check_sweep): a launcher need not validate it again."""
-    return _current is not None and frozenset(overrides or ()) in _current.checked
+def checked(job_config: DictConfig) -> bool:
+    """Whether this job (its task overrides as typed: a ${...} in them unresolved, as
+    check_sweep saw them) was validated when this process's sweep started: a launcher need
+    not validate it again."""
+    return _current is not None and frozenset(task_overrides(job_config)) in _current.checked
 
 
 def sweep_name(config: DictConfig) -> str:

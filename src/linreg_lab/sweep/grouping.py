@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from linreg_lab import build
 from linreg_lab.config.validate import validate
@@ -55,7 +55,7 @@ def _planned(cfg: DictConfig, analytic: dict[str, bool]) -> tuple[str | None, di
     try:
         # Validated when the sweep started (~25 ms a job, the vectorized launcher's one cost
         # over the basic one), unless a sweeper proposed it since (Optuna) or it was not sampled.
-        if not callback.checked(OmegaConf.select(cfg, "hydra.overrides.task", default=None)):
+        if not callback.checked(cfg):
             validate(cfg)
         plain = build.plain_config(cfg)
     except Exception:  # an invalid job runs alone and reports its own error
