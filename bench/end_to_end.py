@@ -172,6 +172,7 @@ def vectorized(cases: list[dict], rounds: int = 1) -> list[dict]:
                 extra = [] if log_plots else ["tracking.log_plots=false"]
                 folder = workdir / f"sweep{len(rows)}"
                 times: dict[str, list[float]] = {"basic": [], "vectorized": []}
+                passes = None  # as the vectorized launcher says it grouped the jobs
                 for round_ in range(rounds):
                     order = ("basic", "vectorized") if round_ % 2 == 0 else ("vectorized", "basic")
                     for launcher in order:
@@ -180,16 +181,16 @@ def vectorized(cases: list[dict], rounds: int = 1) -> list[dict]:
                             f"hydra.sweep.dir={folder / f'{launcher}{round_}'}",
                         )  # fmt: skip
                         times[launcher].append(seconds)
-                        if launcher == "vectorized":
-                            launched_output = output
+                        if launcher == "vectorized" and (
+                            launched := re.search(r"Launching \d+ jobs as (\d+) passes", output)
+                        ):
+                            passes = int(launched.group(1))
                 basic, ours = (statistics.median(times[k]) for k in ("basic", "vectorized"))
-                output = launched_output
-                launched = re.search(r"Launching (\d+) jobs as (\d+) passes", output)
                 rows.append({
                     "case": case["case"], "N": case["N"], "D": case["D"] or 3,
                     "lrs": len(lrs), "batches": list(case["batches"]),
                     "runs": len(lrs) * len(case["batches"]), "log_plots": log_plots,
-                    "passes": int(launched.group(2)) if launched else None,
+                    "passes": passes,
                     "basic_s": basic, "vectorized_s": ours, "x_basic": basic / ours,
                     "basic_runs_s": times["basic"], "vectorized_runs_s": times["vectorized"],
                 })  # fmt: skip
