@@ -179,10 +179,10 @@ class StreamedTable:
         standardized [x y] (a buffer reused by the next window: train on it before asking for
         the next), order the int64 order to visit them in.
 
-        Each row group's columns are written straight into the window by the compiled packing
-        loop that loads tables (kernels.pack_columns: less the centre, as float32), then scaled
-        in place (kernels.affine_columns); rows of other parts, and rows with a missing value
-        when the first pass dropped some, go to a scratch row past the window."""
+        Each row group's columns are written straight into the window, standardized, by one
+        compiled loop (kernels.pack_window: the values a loaded table's pack_columns and
+        affine_columns give); rows of other parts, and rows with a missing value when the first
+        pass dropped some, go to a scratch row past the window."""
         for rows, order, _ in self._windows(epoch, shuffle, seed, batch_size, 0, 1):
             yield rows, order
 
@@ -235,7 +235,6 @@ class StreamedTable:
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
         # Each window's rows, the last row a scratch row; buffers of them, used in turn.
         rings = [np.empty((size_rows + 1, width), np.float32) for _ in range(buffers)]
-        no_offset, none = np.zeros(width), np.zeros(width)
         groups = [self.groups[order[p]] for p in mine]
         with ReadAhead(self.files, self.metadata, self.columns, groups) as ahead:
             reading = _with_parts(ahead, self.fractions, groups)
@@ -253,15 +252,14 @@ class StreamedTable:
                     a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
                     rows = train[a:b]
                     dest[rows] = np.arange(filled, filled + len(rows))
-                    kernels.pack_columns(columns, int(rows[0]), int(rows[-1]) + 1, 0, dest, 0,
-                                         center, buffer, none, none.copy())  # fmt: skip
+                    kernels.pack_window(columns, int(rows[0]), int(rows[-1]) + 1, dest, center,
+                                        inverse, buffer)  # fmt: skip
                     if owned is not None:
                         owned[starts[p] + a - lo : starts[p] + b - lo] = True
                     filled += len(rows)
                     if ends[p] > hi:  # the group goes on in the next window
                         break
                     p, group = next(positions, None), None
-                kernels.affine_columns(buffer[:filled], no_offset, inverse)
                 n = hi - lo
                 yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
 

@@ -657,6 +657,27 @@ def pack_columns(columns, lo, hi, first, dest, train_rows, shift, out, sums, squ
     return bad
 
 
+_WINDOW_BLOCK = 256  # source rows per block: their rows of the window (100 KB at D 100) stay in L2
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_window(columns, lo, hi, dest, center, inverse, out):
+    """A streamed window's rows: rows lo .. hi - 1 of a row group (columns: as pack_columns')
+    to out[dest[i]] as float32, standardized as pack_columns then affine_columns would
+    (float32(v - center[j]), then float32(that x inverse[j])), in one pass and without their
+    sums and checks (the first pass made them): a window is packed every epoch."""
+    width = len(columns)
+    for start in range(lo, hi, _WINDOW_BLOCK):
+        stop = min(hi, start + _WINDOW_BLOCK)
+        for j in range(width):
+            column = columns[j]
+            k = center[j]
+            s = inverse[j]
+            for i in range(start, stop):
+                v = np.float32(np.float64(column[i]) - k)
+                out[dest[i], j] = np.float64(v) * s
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def affine_columns(out, offset, scale):
     """out[i, j] = (out[i, j] - offset[j]) * scale[j], in float64, stored back as float32."""
