@@ -32,8 +32,9 @@ _PNG_OPTIONS = {"compress_level": 1}
 History = Sequence[dict[str, float]]  # per-epoch metrics, index 0 = epoch 1
 
 
-def _figure(width: float, height: float):
-    """A figure with fixed margins: matplotlib's layout engines double the time to save."""
+def fixed_figure(width: float, height: float, right: float = 0.2, top: float = 0.6):
+    """A figure with fixed margins (right and top in inches): matplotlib's layout engines
+    double the time to save."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +44,7 @@ def _figure(width: float, height: float):
     FigureCanvasAgg(fig)
     # Margins in inches, so small and tall figures both keep room for titles and labels.
     fig.subplots_adjust(
-        left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.6 / height,
+        left=0.75 / width, right=1 - right / width, bottom=0.55 / height, top=1 - top / height,
         wspace=0.35, hspace=0.75,
     )  # fmt: skip
     return fig
@@ -56,7 +57,7 @@ def _series(history: History, key: str) -> tuple[list[int], list[float]]:
 
 def _single_axes_layout(log_scale: bool, ylabel: str, title: str):
     """One axes over epochs: the loss plot, and the errors plot when D is above 10."""
-    fig = _figure(6.4, 4.0)
+    fig = fixed_figure(6.4, 4.0)
     ax = fig.add_subplot()
     if log_scale:
         ax.set_yscale("log")
@@ -120,7 +121,7 @@ def _parameter_keys(history: History, true_w: Sequence[float], true_b: float):
 def _parameters_layout(panels: int):
     cols = min(4, panels)
     rows = math.ceil(panels / cols)
-    fig = _figure(3.0 * cols, 2.3 * rows + 0.4)
+    fig = fixed_figure(3.0 * cols, 2.3 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for n, ax in enumerate(axes):
         if n >= panels:
@@ -267,7 +268,7 @@ def _kept_figure(key: tuple, layout, *args):
 
 def warm_up() -> None:
     """Load matplotlib, its fonts and its PNG writer (~0.5 s once), so a first plot is fast."""
-    fig = _figure(2.0, 2.0)
+    fig = fixed_figure(2.0, 2.0)
     ax = fig.add_subplot()
     ax.plot([1, 2], [1e-4, 1e-3])
     ax.set_yscale("log")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from linreg_lab.tracking.plots import fixed_figure
+
 LR = "optimizer.lr"
 FLAGGED = {"will diverge": ("red", "-"), "may diverge": ("orange", "--")}
 
@@ -53,7 +55,7 @@ def _line(Figure, rows: list[object], key: str, metric: str):
     )
     if not points:  # every run failed: nothing to draw
         return None, None
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = fixed_figure(6, 4, top=0.3)
     ax = fig.subplots()
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
     if all(p[1] > 0 for p in points):
@@ -84,6 +86,8 @@ def _heatmap(Figure, rows: list[object], keys: list[str], metric: str):
         cells[i, j] = row
         if math.isfinite(_value(row, metric)):
             grid[i, j] = _value(row, metric)
+    # Constrained: its labels are the swept values, any length (the line's and losses' are
+    # numbers: fixed margins, half the time to save).
     fig = Figure(figsize=(1.4 * len(xs) + 2.4, 0.9 * len(ys) + 2.2), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.log10(grid), cmap="viridis_r", aspect="auto")
@@ -179,8 +183,6 @@ def losses(rows: list[object], histories: dict[str, list[tuple[int, float]]],
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
-
     series = {}
     for row in rows:
         points = [p for p in histories.get(row.run_id, []) if p[1] > 0 and math.isfinite(p[1])]
@@ -190,7 +192,7 @@ def losses(rows: list[object], histories: dict[str, list[tuple[int, float]]],
         return None, None
     finals = [h[-1][1] for h in series.values()]
     norm, cmap = LogNorm(min(finals), max(finals) * (1 + 1e-9)), colormaps["viridis_r"]
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = fixed_figure(7, 4.5, right=0.1, top=0.45)
     ax = fig.subplots()
     few = len(series) <= 10  # a legend, one colour each; else coloured by final loss
     for index, row in enumerate(r for r in rows if r.run_id in series):
