@@ -183,6 +183,7 @@ def losses(rows: list[object], histories: dict[str, list[tuple[int, float]]],
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
+
     series = {}
     for row in rows:
         points = [p for p in histories.get(row.run_id, []) if p[1] > 0 and math.isfinite(p[1])]
