@@ -255,6 +255,38 @@ def test_a_bad_jobs_per_task_is_refused_in_one_line(store, cluster, value):
     assert squeue() == []
 
 
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (
+            ["hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=2"],
+            "hydra.launcher.tasks_per_node=2 x hydra.launcher.cpus_per_task=2: 4 CPUs a node",
+        ),
+        (
+            ["hydra.launcher.cpus_per_task=3"],
+            "hydra.launcher.tasks_per_node=1 x hydra.launcher.cpus_per_task=3: 3 CPUs a node",
+        ),
+        (
+            ["hydra.launcher.nodes=2", "hydra.launcher.cpus_per_task=1"],
+            "hydra.launcher.nodes=2: the default partition has 1 node(s)",
+        ),
+    ],
+    ids=["2-tasks-of-2-cpus", "3-cpus", "2-nodes"],
+)
+def test_a_job_larger_than_the_partitions_nodes_is_refused_in_one_line(store, cluster, overrides,
+                                                                       named):  # fmt: skip
+    """sbatch takes such a job, and SLURM keeps it PENDING forever (this node has 2 CPUs):
+    the sweep would wait without a word."""
+    result = store.train("-m", "hydra/launcher=slurm", "hydra.launcher.mem_gb=1", *overrides,
+                         "optimizer.lr=0.1,0.2", check=False, timeout=120)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert named in lines[0] and "pending forever" in lines[0]
+    assert squeue() == []
+    experiment = store.client.get_experiment_by_name("linreg")
+    assert experiment is None or not store.runs()  # nothing half-made
+
+
 def test_a_sqlite_store_is_allowed_when_every_node_is_this_machine(store, cluster):
     store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1", "optimizer.lr=0.1,0.2", timeout=300)  # fmt: skip

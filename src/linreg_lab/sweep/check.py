@@ -171,7 +171,7 @@ def check_sweep(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
 def check_launcher(config: DictConfig) -> None:
     """A launcher whose cluster commands are missing fails only once it submits, after the
     sweep's parent run exists: refuse it before. So is a SLURM sweep whose jobs would write to
-    a sqlite file from other machines."""
+    a sqlite file from other machines, or ask for more CPUs or nodes than its partition has."""
     import shutil
 
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
@@ -203,12 +203,16 @@ def check_launcher(config: DictConfig) -> None:
         )
     uri = str(OmegaConf.select(config, "tracking.uri", default="") or "")
     scheme = uri.partition("://")[0] if "://" in uri else ""
-    if scheme not in ("", "file", "sqlite"):  # a server, a database server: reachable by all
-        return
     partition = OmegaConf.select(config, "hydra.launcher.partition", default=None)
     nodes = slurm_nodes(partition)
-    here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}
     where = f"partition {partition}" if partition else "the default partition"
+    if scheme in ("", "file", "sqlite"):  # not a server, nor a database server others reach
+        _check_store_reach(uri, nodes, where)
+    _check_request_fits(config, nodes, where)
+
+
+def _check_store_reach(uri: str, nodes: list[str] | None, where: str) -> None:
+    here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}
     elsewhere = sorted(set(nodes or []) - here)
     if nodes is None or elsewhere:
         on = (
@@ -221,6 +225,53 @@ def check_launcher(config: DictConfig) -> None:
             "sqlite file written from other machines loses runs; use an MLflow server they "
             "reach: tracking=server MLFLOW_TRACKING_URI=http://<host>:5000 (make server)"
         )
+
+
+def _check_request_fits(config: DictConfig, nodes: list[str] | None, where: str) -> None:
+    """A job asking for more CPUs a node than any node of the partition has, or more nodes
+    than it holds, would stay PENDING forever (sbatch takes it): refuse it before any run."""
+    launcher = config.hydra.launcher
+    tasks = OmegaConf.select(launcher, "tasks_per_node", default=1) or 1
+    cpus = OmegaConf.select(launcher, "cpus_per_task", default=1) or 1
+    wanted = OmegaConf.select(launcher, "nodes", default=1) or 1
+    sizes = slurm_node_cpus(nodes) if nodes else None
+    if not sizes:  # scontrol did not say: SLURM decides
+        return
+    fit = [node for node, count in sizes.items() if count >= tasks * cpus]
+    if len(fit) >= wanted:
+        return
+    most = max(sizes.values())
+    if tasks * cpus > most:
+        raise ConfigError(
+            f"hydra.launcher.tasks_per_node={tasks} x hydra.launcher.cpus_per_task={cpus}: "
+            f"{tasks * cpus} CPUs a node, but {where}'s nodes have at most {most} (scontrol "
+            "show node): SLURM would keep the jobs pending forever; lower either (e.g. "
+            f"hydra.launcher.cpus_per_task={max(1, most // tasks)})"
+        )
+    raise ConfigError(
+        f"hydra.launcher.nodes={wanted}: {where} has {len(fit)} node(s) of at least "
+        f"{tasks * cpus} CPUs ({', '.join(sorted(fit)[:5])}): SLURM would keep the jobs "
+        f"pending forever; use hydra.launcher.nodes={len(fit)}, or fewer CPUs a node"
+    )
+
+
+def slurm_node_cpus(nodes: list[str]) -> dict[str, int] | None:
+    """Each node's CPUs for jobs (scontrol's CPUEfctv, else CPUTot), or None where scontrol
+    does not answer."""
+    import subprocess
+
+    try:
+        shown = subprocess.run(["scontrol", "show", "node", "-o", ",".join(nodes)],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sizes = {}
+    for line in shown.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        count = fields.get("CPUEfctv") or fields.get("CPUTot")
+        if fields.get("NodeName") in nodes and count and count.isdigit():
+            sizes[fields["NodeName"]] = int(count)
+    return sizes or None
 
 
 def pass_size_problem(size) -> str | None:
