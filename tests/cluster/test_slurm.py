@@ -287,6 +287,39 @@ def test_a_job_larger_than_the_partitions_nodes_is_refused_in_one_line(store, cl
     assert experiment is None or not store.runs()  # nothing half-made
 
 
+def test_tasks_waiting_in_the_queue_are_said_with_squeues_reasons(cluster, tmp_path, caplog):
+    """What the sweep's wait says once a minute while tasks of it are queued: 4 one-CPU tasks
+    on the 2-CPU node, so 2 wait (Resources)."""
+    import logging
+
+    from hydra_plugins.linreg_slurm_launcher.slurm_launcher import _say_pending
+
+    script = tmp_path / "sleep.sh"
+    script.write_text("#!/bin/bash\nsleep 60\n")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-3", "--cpus-per-task=1", "--mem=100M",
+         f"--output={tmp_path}/%A_%a.out", str(script)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    array = submitted.stdout.strip().split(";")[0]
+    ids = [f"{array}_{i}" for i in range(4)]
+    try:
+
+        def two_running() -> bool:
+            """2 of the 4 tasks running, 2 pending"""
+            return sum(line.endswith(" RUNNING") for line in squeue()) == 2
+
+        wait_for(two_running, 60)
+        with caplog.at_level(logging.INFO):
+            _say_pending(array, ids)
+    finally:
+        _cancel_everything()
+    (line,) = [r.getMessage() for r in caplog.records if "waiting in the queue" in r.getMessage()]
+    assert line.startswith(f"SLURM array job {array}: 2 task(s) still waiting in the queue (")
+    assert "Resources" in line or "Priority" in line
+    assert f"squeue -j {array} shows them" in line
+
+
 def test_a_sqlite_store_is_allowed_when_every_node_is_this_machine(store, cluster):
     store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1", "optimizer.lr=0.1,0.2", timeout=300)  # fmt: skip

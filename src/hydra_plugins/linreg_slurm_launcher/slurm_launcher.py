@@ -43,6 +43,7 @@ _GRACE_COMPLETED_S = 60.0  # one SLURM says COMPLETED: a shared file system may 
 _LOST = "not run to its end"  # JobReturn.task_name of a job whose task ended without it
 _CANCEL_WAIT_S = 90.0  # after scancel, how long the sweep waits for its tasks' results
 _DRAIN_WAIT_S = 60.0  # then, how long it waits for them to leave squeue
+_SAY_PENDING_EVERY_S = 60.0  # how often the sweep says which of its tasks still wait, and why
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[Jo
     returns: dict[int, list[JobReturn]] = {}
     gone_since: dict[int, float] = {}
     cancelled_at = None
-    last_squeue = time.monotonic()
+    last_squeue = said_pending = time.monotonic()
     folder = submitted[0].paths.folder.parent
     while len(returns) < len(submitted):
         now = time.monotonic()
@@ -188,6 +189,9 @@ def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[Jo
                     gone_since.pop(index, None)
                 elif now - gone_since.setdefault(index, now) >= grace:
                     returns[index] = _lost(submitted[index], tasks[index], state or "gone")
+        if pending and cancelled_at is None and now - said_pending >= _SAY_PENDING_EVERY_S:
+            said_pending = now
+            _say_pending(array, [submitted[i].job_id for i in pending])
         if cancelled_at is not None and now - cancelled_at > _CANCEL_WAIT_S:
             for index in pending:
                 returns.setdefault(index, _lost(submitted[index], tasks[index], "cancelled"))
@@ -205,6 +209,22 @@ def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[Jo
         if job.paths.result_pickle.exists() and returns[index][0].task_name.startswith(_LOST):
             returns[index] = _results(job, tasks[index])
     return [returns[i] for i in range(len(submitted))]
+
+
+def _say_pending(array: str, ids: list[str]) -> None:
+    """One line for the tasks of ids still waiting in the queue, with squeue's reasons (a busy
+    cluster: Priority, Resources; QOS or account limits): nothing else says why a sweep waits."""
+    command = ["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r", "-j", ",".join(ids)]
+    try:
+        shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return
+    reasons = [line.split(" ", 1)[1] for line in shown.stdout.splitlines() if " " in line.strip()]
+    if reasons:
+        counts = {reason: reasons.count(reason) for reason in dict.fromkeys(reasons)}
+        why = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+        log.info(f"SLURM array job {array}: {len(reasons)} task(s) still waiting in the queue "
+                 f"({why}; squeue -j {array} shows them)")  # fmt: skip
 
 
 def _refresh(folder: Path) -> None:
