@@ -174,3 +174,46 @@ def test_a_named_study_searched_otherwise_is_one_line_before_any_new_run(store):
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert all(word in lines[0] for word in words), lines[0]
     assert len(store.runs("lr_batch_optuna")) == 2  # the first sweep's parent and its job
+
+
+_CLAIMER = """
+import sys
+
+import optuna
+from linreg_lab.sweep import study as studies
+
+storage, n_trials = sys.argv[1], int(sys.argv[2])
+sampler = {"_target_": "optuna.samplers.RandomSampler"}
+settings = studies.StudySettings("race", storage, "minimize", n_trials, 1, sampler, None,
+                                 {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, [])
+study = studies.open_study(settings)
+ran = 0
+while trials := studies._claim(study, settings, 1, f"claimer:{ran}"):
+    for trial in trials:
+        study.tell(trial, trial.params["x"])
+        ran += 1
+print(ran)
+"""
+
+
+@pytest.mark.slow
+def test_commands_racing_on_one_study_ask_its_n_trials_exactly(tmp_path):
+    """Four processes claim trials one at a time from one new sqlite study, as fast as they
+    can: together they ask n_trials, no more, and none is told FAIL."""
+    import subprocess
+    import sys
+
+    storage, n_trials = f"sqlite:///{tmp_path / 'optuna.db'}", 40
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _CLAIMER, storage, str(n_trials)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    ran = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err
+        ran.append(int(out))
+    study = optuna.load_study(study_name="race", storage=storage)
+    assert sum(ran) == n_trials, ran
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * n_trials

@@ -32,6 +32,7 @@ ENV_PRUNER = "LINREG_OPTUNA_PRUNER"  # the pruner's spec (JSON; null: none): a j
 TAG_TRIAL = "linreg.trial"  # a job's run: its trial's number
 _PRUNED_AT = "linreg.pruned_at"  # the trial's user attribute: the epoch a job was pruned at
 _OWNER = "linreg.sweeper"  # the trial's user attribute: host:pid of the sweep that asked it
+_SURPLUS = "linreg.surplus"  # the trial's user attribute: asked past n_trials by a racing command
 PRUNERS = {
     "median": "MedianPruner",
     "percentile": "PercentilePruner",
@@ -343,12 +344,9 @@ def run_study(config: DictConfig, arguments: Sequence[str], launch: Callable, sw
     budget = owed(study, settings)
     try:
         while not signals.stop_requested() and number < budget:
-            count = min(owed(study, settings), budget - number)
-            if count <= 0:
+            trials = _claim(study, settings, min(settings.n_jobs, budget - number), owner)
+            if not trials:
                 break
-            trials = [study.ask(settings.space) for _ in range(min(settings.n_jobs, count))]
-            for trial in trials:
-                trial.set_user_attr(_OWNER, owner)
             overrides = [
                 [*settings.fixed, *(f"{key}={_value(v)}" for key, v in trial.params.items()),
                  f"sweep.trial={trial.number}"]
@@ -362,6 +360,44 @@ def run_study(config: DictConfig, arguments: Sequence[str], launch: Callable, sw
         for name in (ENV_STORAGE, ENV_STUDY, ENV_PRUNER):
             os.environ.pop(name, None)
         _report(study, settings, sweep)
+
+
+def _claim(study, settings: StudySettings, most: int, owner: str) -> list:
+    """Ask up to `most` of the trials the study still owes, each marked with its sweep.
+    Another command on the same study may be asking at the same instant: on a sqlite storage
+    the count and the asks hold a lock beside its file, so together they ask n_trials exactly;
+    on a server storage, a trial asked past n_trials (its number after the n_trials-th counted
+    trial's) is told FAIL at once and not run."""
+    from optuna.trial import TrialState
+
+    with _storage_lock(settings.storage):
+        trials = [study.ask(settings.space) for _ in range(min(most, owed(study, settings)))]
+        for trial in trials:
+            trial.set_user_attr(_OWNER, owner)
+    if not trials:
+        return trials
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
+    allowed = set(numbers[: settings.n_trials])
+    for trial in trials:
+        if trial.number not in allowed:
+            trial.set_user_attr(_SURPLUS, True)
+            study.tell(trial, state=TrialState.FAIL)
+    return [trial for trial in trials if trial.number in allowed]
+
+
+def _storage_lock(storage: str):
+    """A lock beside a sqlite study's file (every command on one machine takes it); none for a
+    server storage."""
+    import contextlib
+
+    from filelock import FileLock
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return contextlib.nullcontext()
+    return FileLock(f"{url.database}.lock", timeout=600)
 
 
 def _value(value) -> str:
