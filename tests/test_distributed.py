@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import time
 
@@ -179,6 +180,52 @@ def test_torchrun_starts_the_ranks_and_rank_0_writes_the_one_run(store):
     assert two.params["trainer.processes"] == "2"  # the world size, from torchrun's environment
     for key in ("param/w_0", "param/b", "train/loss"):
         assert two.metrics[key] == pytest.approx(runs["one"].data.metrics[key], rel=1e-4), key
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_a_streamed_tables_first_pass(tmp_path, store):
+    """Under torchrun every rank makes its own row groups' part of the first pass, and one
+    reduction adds them: the reference, the standardization and the training equal one
+    process's, and each rank says which part it read."""
+    from tests.conftest import BIN
+    from tests.test_streamed import _folder, _table
+
+    folder = _folder(tmp_path, _table(6000))
+    table = ["dataset=table", f"dataset.path={folder}", "dataset.target=price",
+             "dataset.stream=true", "dataset.split.val=0.2", "trainer.epochs=2"]  # fmt: skip
+    store.command(*table, "tracking.run_name=one")
+    two = store.run("torchrun", "--nproc-per-node=2", str(BIN / "linreg-train"), *table,
+                    "tracking.run_name=two", timeout=300)  # fmt: skip
+    said = two.stdout + two.stderr
+    parts = [int(n) for n in re.findall(r"first pass's (\d+) of (\d+) row groups", said)[0]]
+    assert "on rank 0 of 2" in said and "on rank 1 of 2" in said, said
+    assert 0 < parts[0] < parts[1], said
+    runs = {r.info.run_name: r for r in store.runs()}
+    one, two = runs["one"].data, runs["two"].data
+    assert runs["two"].info.status == "FINISHED" and two.params["trainer.processes"] == "2"
+    assert two.metrics["optimum/loss"] == pytest.approx(one.metrics["optimum/loss"], rel=1e-9)
+    stability = [key for key in one.params if key.startswith("stability.")]
+    assert stability, one.params
+    for key in stability:  # the curvature and lr bounds, from the sums; the verdict
+        if one.params[key][:1].isdigit():
+            assert float(two.params[key]) == pytest.approx(float(one.params[key]), rel=1e-9)
+        else:
+            assert two.params[key] == one.params[key], key
+    # A missing value in one rank's row groups: every rank stops, rank 0 says it, no run.
+    frame = _table(6000)
+    frame.loc[5990, "b"] = float("nan")
+    (tmp_path / "bad").mkdir()
+    bad = _folder(tmp_path / "bad", frame)
+    result = store.run("torchrun", "--nproc-per-node=2", str(BIN / "linreg-train"), *table,
+                       f"dataset.path={bad}", "tracking.run_name=bad", check=False,
+                       timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    said = "rows with NaN, inf or empty values (at least 1); set dataset.missing=drop"
+    assert said in result.stderr, result.stderr
+    assert "another rank" not in result.stderr  # (torchrun itself shows its traceback)
+    assert {r.info.run_name for r in store.runs()} == {"one", "two"}
+    for key in ("param/w_0", "param/w_1", "param/w_2", "param/b", "train/loss", "val/loss"):
+        assert two.metrics[key] == pytest.approx(one.metrics[key], rel=1e-4), key
 
 
 def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):

@@ -23,6 +23,7 @@ so. Nothing here holds more than a window of rows (and one row group read ahead)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import warnings
@@ -346,6 +347,15 @@ def _with_parts(arrays, fractions: SplitFractions, groups) -> Iterator[tuple[tup
         yield chosen, parts_of(np.arange(first, first + len(chosen[0])), fractions)
 
 
+def _first_means(arrays) -> np.ndarray:
+    """Each column's mean over its first 1000 finite values of a row group (0 for none)."""
+    first_rows = np.stack([c[:1000].astype(np.float64) for c in arrays], axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
+        first_rows = np.where(np.isfinite(first_rows), first_rows, np.nan)
+        return np.nan_to_num(np.nanmean(first_rows, axis=0))
+
+
 def load_streamed(
     parquet,
     columns: list[str],
@@ -356,7 +366,15 @@ def load_streamed(
     window: int,
 ) -> StreamedTable:
     """One pass over parquet (tables._ParquetColumns) gathering each part's sums, then the
-    standardization and least-squares optimum they give; see the module's notes."""
+    standardization and least-squares optimum they give; see the module's notes.
+
+    In a world of ranks (a job's SLURM tasks or torchrun's processes, joined before its data
+    is loaded: distributed.joined), the pass is split: each rank reads the row groups _owners
+    gives it by their rows, all centred by rank 0's shift (its first group is the table's
+    first), and the sums are added once over the ranks in rank order (float64): the single
+    process's sums, in another order of additions."""
+    from linreg_lab.engines import distributed
+
     where = f"dataset.path={source.path}"
     groups, first = [], 0
     for f, footer in enumerate(parquet.metadata):
@@ -367,23 +385,28 @@ def load_streamed(
     metadata = tuple(parquet.metadata)
     width = len(columns) + 1  # [x, 1, y]: the ones column before the target
     d = len(columns) - 1
+    rank, size = distributed.joined_rank()
+    sizes = np.array([metadata[f].row_group(g).num_rows for f, g, _ in groups], np.int64)
+    mine = [i for i, owner in enumerate(_owners(sizes, size)) if owner == rank]
+    if size > 1:
+        log.info("dataset: the first pass's %d of %d row groups on rank %d of %d", len(mine),
+                 len(groups), rank, size)  # fmt: skip
+    # Each part's sums, then per part its rows, then: rows with a missing value, each row
+    # group's training rows (a rank's own groups; zero for the others').
     sums = np.zeros((3, width, width))
-    counts = np.zeros(3, np.int64)
-    shift: np.ndarray | None = None
-    dropped = 0
-    group_rows = []
-    reading = read_groups(files, metadata, columns, groups)
-    for arrays, parts in _with_parts(reading, fractions, groups):
+    counts, tallies = np.zeros(3), np.zeros(2 + len(groups))
+    reading = iter(_with_parts(read_groups(files, metadata, columns, [groups[i] for i in mine]),
+                               fractions, [groups[i] for i in mine]))  # fmt: skip
+    read = next(reading, None) if rank == 0 else None
+    # Every column centred by a first estimate of its mean, the target too: float64 keeps
+    # digits. From the first 1000 rows of the table's first row group with rows: rank 0's.
+    shift = _first_means(read[0]) if read is not None else np.zeros(width - 1)
+    if size > 1:
+        shift = distributed.from_rank_0(shift)
+    for i, (arrays, parts) in zip(mine, itertools.chain([read] if read else [], reading)):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
-        group_rows.append(0)
-        if not len(parts):
-            continue
-        if shift is None:  # every column centred by it, the target too: float64 keeps digits
-            first_rows = np.stack([c[:1000].astype(np.float64) for c in arrays], axis=1)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only
-                first_rows = np.where(np.isfinite(first_rows), first_rows, np.nan)
-                shift = np.nan_to_num(np.nanmean(first_rows, axis=0))
+        if tallies[1] and missing == "error":
+            break  # said once every rank has its sums (below), the same on every rank
         # Column-major slices (each column's values contiguous), float64 a slice at a time:
         # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
         for lo in range(0, len(parts), _GRAM_ROWS):
@@ -394,20 +417,24 @@ def load_streamed(
             block[d] = 1.0
             np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1], dtype=np.float64)
             finite = np.isfinite(block).all(axis=0)
-            bad = int(hi - lo - finite.sum())
-            if bad and missing == "error":
-                raise DataError(
-                    f"{where}: rows with NaN, inf or empty values (at least {bad}); set "
-                    "dataset.missing=drop to train without them"
-                )
-            dropped += bad
+            tallies[1] += hi - lo - finite.sum()
             kept = np.where(finite, parts[lo:hi], -1)
             for part in (TRAIN, VAL, TEST):
                 rows = block if (kept == part).all() else block[:, kept == part]
                 if rows.shape[1]:
                     sums[part] += rows @ rows.T
                     counts[part] += rows.shape[1]
-            group_rows[-1] += int((kept == TRAIN).sum())
+            tallies[2 + i] += (kept == TRAIN).sum()
+    if size > 1:  # one reduction of every rank's sums: (3 x width^2 + 3 + 2 + groups) values
+        together = distributed.sum_over_ranks(np.concatenate([sums.ravel(), counts, tallies]))
+        sums = together[: sums.size].reshape(sums.shape)
+        counts, tallies = together[sums.size : sums.size + 3], together[sums.size + 3 :]
+    dropped, group_rows = int(tallies[1]), tuple(int(n) for n in tallies[2:])
+    if dropped and missing == "error":
+        raise DataError(
+            f"{where}: rows with NaN, inf or empty values (at least {dropped}); set "
+            "dataset.missing=drop to train without them"
+        )
     if dropped:
         if dropped == first:
             raise DataError(f"{where}: every row has a missing value ({dropped} dropped)")

@@ -348,6 +348,33 @@ def test_a_job_of_2_tasks_trains_as_2_ranks_into_one_run(store, cluster):
         assert job.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-4), key
 
 
+def test_a_streamed_sweep_of_2_task_jobs_splits_each_first_pass(store, cluster, tmp_path):
+    """A folder of Parquet files streamed by jobs of 2 SLURM tasks: each task reads its own row
+    groups in the first pass (its job's log says which), and the run equals one process's."""
+    from tests.test_streamed import _folder, _table
+
+    folder = _folder(tmp_path, _table(6000))
+    table = ["dataset=table", f"dataset.path={folder}", "dataset.target=price",
+             "dataset.stream=true", "trainer.epochs=2"]  # fmt: skip
+    store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1", "hydra.launcher.tasks_per_node=2", *table,
+                "optimizer.lr=0.01,0.03", timeout=300)  # fmt: skip
+    children = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    logs = "".join(path.read_text() for path in store.root.rglob("*.err"))
+    logs += "".join(path.read_text() for path in store.root.rglob("*.out"))
+    assert "on rank 0 of 2" in logs and "on rank 1 of 2" in logs, logs[-2000:]
+    store.command(*table, "optimizer.lr=0.03", "tracking.run_name=alone")
+    (alone,) = store.runs(filter_string="attributes.run_name = 'alone'")
+    (job,) = [r for r in children if r.data.params["optimizer.lr"] == "0.03"]
+    assert job.data.params["trainer.processes"] == "2"
+    expected = alone.data.metrics["optimum/loss"]
+    assert job.data.metrics["optimum/loss"] == pytest.approx(expected, rel=1e-9)
+    for key in ("param/w_0", "param/b", "train/loss"):
+        assert job.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-4), key
+    assert squeue() == []
+
+
 def test_an_optuna_study_across_2_slurm_tasks(store, cluster):
     """hydra/sweeper=optuna on SLURM: two trials at a time, each in its own array task,
     reporting its epochs to the study (sqlite beside the store: every node is this machine)

@@ -30,6 +30,7 @@ from linreg_lab.paths import CONF_DIR  # noqa: E402
 def train(cfg: DictConfig) -> float:
     from linreg_lab import build, console, sweep
     from linreg_lab.config.errors import exit_on_user_error
+    from linreg_lab.engines.monitor import RankFailed
     from linreg_lab.experiment import run_experiment
     from linreg_lab.tracking import FINISHED, KILLED
 
@@ -88,6 +89,9 @@ def train(cfg: DictConfig) -> float:
             console.say(f"linreg-train: {error}: the run ends KILLED, with every epoch it "
                         "trained", file=sys.stderr)  # fmt: skip
         sys.exit(error.exit_code)
+    except RankFailed as error:  # the ranks lost each other before rank 0's run existed
+        console.say(f"linreg-train: {error}", file=sys.stderr)  # (joining, the first pass)
+        sys.exit(1)
     if outcome is None:  # a rank other than 0 of a job's ranks: rank 0's run says it all
         return math.inf
     if job is not None:

@@ -143,6 +143,70 @@ def world_from_environment(job: str = "") -> World | None:
     return World(int(env["SLURM_PROCID"]), tasks, f"tcp://{host}:{port}", "SLURM")
 
 
+@contextlib.contextmanager
+def joined(world: World | None) -> Iterator[None]:
+    """This process as world.rank for as long as the block runs (torch.distributed's default
+    group): the data's first pass (a streamed table's, split between the ranks) and training;
+    left however the block ends. None: one process, nothing joined. Its owner is the job
+    (experiment.run), which loads and trains in it."""
+    if world is None:
+        yield
+        return
+    try:
+        _join_world(world.rank, world.size, world.init_method, torch.get_num_threads())
+    except RuntimeError as error:  # no rank 0 at the address within TIMEOUT, or refused
+        raise RankFailed(
+            f"rank {world.rank} of {world.size} ({world.source}) could not meet "
+            f"the others at {world.init_method}: {_first_line(error)}"
+        ) from None
+    try:
+        yield
+    finally:
+        _leave_world()
+
+
+def joined_rank() -> tuple[int, int]:
+    """(rank, size) of the world this process has joined (joined), or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sum_over_ranks(values: np.ndarray) -> np.ndarray:
+    """values (float64) summed over the joined world's ranks, in rank order, so that every
+    rank holds the same bits: a pass's sums, reduced once."""
+    mine = torch.from_numpy(np.ascontiguousarray(values, np.float64))
+    gathered = [torch.empty_like(mine) for _ in range(joined_rank()[1])]
+    try:
+        dist.all_gather(gathered, mine)
+    except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
+        raise _lost(error) from None
+    total = gathered[0].clone()
+    for part in gathered[1:]:
+        total += part
+    return total.numpy()
+
+
+def from_rank_0(values: np.ndarray) -> np.ndarray:
+    """Rank 0's values (float64, the same shape on every rank), on every rank."""
+    tensor = torch.from_numpy(np.array(values, np.float64))
+    try:
+        dist.broadcast(tensor, 0)
+    except RuntimeError as error:
+        raise _lost(error) from None
+    return tensor.numpy()
+
+
+def _lost(error: BaseException, source: str = "") -> BaseException:
+    """A collective of a launcher's world failed: a stop, or a rank gone."""
+    if signals.stop_requested():  # scancel's SIGTERM reached every task: a stop
+        return signals.Interrupted(signals.received() or signal.SIGTERM)
+    rank, size = joined_rank()
+    source = f" ({source})" if source else ""
+    return RankFailed(f"rank {rank} of {size}{source}: another rank stopped or lost contact "
+                      f"({_first_line(error)})")  # fmt: skip
+
+
 def _first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ("vm", "node[03-05,9]"), as scontrol expands it."""
     if "[" not in nodelist and nodelist:
@@ -249,32 +313,18 @@ def train_in_world(
 ) -> None:
     """Train theta as world.rank of a world its launcher started (SLURM's tasks, torchrun):
     every rank loaded the table and trains its block; rank 0 reports (on_epoch_end,
-    on_places). A rank that stops (rank 0 ending training too) stops the others' next step."""
+    on_places). A rank that stops (rank 0 ending training too) stops the others' next step.
+    The world is joined here unless the job joined it before loading its data (joined)."""
     lo, hi = blocks(X.shape[0] if table is None else 0, world.size)[world.rank]
     rows = share_rows(X, y, lo, hi) if table is None else None
-
-    def lost(error: BaseException) -> BaseException:
-        if signals.stop_requested():  # scancel's SIGTERM reached every task: a stop
-            return signals.Interrupted(signals.received() or signal.SIGTERM)
-        return RankFailed(f"rank {world.rank} of {world.size} ({world.source}): another rank "
-                          f"stopped or lost contact ({_first_line(error)})")  # fmt: skip
-
-    try:
-        _join_world(world.rank, world.size, world.init_method, job.threads)
-    except RuntimeError as error:  # no rank 0 at the address within TIMEOUT, or refused
-        raise RankFailed(
-            f"rank {world.rank} of {world.size} ({world.source}) could not meet "
-            f"the others at {world.init_method}: {_first_line(error)}"
-        ) from None
-    try:
+    torch.set_num_threads(job.threads)
+    with contextlib.nullcontext() if dist.is_initialized() else joined(world):
         places = _places(world.size)
         if world.rank == 0:
             on_places(places)
         report = on_epoch_end if world.rank == 0 else (lambda *args: None)
-        share = Share(world.rank, world.size, lo, hi, lost)
+        share = Share(world.rank, world.size, lo, hi, lambda error: _lost(error, world.source))
         _train(theta, job, share, table if table is not None else rows, report)
-    finally:
-        _leave_world()
 
 
 def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> None:

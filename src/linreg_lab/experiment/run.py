@@ -26,7 +26,7 @@ from linreg_lab import build, console
 from linreg_lab.config.validate import validate
 from linreg_lab.data import DataError, RegressionData
 from linreg_lab.engines import EngineError, choose_engine, fit, stability
-from linreg_lab.engines.distributed import World, world_from_environment
+from linreg_lab.engines.distributed import World, joined, world_from_environment
 from linreg_lab.engines.least_squares import LeastSquares, least_squares, mse
 from linreg_lab.engines.monitor import Diverged, EpochMonitor, RankFailed
 from linreg_lab.engines.settings import TrainerSettings
@@ -364,10 +364,18 @@ def run_experiment(
     the other ranks only train: they return None.
     """
     world = world_from_environment(" ".join(overrides))
-    if world is not None and world.rank > 0:
-        return _train_as_rank(cfg, world, data_source)
     if world is not None:
         world.check()
+    with joined(world):  # before the data: a streamed table's first pass is split between ranks
+        if world is not None and world.rank > 0:
+            return _train_as_rank(cfg, world, data_source)
+        return _run(cfg, overrides, quiet, store, parent_run_id, data_source, wait, plain, tags,
+                    on_epoch, world)  # fmt: skip
+
+
+def _run(cfg, overrides, quiet, store, parent_run_id, data_source, wait, plain, tags, on_epoch,
+         world: World | None) -> Outcome:  # fmt: skip
+    """run_experiment's run (as rank 0 of world, where there is one)."""
     setup = set_up(cfg, store, parent_run_id, data_source, plain)
     model, optimizer_factory = build_model(setup, world)
     monitor = EpochMonitor(setup.data, setup.optimum, setup.tracking.log_weights_up_to)
@@ -425,11 +433,11 @@ def _train_as_rank(cfg: DictConfig, world: World, data_source: DataSource | None
     no store, no run, nothing said but why it stopped early."""
     validate(cfg)
     trainer = build.trainer(cfg)
-    data, _ = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
-    torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
-    torch.manual_seed(trainer.seed)
-    model = build.model(cfg, data.num_features)
     try:
+        data, _ = (data_source or _Fresh()).get(cfg, trainer, data_and_optimum)
+        torch.set_num_threads(trainer.num_threads(data.num_samples, data.num_features))
+        torch.manual_seed(trainer.seed)
+        model = build.model(cfg, data.num_features)
         fit(model, build.optimizer_factory(cfg), data, trainer, lambda *args: None, world=world)
     except RankFailed as error:  # rank 0 ended training early (its run says why), or died
         console.say(f"linreg-train: {error}", file=sys.stderr)
