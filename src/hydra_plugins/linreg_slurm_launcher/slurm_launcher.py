@@ -214,12 +214,9 @@ def _wait(array: str, submitted: list, tasks: list[list[tuple]]) -> list[list[Jo
 def _say_pending(array: str, ids: list[str]) -> None:
     """One line for the tasks of ids still waiting in the queue, with squeue's reasons (a busy
     cluster: Priority, Resources; QOS or account limits): nothing else says why a sweep waits."""
-    command = ["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r", "-j", ",".join(ids)]
-    try:
-        shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return
-    reasons = [line.split(" ", 1)[1] for line in shown.stdout.splitlines() if " " in line.strip()]
+    from linreg_lab.tracking.orphans import slurm_states
+
+    reasons = [r for r in (slurm_states(ids, field="%r", states="PD") or {}).values() if r]
     if reasons:
         counts = {reason: reasons.count(reason) for reason in dict.fromkeys(reasons)}
         why = ", ".join(f"{n} {reason}" for reason, n in counts.items())

@@ -258,16 +258,8 @@ def _check_request_fits(config: DictConfig, nodes: list[str] | None, where: str)
 def slurm_node_cpus(nodes: list[str]) -> dict[str, int] | None:
     """Each node's CPUs for jobs (scontrol's CPUEfctv, else CPUTot), or None where scontrol
     does not answer."""
-    import subprocess
-
-    try:
-        shown = subprocess.run(["scontrol", "show", "node", "-o", ",".join(nodes)],
-                               capture_output=True, text=True, timeout=30)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
     sizes = {}
-    for line in shown.stdout.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    for fields in _scontrol_show("node", ",".join(nodes)) or []:
         count = fields.get("CPUEfctv") or fields.get("CPUTot")
         if fields.get("NodeName") in nodes and count and count.isdigit():
             sizes[fields["NodeName"]] = int(count)
@@ -289,14 +281,7 @@ def slurm_nodes(partition: str | None) -> list[str] | None:
     where scontrol does not answer."""
     import subprocess
 
-    try:
-        which = [partition] if partition else []
-        shown = subprocess.run(["scontrol", "show", "partition", "-o", *which],
-                               capture_output=True, text=True, timeout=30)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in shown.stdout.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    for fields in _scontrol_show("partition", *([partition] if partition else [])) or []:
         if partition or fields.get("Default") == "YES":
             try:
                 hosts = subprocess.run(["scontrol", "show", "hostnames", fields.get("Nodes", "")],
@@ -305,6 +290,20 @@ def slurm_nodes(partition: str | None) -> list[str] | None:
                 return None
             return hosts.stdout.split()
     return None
+
+
+def _scontrol_show(*what: str) -> list[dict[str, str]] | None:
+    """scontrol -o show <what>: each record (a line) as its key=value fields; None where
+    scontrol does not answer."""
+    import subprocess
+
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", *what], capture_output=True,
+                               text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [dict(f.split("=", 1) for f in line.split() if "=" in f)
+            for line in shown.stdout.splitlines()]  # fmt: skip
 
 
 def _check_engine(cfg: DictConfig) -> None:

@@ -40,15 +40,19 @@ SLURM_LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPEND
                      "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD"}  # fmt: skip
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+def slurm_states(
+    job_ids: list[str], field: str = "%T", states: str = "all"
+) -> dict[str, str] | None:
     """squeue's state of each listed job still known to SLURM (finished ones are listed for a
-    few minutes, then absent); None where squeue cannot answer (not installed, no cluster)."""
+    few minutes, then absent); None where squeue cannot answer (not installed, no cluster).
+    field: another of squeue's fields instead (%r: why a job waits); states: only the jobs in
+    these states (squeue -t, e.g. PD)."""
     squeue = shutil.which("squeue")
     if squeue is None or not job_ids:
         return None if squeue is None else {}
     try:
         out = subprocess.run(
-            [squeue, "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)],
+            [squeue, "-h", "-r", "-t", states, "-o", f"%i {field}", "-j", ",".join(job_ids)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
