@@ -403,6 +403,7 @@ def load_streamed(
     shift = _first_means(read[0]) if read is not None else np.zeros(width - 1)
     if size > 1:
         shift = distributed.from_rank_0(shift)
+        group = distributed.patient_group()  # every rank is alive: they all sent or received
     for i, (arrays, parts) in zip(mine, itertools.chain([read] if read else [], reading)):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
         if tallies[1] and missing == "error":
@@ -426,7 +427,8 @@ def load_streamed(
                     counts[part] += rows.shape[1]
             tallies[2 + i] += (kept == TRAIN).sum()
     if size > 1:  # one reduction of every rank's sums: (3 x width^2 + 3 + 2 + groups) values
-        together = distributed.sum_over_ranks(np.concatenate([sums.ravel(), counts, tallies]))
+        together = distributed.sum_over_ranks(np.concatenate([sums.ravel(), counts, tallies]),
+                                               group)  # fmt: skip
         sums = together[: sums.size].reshape(sums.shape)
         counts, tallies = together[sums.size : sums.size + 3], together[sums.size + 3 :]
     dropped, group_rows = int(tallies[1]), tuple(int(n) for n in tallies[2:])

@@ -348,6 +348,48 @@ def test_a_job_of_2_tasks_trains_as_2_ranks_into_one_run(store, cluster):
         assert job.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-4), key
 
 
+def test_a_task_killed_mid_epoch_fails_its_run_naming_its_rank(store, server):
+    """SIGKILL to rank 1 of a 2-task job while it trains: rank 0 sees its socket close and
+    ends the run FAILED, naming the rank (its process on this node is gone); no task is left."""
+    sweep = start_sweep(store, server, "hydra.launcher.tasks_per_node=2", *LONG)
+    try:
+
+        def victim() -> int | None:
+            """rank 1's process, once the job's run has logged an epoch"""
+            runs = client(server).search_runs(_ids(server), "attributes.status = 'RUNNING'")
+            if not [r for r in runs if r.data.metrics.get("train/loss") is not None]:
+                return None
+            return next(iter(_processes_of_rank(1)), None)
+
+        pid = wait_for(victim, 240, sweep)
+        os.kill(pid, signal.SIGKILL)
+        output, _ = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    _, (child,) = sweep_runs(server)
+    assert child.info.status == "FAILED", output
+    failure = child.data.tags["linreg.failure"]
+    assert f"rank 1 (pid {pid} on " in failure and " gone (" in failure, failure
+    assert squeue() == [] and not _processes_of_rank(0) and not _processes_of_rank(1)
+
+
+def _processes_of_rank(rank: int) -> list[int]:
+    """The pids of the processes (submitit's, running linreg-train's job) SLURM started as
+    task rank."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone
+            continue
+        ours = b"submitit" in command or b"linreg-train" in command
+        if ours and f"SLURM_PROCID={rank}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
 def test_a_streamed_sweep_of_2_task_jobs_splits_each_first_pass(store, cluster, tmp_path):
     """A folder of Parquet files streamed by jobs of 2 SLURM tasks: each task reads its own row
     groups in the first pass (its job's log says which), and the run equals one process's."""

@@ -237,8 +237,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def _results(job, task: list[tuple]) -> list[JobReturn]:
+    """What the array task's jobs returned: its SLURM task 0's (rank 0 of a job of several
+    tasks; the others return nothing to keep, and one that died writes no result: submitit's
+    job.results() would wait for it without end where sacct does not answer)."""
     try:
-        return job.results()[0]
+        return job.task(0).results()[0]
     except Exception as error:  # the task itself failed (not a job: run_job catches those)
         log.error(f"SLURM task {job.job_id} failed: {_first_line(error)}")
         return [_not_finished(params, f"{_LOST}: SLURM task {job.job_id} failed")

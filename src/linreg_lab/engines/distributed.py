@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ BACKEND = "gloo"  # CPU tensors; nccl (GPUs) is not wired yet
 # How long a rank waits for the others to join, and for a collective: a rank that *dies* is
 # seen at once (its socket closes); this bounds a rank that hangs.
 TIMEOUT = datetime.timedelta(seconds=60)
+# How long ranks wait for each other at the end of a pass over a table (patient_group): each
+# reads its own row groups, and a slow node or disk may finish long after the others.
+PASS_WAIT = datetime.timedelta(hours=1)
 _JOIN_SECONDS = 5.0  # for a rank to exit once training ended, before it is terminated
 
 
@@ -172,14 +176,33 @@ def joined_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def sum_over_ranks(values: np.ndarray) -> np.ndarray:
-    """values (float64) summed over the joined world's ranks, in rank order, so that every
-    rank holds the same bits: a pass's sums, reduced once."""
+def from_rank_0(values: np.ndarray) -> np.ndarray:
+    """Rank 0's values (float64, the same shape on every rank), on every rank."""
+    tensor = torch.from_numpy(np.array(values, np.float64))
+    try:
+        dist.broadcast(tensor, 0)
+    except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
+        raise _lost(error) from None
+    return tensor.numpy()
+
+
+def patient_group():
+    """A group of every joined rank whose collectives wait up to PASS_WAIT for the others, not
+    TIMEOUT: in a pass over a table each rank reads its own part, and they end far apart. A
+    rank that dies is still seen at once (its socket closes), but one that dies before all
+    have made the group is not: make it right after a collective of the world's. Left with
+    the world (joined)."""
+    return dist.new_group(timeout=PASS_WAIT)
+
+
+def sum_over_ranks(values: np.ndarray, group) -> np.ndarray:
+    """values (float64) summed over the ranks of group (patient_group), in rank order, so that
+    every rank holds the same bits: a pass's sums, reduced once."""
     mine = torch.from_numpy(np.ascontiguousarray(values, np.float64))
     gathered = [torch.empty_like(mine) for _ in range(joined_rank()[1])]
     try:
-        dist.all_gather(gathered, mine)
-    except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
+        dist.all_gather(gathered, mine, group=group)
+    except RuntimeError as error:  # gloo: a peer's connection closed, or the wait ran out
         raise _lost(error) from None
     total = gathered[0].clone()
     for part in gathered[1:]:
@@ -187,24 +210,41 @@ def sum_over_ranks(values: np.ndarray) -> np.ndarray:
     return total.numpy()
 
 
-def from_rank_0(values: np.ndarray) -> np.ndarray:
-    """Rank 0's values (float64, the same shape on every rank), on every rank."""
-    tensor = torch.from_numpy(np.array(values, np.float64))
-    try:
-        dist.broadcast(tensor, 0)
-    except RuntimeError as error:
-        raise _lost(error) from None
-    return tensor.numpy()
-
-
-def _lost(error: BaseException, source: str = "") -> BaseException:
-    """A collective of a launcher's world failed: a stop, or a rank gone."""
+def _lost(error: BaseException, source: str = "", places: list[str] | None = None
+          ) -> BaseException:  # fmt: skip
+    """A collective of a launcher's world failed: a stop, or a rank gone (named where places,
+    each rank's host:pid, show which: a process of this host that no longer exists)."""
     if signals.stop_requested():  # scancel's SIGTERM reached every task: a stop
         return signals.Interrupted(signals.received() or signal.SIGTERM)
     rank, size = joined_rank()
     source = f" ({source})" if source else ""
-    return RankFailed(f"rank {rank} of {size}{source}: another rank stopped or lost contact "
-                      f"({_first_line(error)})")  # fmt: skip
+    gone = ", ".join(f"rank {r} (pid {pid} on {host})" for r, host, pid in _gone(places or []))
+    who = f"{gone} gone" if gone else "another rank stopped or lost contact"
+    return RankFailed(f"rank {rank} of {size}{source}: {who} ({_first_line(error)})")
+
+
+def _gone(places: list[str], wait: float = 1.0) -> list[tuple[int, str, int]]:
+    """(rank, host, pid) of the ranks whose process on this host has ended (or is a zombie),
+    waiting up to wait seconds for one: a peer's socket closes a moment before its end."""
+    import psutil
+
+    here, deadline = socket.gethostname(), time.monotonic() + wait
+    while True:
+        gone = []
+        for rank, place in enumerate(places):
+            host, _, pid = place.rpartition(":")
+            if host == here and pid.isdigit() and not _alive(psutil, int(pid)):
+                gone.append((rank, host, int(pid)))
+        if gone or time.monotonic() > deadline or not places:
+            return gone
+        time.sleep(0.1)
+
+
+def _alive(psutil, pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # NoSuchProcess
+        return False
 
 
 def _first_host(nodelist: str) -> str:
@@ -323,7 +363,8 @@ def train_in_world(
         if world.rank == 0:
             on_places(places)
         report = on_epoch_end if world.rank == 0 else (lambda *args: None)
-        share = Share(world.rank, world.size, lo, hi, lambda error: _lost(error, world.source))
+        share = Share(world.rank, world.size, lo, hi,
+                      lambda error: _lost(error, world.source, places))  # fmt: skip
         _train(theta, job, share, table if table is not None else rows, report)
 
 
