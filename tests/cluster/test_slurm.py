@@ -351,7 +351,9 @@ def test_a_job_of_2_tasks_trains_as_2_ranks_into_one_run(store, cluster):
 def test_a_task_killed_mid_epoch_fails_its_run_naming_its_rank(store, server):
     """SIGKILL to rank 1 of a 2-task job while it trains: rank 0 sees its socket close and
     ends the run FAILED, naming the rank (its process on this node is gone); no task is left."""
-    sweep = start_sweep(store, server, "hydra.launcher.tasks_per_node=2", *LONG)
+    # ~2000 steps an epoch, each a collective (~1 ms): an epoch logged within seconds
+    sweep = start_sweep(store, server, "hydra.launcher.tasks_per_node=2",
+                        "dataset.num_samples=20000", "trainer.epochs=100000")  # fmt: skip
     try:
 
         def victim() -> int | None:
@@ -391,8 +393,9 @@ def _processes_of_rank(rank: int) -> list[int]:
 
 
 def test_a_streamed_sweep_of_2_task_jobs_splits_each_first_pass(store, cluster, tmp_path):
-    """A folder of Parquet files streamed by jobs of 2 SLURM tasks: each task reads its own row
-    groups in the first pass (its job's log says which), and the run equals one process's."""
+    """A folder of Parquet files streamed by a sweep's job of 2 SLURM tasks: each task reads
+    its own row groups in the first pass (the job's log says which), and the run equals one
+    process's."""
     from tests.test_streamed import _folder, _table
 
     folder = _folder(tmp_path, _table(6000))
@@ -400,15 +403,14 @@ def test_a_streamed_sweep_of_2_task_jobs_splits_each_first_pass(store, cluster, 
              "dataset.stream=true", "trainer.epochs=2"]  # fmt: skip
     store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1", "hydra.launcher.tasks_per_node=2", *table,
-                "optimizer.lr=0.01,0.03", timeout=300)  # fmt: skip
-    children = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+                "optimizer.lr=0.03", timeout=300)  # fmt: skip
+    (job,) = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert job.info.status == "FINISHED"
     logs = "".join(path.read_text() for path in store.root.rglob("*.err"))
     logs += "".join(path.read_text() for path in store.root.rglob("*.out"))
     assert "on rank 0 of 2" in logs and "on rank 1 of 2" in logs, logs[-2000:]
     store.command(*table, "optimizer.lr=0.03", "tracking.run_name=alone")
     (alone,) = store.runs(filter_string="attributes.run_name = 'alone'")
-    (job,) = [r for r in children if r.data.params["optimizer.lr"] == "0.03"]
     assert job.data.params["trainer.processes"] == "2"
     expected = alone.data.metrics["optimum/loss"]
     assert job.data.metrics["optimum/loss"] == pytest.approx(expected, rel=1e-9)
@@ -425,16 +427,16 @@ def test_an_optuna_study_across_2_slurm_tasks(store, cluster):
 
     store.train("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1", "experiment=lr_batch_optuna_pruned",
-                "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "trainer.epochs=4",
+                "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "trainer.epochs=4",
                 timeout=600)  # fmt: skip
     runs = store.runs("lr_batch_optuna_pruned")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 8 and len({r.data.tags["linreg.slurm_job"] for r in children}) == 8
+    assert len(children) == 6 and len({r.data.tags["linreg.slurm_job"] for r in children}) == 6
     (parent,) = [r for r in runs if r.data.tags.get("linreg.sweep") == "true"]
     study = optuna.load_study(study_name=parent.data.params["optuna.study_name"],
                               storage=f"sqlite:///{store.root / 'optuna.db'}")  # fmt: skip
     states = {t.number: t.state.name for t in study.trials}
-    assert len(states) == 8 and set(states.values()) <= {"COMPLETE", "PRUNED"}
+    assert len(states) == 6 and set(states.values()) <= {"COMPLETE", "PRUNED"}
     for run in children:  # each trial's intermediate values came from its SLURM task
         trial = study.trials[int(run.data.tags["linreg.trial"])]
         assert len(trial.intermediate_values) == len(
