@@ -347,6 +347,16 @@ def _with_parts(arrays, fractions: SplitFractions, groups) -> Iterator[tuple[tup
         yield chosen, parts_of(np.arange(first, first + len(chosen[0])), fractions)
 
 
+def as_rank_0_has_it(flag: bool) -> bool:
+    """flag as rank 0 has it in the world this process has joined (distributed.joined); flag
+    itself in one process."""
+    from linreg_lab.engines import distributed
+
+    if distributed.joined_rank()[1] < 2:
+        return flag
+    return bool(distributed.from_rank_0(np.array([float(flag)]))[0])
+
+
 def _first_means(arrays) -> np.ndarray:
     """Each column's mean over its first 1000 finite values of a row group (0 for none)."""
     first_rows = np.stack([c[:1000].astype(np.float64) for c in arrays], axis=1)
@@ -391,10 +401,10 @@ def load_streamed(
     if size > 1:
         log.info("dataset: the first pass's %d of %d row groups on rank %d of %d", len(mine),
                  len(groups), rank, size)  # fmt: skip
-    # Each part's sums, then per part its rows, then: rows with a missing value, each row
+    # Each part's sums, then per part its rows, then: rows with a missing value, and each row
     # group's training rows (a rank's own groups; zero for the others').
     sums = np.zeros((3, width, width))
-    counts, tallies = np.zeros(3), np.zeros(2 + len(groups))
+    counts, tallies = np.zeros(3), np.zeros(1 + len(groups))
     reading = iter(_with_parts(read_groups(files, metadata, columns, [groups[i] for i in mine]),
                                fractions, [groups[i] for i in mine]))  # fmt: skip
     read = next(reading, None) if rank == 0 else None
@@ -406,7 +416,7 @@ def load_streamed(
         group = distributed.patient_group()  # every rank is alive: they all sent or received
     for i, (arrays, parts) in zip(mine, itertools.chain([read] if read else [], reading)):
         signals.check()  # Ctrl-C acts between row groups, not after the whole pass
-        if tallies[1] and missing == "error":
+        if tallies[0] and missing == "error":
             break  # said once every rank has its sums (below), the same on every rank
         # Column-major slices (each column's values contiguous), float64 a slice at a time:
         # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
@@ -418,20 +428,20 @@ def load_streamed(
             block[d] = 1.0
             np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1], dtype=np.float64)
             finite = np.isfinite(block).all(axis=0)
-            tallies[1] += hi - lo - finite.sum()
+            tallies[0] += hi - lo - finite.sum()
             kept = np.where(finite, parts[lo:hi], -1)
             for part in (TRAIN, VAL, TEST):
                 rows = block if (kept == part).all() else block[:, kept == part]
                 if rows.shape[1]:
                     sums[part] += rows @ rows.T
                     counts[part] += rows.shape[1]
-            tallies[2 + i] += (kept == TRAIN).sum()
-    if size > 1:  # one reduction of every rank's sums: (3 x width^2 + 3 + 2 + groups) values
+            tallies[1 + i] += (kept == TRAIN).sum()
+    if size > 1:  # one reduction of every rank's sums: (3 x width^2 + 3 + 1 + groups) values
         together = distributed.sum_over_ranks(np.concatenate([sums.ravel(), counts, tallies]),
                                                group)  # fmt: skip
         sums = together[: sums.size].reshape(sums.shape)
         counts, tallies = together[sums.size : sums.size + 3], together[sums.size + 3 :]
-    dropped, group_rows = int(tallies[1]), tuple(int(n) for n in tallies[2:])
+    dropped, group_rows = int(tallies[0]), tuple(int(n) for n in tallies[1:])
     if dropped and missing == "error":
         raise DataError(
             f"{where}: rows with NaN, inf or empty values (at least {dropped}); set "

@@ -81,7 +81,8 @@ def load_table(
     if kind == "parquet" and stream is not False:
         size = table.num_rows * (len(chosen) + 1) * 4
         budget = streamed.memory_budget(memory_budget_gb)
-        if stream is True or size > budget:
+        # In a world of ranks, rank 0's budget decides for all: their collectives must agree.
+        if stream is True or streamed.as_rank_0_has_it(size > budget):
             if stream == "auto":
                 log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
                          "the memory budget of %.1f GB (dataset.memory_budget_gb)",

@@ -192,7 +192,10 @@ def patient_group():
     rank that dies is still seen at once (its socket closes), but one that dies before all
     have made the group is not: make it right after a collective of the world's. Left with
     the world (joined)."""
-    return dist.new_group(timeout=PASS_WAIT)
+    try:
+        return dist.new_group(timeout=PASS_WAIT)
+    except RuntimeError as error:
+        raise _lost(error) from None
 
 
 def sum_over_ranks(values: np.ndarray, group) -> np.ndarray:
@@ -359,13 +362,22 @@ def train_in_world(
     rows = share_rows(X, y, lo, hi) if table is None else None
     torch.set_num_threads(job.threads)
     with contextlib.nullcontext() if dist.is_initialized() else joined(world):
-        places = _places(world.size)
-        if world.rank == 0:
-            on_places(places)
-        report = on_epoch_end if world.rank == 0 else (lambda *args: None)
-        share = Share(world.rank, world.size, lo, hi,
-                      lambda error: _lost(error, world.source, places))  # fmt: skip
-        _train(theta, job, share, table if table is not None else rows, report)
+        try:
+            try:
+                places = _places(world.size)
+            except RuntimeError as error:  # a rank that died while the data loaded
+                raise _lost(error, world.source) from None
+            if world.rank == 0:
+                on_places(places)
+            report = on_epoch_end if world.rank == 0 else (lambda *args: None)
+            share = Share(world.rank, world.size, lo, hi,
+                          lambda error: _lost(error, world.source, places))  # fmt: skip
+            _train(theta, job, share, table if table is not None else rows, report)
+        finally:
+            # Training is the world's last use: left now, however it ended, so that when rank
+            # 0 stops early (diverged, pruned) the others' next step fails at once, not after
+            # rank 0 has recorded its run (joined leaves it again, harmlessly).
+            _leave_world()
 
 
 def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> None:
