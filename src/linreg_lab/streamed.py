@@ -405,8 +405,8 @@ def load_streamed(
     # group's training rows (a rank's own groups; zero for the others').
     sums = np.zeros((3, width, width))
     counts, tallies = np.zeros(3), np.zeros(1 + len(groups))
-    reading = iter(_with_parts(read_groups(files, metadata, columns, [groups[i] for i in mine]),
-                               fractions, [groups[i] for i in mine]))  # fmt: skip
+    owned = [groups[i] for i in mine]
+    reading = iter(_with_parts(read_groups(files, metadata, columns, owned), fractions, owned))
     read = next(reading, None) if rank == 0 else None
     # Every column centred by a first estimate of its mean, the target too: float64 keeps
     # digits. From the first 1000 rows of the table's first row group with rows: rank 0's.

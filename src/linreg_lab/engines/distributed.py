@@ -77,12 +77,18 @@ class Share:
         if not self._gathered:
             self._gathered.extend(torch.empty_like(sums) for _ in range(self.size))
         try:
-            dist.all_gather(self._gathered, sums)
+            _sum_in_rank_order(sums, self._gathered)
         except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
             raise self.failed(error) from None
-        sums.copy_(self._gathered[0])
-        for part in self._gathered[1:]:
-            sums.add_(part)
+
+
+def _sum_in_rank_order(sums: torch.Tensor, gathered: list[torch.Tensor], group=None) -> None:
+    """sums (in place) summed over the ranks of group (the world's by default): every rank's
+    gathered into gathered (all_gather), then added in rank order, element by element."""
+    dist.all_gather(gathered, sums, group=group)
+    sums.copy_(gathered[0])
+    for part in gathered[1:]:
+        sums.add_(part)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,14 @@ def joined(world: World | None) -> Iterator[None]:
     if world is None:
         yield
         return
+    _join(world)
+    try:
+        yield
+    finally:
+        _leave_world()
+
+
+def _join(world: World) -> None:
     try:
         _join_world(world.rank, world.size, world.init_method, torch.get_num_threads())
     except RuntimeError as error:  # no rank 0 at the address within TIMEOUT, or refused
@@ -163,10 +177,6 @@ def joined(world: World | None) -> Iterator[None]:
             f"rank {world.rank} of {world.size} ({world.source}) could not meet "
             f"the others at {world.init_method}: {_first_line(error)}"
         ) from None
-    try:
-        yield
-    finally:
-        _leave_world()
 
 
 def joined_rank() -> tuple[int, int]:
@@ -201,15 +211,12 @@ def patient_group():
 def sum_over_ranks(values: np.ndarray, group) -> np.ndarray:
     """values (float64) summed over the ranks of group (patient_group), in rank order, so that
     every rank holds the same bits: a pass's sums, reduced once."""
-    mine = torch.from_numpy(np.ascontiguousarray(values, np.float64))
-    gathered = [torch.empty_like(mine) for _ in range(joined_rank()[1])]
+    total = torch.from_numpy(np.array(values, np.float64))  # a copy, summed in place
     try:
-        dist.all_gather(gathered, mine, group=group)
+        _sum_in_rank_order(total, [torch.empty_like(total) for _ in range(joined_rank()[1])],
+                           group)  # fmt: skip
     except RuntimeError as error:  # gloo: a peer's connection closed, or the wait ran out
         raise _lost(error) from None
-    total = gathered[0].clone()
-    for part in gathered[1:]:
-        total += part
     return total.numpy()
 
 
@@ -361,23 +368,24 @@ def train_in_world(
     lo, hi = blocks(X.shape[0] if table is None else 0, world.size)[world.rank]
     rows = share_rows(X, y, lo, hi) if table is None else None
     torch.set_num_threads(job.threads)
-    with contextlib.nullcontext() if dist.is_initialized() else joined(world):
+    if not dist.is_initialized():
+        _join(world)
+    try:
         try:
-            try:
-                places = _places(world.size)
-            except RuntimeError as error:  # a rank that died while the data loaded
-                raise _lost(error, world.source) from None
-            if world.rank == 0:
-                on_places(places)
-            report = on_epoch_end if world.rank == 0 else (lambda *args: None)
-            share = Share(world.rank, world.size, lo, hi,
-                          lambda error: _lost(error, world.source, places))  # fmt: skip
-            _train(theta, job, share, table if table is not None else rows, report)
-        finally:
-            # Training is the world's last use: left now, however it ended, so that when rank
-            # 0 stops early (diverged, pruned) the others' next step fails at once, not after
-            # rank 0 has recorded its run (joined leaves it again, harmlessly).
-            _leave_world()
+            places = _places(world.size)
+        except RuntimeError as error:  # a rank that died while the data loaded
+            raise _lost(error, world.source) from None
+        if world.rank == 0:
+            on_places(places)
+        report = on_epoch_end if world.rank == 0 else (lambda *args: None)
+        share = Share(world.rank, world.size, lo, hi,
+                      lambda error: _lost(error, world.source, places))  # fmt: skip
+        _train(theta, job, share, table if table is not None else rows, report)
+    finally:
+        # Training is the world's last use: left now, however it ended, so that when rank 0
+        # stops early (diverged, pruned) the others' next step fails at once, not after rank 0
+        # has recorded its run (joined leaves it again, harmlessly).
+        _leave_world()
 
 
 def _train(theta: torch.Tensor, job: Job, share: Share, data, on_epoch_end) -> None:
