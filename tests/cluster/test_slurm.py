@@ -306,8 +306,12 @@ def test_tasks_waiting_in_the_queue_are_said_with_squeues_reasons(cluster, tmp_p
     try:
 
         def two_running() -> bool:
-            """2 of the 4 tasks running, 2 pending"""
-            return sum(line.endswith(" RUNNING") for line in squeue()) == 2
+            """2 of the 4 tasks running, 2 pending with the scheduler's reason (None until
+            it has looked at them)"""
+            waiting = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%r", "-j", array],
+                                     capture_output=True, text=True).stdout.split()  # fmt: skip
+            running = sum(line.endswith(" RUNNING") for line in squeue())
+            return running == 2 and len(waiting) == 2 and "None" not in waiting
 
         wait_for(two_running, 60)
         with caplog.at_level(logging.INFO):
