@@ -104,10 +104,15 @@ _LONG = ["trainer.processes=2", "dataset.num_samples=100000", "trainer.batch_siz
 def test_a_rank_killed_mid_epoch_fails_the_run_naming_it(store):
     from tests.test_failures import start_in_group, wait_for_metric
 
-    process = start_in_group(store, *_LONG)
+    # 3 ranks, the last killed: rank 1 exits too when its next step fails, and is not the one
+    # named
+    process = start_in_group(store, "trainer.processes=3", *_LONG[1:])
     try:
         wait_for_metric(store, "linreg")
-        (rank,) = _ranks_of(process.pid)
+        (run,) = store.runs()
+        places = run.data.tags["linreg.ranks"].split()  # host:pid of each rank, rank 0 first
+        rank = int(places[2].rpartition(":")[2])
+        assert rank in _ranks_of(process.pid)
         os.kill(rank, signal.SIGKILL)
         killed = time.monotonic()
         assert process.wait(timeout=30) == 1
@@ -118,7 +123,7 @@ def test_a_rank_killed_mid_epoch_fails_the_run_naming_it(store):
     (run,) = store.runs()
     assert run.info.status == "FAILED"
     reason = run.data.tags["linreg.failure"]
-    assert f"rank 1 of 2 (pid {rank}) killed by SIGKILL" in reason and reason in out
+    assert f"rank 2 of 3 (pid {rank}) killed by SIGKILL" in reason and reason in out
     assert len(store.client.get_metric_history(run.info.run_id, "train/loss")) >= 1
 
 

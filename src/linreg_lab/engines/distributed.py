@@ -534,7 +534,13 @@ def _failure(ranks, error: BaseException, errors) -> BaseException:
     said = {}
     while not errors.empty():
         said.update([errors.get()])
-    for rank, process in sorted(enumerate(ranks, start=1), key=lambda item: item[0] not in said):
+    # Who stopped first: a rank that said its own error, else one a signal killed; the ranks
+    # that exited 1 without a word only followed it (their collective failed).
+    def first(item) -> tuple[bool, bool]:
+        rank, process = item
+        return rank not in said, (process.exitcode or 0) >= 0
+
+    for rank, process in sorted(enumerate(ranks, start=1), key=first):
         code = process.exitcode
         if code is None:
             continue
