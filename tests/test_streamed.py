@@ -155,6 +155,25 @@ def test_held_out_losses_are_those_of_the_held_out_rows(tmp_path):
         assert sums.loss_of(w, b) == pytest.approx(mse, rel=1e-9)
 
 
+def test_the_first_pass_gives_the_same_bits_on_any_number_of_threads(tmp_path):
+    """Each thread sums whole row groups; their sums are added in the groups' order."""
+    folder = _folder(tmp_path, _table(2000))
+    split = {"val": 0.25, "test": 0.25, "seed": 1}
+    threads = torch.get_num_threads()
+    try:
+        passes = []
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            passes.append(load_table(str(folder), "price", split=split, stream=True))
+    finally:
+        torch.set_num_threads(threads)
+    for data in passes[1:]:
+        assert data.group_rows == passes[0].group_rows
+        for part in ("optimum", "val_sums", "test_sums"):
+            assert torch.equal(getattr(data, part).w, getattr(passes[0], part).w)
+            assert getattr(data, part).loss == getattr(passes[0], part).loss
+
+
 def test_missing_values_and_bad_settings_are_one_line(tmp_path):
     frame = _table(500)
     frame.loc[[3, 300], "b"] = np.nan

@@ -23,9 +23,9 @@ so. Nothing here holds more than a window of rows (and one row group read ahead)
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ from linreg_lab.engines.least_squares import LeastSquares, from_sums
 log = logging.getLogger(__name__)
 TRAIN, VAL, TEST = 0, 1, 2
 _GRAM_ROWS = 1 << 14  # rows per product in the statistics pass (13 MB of float64 at D 100)
+_PASS_THREADS = 4  # at most, in the statistics pass: each holds a row group
 
 
 class RowGroups:
@@ -315,23 +316,27 @@ class ReadAhead(Ahead):
         super().__init__(self._read(item) for item in groups)
 
     def _read(self, item) -> tuple:
-        import pyarrow as pa
-
-        chunk = self._files.read(item[0], item[1], self._columns)
-        single = all(pa.types.is_float32(column.type) for column in chunk.columns)
-        kind = pa.float32() if single else pa.float64()
-        arrays = []
-        for column in chunk.columns:
-            column = column.cast(kind)
-            array = column.chunk(0) if column.num_chunks == 1 else column
-            view = np.ascontiguousarray(array.to_numpy(zero_copy_only=False)).view()
-            view.flags.writeable = False  # one type for every column (Arrow's are read-only)
-            arrays.append(view)
-        return tuple(arrays)
+        return _as_arrays(self._files.read(item[0], item[1], self._columns))
 
     def close(self) -> None:
         super().close()
         self._files.close()
+
+
+def _as_arrays(chunk) -> tuple:
+    """A row group's columns (a pyarrow Table) as ReadAhead gives them."""
+    import pyarrow as pa
+
+    single = all(pa.types.is_float32(column.type) for column in chunk.columns)
+    kind = pa.float32() if single else pa.float64()
+    arrays = []
+    for column in chunk.columns:
+        column = column.cast(kind)
+        array = column.chunk(0) if column.num_chunks == 1 else column
+        view = np.ascontiguousarray(array.to_numpy(zero_copy_only=False)).view()
+        view.flags.writeable = False  # one type for every column (Arrow's are read-only)
+        arrays.append(view)
+    return tuple(arrays)
 
 
 def read_groups(paths, metadata, columns: list[str], groups) -> Iterator[tuple]:
@@ -355,6 +360,91 @@ def as_rank_0_has_it(flag: bool) -> bool:
     if distributed.joined_rank()[1] < 2:
         return flag
     return bool(distributed.from_rank_0(np.array([float(flag)]))[0])
+
+
+def _pass_workers(groups: int) -> int:
+    """Threads of the first pass: the run's (torch's), at least 2 (one reads while one sums,
+    as a rank given one thread), at most _PASS_THREADS (each holds a row group)."""
+    return max(1, min(groups, _PASS_THREADS, max(2, torch.get_num_threads())))
+
+
+def _pass_sums(files, metadata, columns: list[str], owned, fractions: SplitFractions,
+               missing: str, shift: np.ndarray, held: list) -> tuple:  # fmt: skip
+    """The first pass over the row groups owned ((file, group, first row) each): each part's
+    float64 sums [x - shift, 1, y - shift]' [x - shift, 1, y - shift] (3 x width x width),
+    each part's rows, the rows with a missing value, and each group's training rows. held:
+    the first group's columns where read already (taken from the list: let go once summed).
+
+    Each thread (_pass_workers) reads and sums one row group at a time, BLAS on one thread
+    (its threads spin: two of them took twice the CPU of one, for a slower pass); the groups'
+    sums are added in the groups' order, so every number of threads gives the same bits. A
+    missing value under missing=error ends the pass at that group."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    width = len(columns) + 1
+    sums, counts, dropped, train_rows = np.zeros((3, width, width)), np.zeros(3), 0, []
+    stop, local, opened = threading.Event(), threading.local(), []
+
+    def summed(k: int):
+        if stop.is_set():
+            return None
+        if k == 0 and held:
+            arrays = held.pop()
+        else:
+            if not hasattr(local, "files"):
+                local.files = RowGroups(files, metadata)
+                opened.append(local.files)
+            arrays = _as_arrays(local.files.read(owned[k][0], owned[k][1], columns))
+        row = owned[k][2]
+        return _group_sums(arrays, parts_of(np.arange(row, row + len(arrays[0])), fractions),
+                           shift)  # fmt: skip
+
+    pool = ThreadPoolExecutor(_pass_workers(len(owned)), thread_name_prefix="linreg-pass")
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            for future in [pool.submit(summed, k) for k in range(len(owned))]:
+                signals.check()  # Ctrl-C acts between row groups, not after the whole pass
+                group_sums, group_counts, missed, train = future.result()
+                sums += group_sums
+                counts += group_counts
+                dropped += missed
+                train_rows.append(train)
+                if missed and missing == "error":
+                    break  # said once every rank has its sums, the same on every rank
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for files_ in opened:
+            files_.close()
+    return sums, counts, dropped, train_rows
+
+
+def _group_sums(arrays, parts: np.ndarray, shift: np.ndarray) -> tuple:
+    """One row group's (sums, counts, missing rows, training rows) for _pass_sums."""
+    width = len(arrays) + 1
+    d = width - 2
+    sums, counts, dropped, train = np.zeros((3, width, width)), np.zeros(3), 0, 0
+    # Column-major slices (each column's values contiguous), float64 a slice at a time:
+    # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
+    for lo in range(0, len(parts), _GRAM_ROWS):
+        hi = min(lo + _GRAM_ROWS, len(parts))
+        block = np.empty((width, hi - lo))
+        for j, column in enumerate(arrays[:d]):
+            np.subtract(column[lo:hi], shift[j], out=block[j], dtype=np.float64)
+        block[d] = 1.0
+        np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1], dtype=np.float64)
+        finite = np.isfinite(block).all(axis=0)
+        dropped += int(hi - lo - finite.sum())
+        kept = np.where(finite, parts[lo:hi], -1)
+        for part in (TRAIN, VAL, TEST):
+            rows = block if (kept == part).all() else block[:, kept == part]
+            if rows.shape[1]:
+                sums[part] += rows @ rows.T
+                counts[part] += rows.shape[1]
+        train += int((kept == TRAIN).sum())
+    return sums, counts, dropped, train
 
 
 def _first_means(arrays) -> np.ndarray:
@@ -401,41 +491,25 @@ def load_streamed(
     if size > 1:
         log.info("dataset: the first pass's %d of %d row groups on rank %d of %d", len(mine),
                  len(groups), rank, size)  # fmt: skip
-    # Each part's sums, then per part its rows, then: rows with a missing value, and each row
-    # group's training rows (a rank's own groups; zero for the others').
-    sums = np.zeros((3, width, width))
-    counts, tallies = np.zeros(3), np.zeros(1 + len(groups))
     owned = [groups[i] for i in mine]
-    reading = iter(_with_parts(read_groups(files, metadata, columns, owned), fractions, owned))
-    read = next(reading, None) if rank == 0 else None
+    held = []  # the first group's columns, read here for the shift; summed (and let go) there
+    if rank == 0 and owned:
+        with RowGroups(files, metadata) as first_file:
+            held.append(_as_arrays(first_file.read(owned[0][0], owned[0][1], columns)))
     # Every column centred by a first estimate of its mean, the target too: float64 keeps
     # digits. From the first 1000 rows of the table's first row group with rows: rank 0's.
-    shift = _first_means(read[0]) if read is not None else np.zeros(width - 1)
+    shift = _first_means(held[0]) if held else np.zeros(width - 1)
     if size > 1:
         shift = distributed.from_rank_0(shift)
         group = distributed.patient_group()  # every rank is alive: they all sent or received
-    for i, (arrays, parts) in zip(mine, itertools.chain([read] if read else [], reading)):
-        signals.check()  # Ctrl-C acts between row groups, not after the whole pass
-        if tallies[0] and missing == "error":
-            break  # said once every rank has its sums (below), the same on every rank
-        # Column-major slices (each column's values contiguous), float64 a slice at a time:
-        # [x - shift, 1, y - shift]' of the slice's rows; its products are BLAS's.
-        for lo in range(0, len(parts), _GRAM_ROWS):
-            hi = min(lo + _GRAM_ROWS, len(parts))
-            block = np.empty((width, hi - lo))
-            for j, column in enumerate(arrays[:d]):
-                np.subtract(column[lo:hi], shift[j], out=block[j], dtype=np.float64)
-            block[d] = 1.0
-            np.subtract(arrays[d][lo:hi], shift[d], out=block[d + 1], dtype=np.float64)
-            finite = np.isfinite(block).all(axis=0)
-            tallies[0] += hi - lo - finite.sum()
-            kept = np.where(finite, parts[lo:hi], -1)
-            for part in (TRAIN, VAL, TEST):
-                rows = block if (kept == part).all() else block[:, kept == part]
-                if rows.shape[1]:
-                    sums[part] += rows @ rows.T
-                    counts[part] += rows.shape[1]
-            tallies[1 + i] += (kept == TRAIN).sum()
+    # Each part's sums, then per part its rows, then: rows with a missing value, and each row
+    # group's training rows (a rank's own groups; zero for the others').
+    sums, counts, dropped, train_rows = _pass_sums(files, metadata, columns, owned, fractions,
+                                                   missing, shift, held)  # fmt: skip
+    tallies = np.zeros(1 + len(groups))
+    tallies[0] = dropped
+    for i, rows in zip(mine, train_rows):
+        tallies[1 + i] = rows
     if size > 1:  # one reduction of every rank's sums: (3 x width^2 + 3 + 1 + groups) values
         together = distributed.sum_over_ranks(np.concatenate([sums.ravel(), counts, tallies]),
                                                group)  # fmt: skip

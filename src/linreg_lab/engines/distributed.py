@@ -534,6 +534,7 @@ def _failure(ranks, error: BaseException, errors) -> BaseException:
     said = {}
     while not errors.empty():
         said.update([errors.get()])
+
     # Who stopped first: a rank that said its own error, else one a signal killed; the ranks
     # that exited 1 without a word only followed it (their collective failed).
     def first(item) -> tuple[bool, bool]:
