@@ -109,6 +109,22 @@ def test_least_squares_is_the_exact_optimum():
     assert optimum.loss == pytest.approx(0.01, rel=0.1)
 
 
+def test_least_squares_gives_the_same_bits_on_any_number_of_threads():
+    """Chunks of rows summed on the run's threads, added in the chunks' order."""
+    data = make_synthetic_regression(num_samples=100_000, num_features=20, true_w=None)
+    threads = torch.get_num_threads()
+    try:
+        optima = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            optima.append(least_squares(data.X, data.y))
+    finally:
+        torch.set_num_threads(threads)
+    for optimum in optima[1:]:
+        assert torch.equal(optimum.theta, optima[0].theta) and optimum.loss == optima[0].loss
+        assert torch.equal(optimum.gram, optima[0].gram)
+
+
 def test_losses_from_the_normal_equations_match_a_pass_over_the_data():
     data = make_synthetic_regression(num_samples=20_000, num_features=30, true_w=None)
     optimum = least_squares(data.X, data.y)

@@ -23,6 +23,7 @@ so. Nothing here holds more than a window of rows (and one row group read ahead)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ import torch
 
 from linreg_lab import signals
 from linreg_lab.data import DataError, Scaling, SplitFractions, TableSource, standardization
-from linreg_lab.engines.ahead import Ahead
+from linreg_lab.engines.ahead import Ahead, in_order
 from linreg_lab.engines.least_squares import LeastSquares, from_sums
 
 log = logging.getLogger(__name__)
@@ -362,10 +363,10 @@ def as_rank_0_has_it(flag: bool) -> bool:
     return bool(distributed.from_rank_0(np.array([float(flag)]))[0])
 
 
-def _pass_workers(groups: int) -> int:
+def _pass_workers() -> int:
     """Threads of the first pass: the run's (torch's), at least 2 (one reads while one sums,
     as a rank given one thread), at most _PASS_THREADS (each holds a row group)."""
-    return max(1, min(groups, _PASS_THREADS, max(2, torch.get_num_threads())))
+    return min(_PASS_THREADS, max(2, torch.get_num_threads()))
 
 
 def _pass_sums(files, metadata, columns: list[str], owned, fractions: SplitFractions,
@@ -375,21 +376,14 @@ def _pass_sums(files, metadata, columns: list[str], owned, fractions: SplitFract
     each part's rows, the rows with a missing value, and each group's training rows. held:
     the first group's columns where read already (taken from the list: let go once summed).
 
-    Each thread (_pass_workers) reads and sums one row group at a time, BLAS on one thread
-    (its threads spin: two of them took twice the CPU of one, for a slower pass); the groups'
-    sums are added in the groups' order, so every number of threads gives the same bits. A
-    missing value under missing=error ends the pass at that group."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
+    Each thread (_pass_workers) reads and sums one row group at a time (engines.ahead.in_order:
+    the groups' sums added in their order, the same bits on any number of threads). A missing
+    value under missing=error ends the pass at that group."""
     width = len(columns) + 1
     sums, counts, dropped, train_rows = np.zeros((3, width, width)), np.zeros(3), 0, []
-    stop, local, opened = threading.Event(), threading.local(), []
+    local, opened = threading.local(), []
 
-    def summed(k: int):
-        if stop.is_set():
-            return None
+    def summed(k: int) -> tuple:
         if k == 0 and held:
             arrays = held.pop()
         else:
@@ -401,12 +395,10 @@ def _pass_sums(files, metadata, columns: list[str], owned, fractions: SplitFract
         return _group_sums(arrays, parts_of(np.arange(row, row + len(arrays[0])), fractions),
                            shift)  # fmt: skip
 
-    pool = ThreadPoolExecutor(_pass_workers(len(owned)), thread_name_prefix="linreg-pass")
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            for future in [pool.submit(summed, k) for k in range(len(owned))]:
+        with contextlib.closing(in_order(summed, range(len(owned)), _pass_workers())) as results:
+            for group_sums, group_counts, missed, train in results:
                 signals.check()  # Ctrl-C acts between row groups, not after the whole pass
-                group_sums, group_counts, missed, train = future.result()
                 sums += group_sums
                 counts += group_counts
                 dropped += missed
@@ -414,8 +406,6 @@ def _pass_sums(files, metadata, columns: list[str], owned, fractions: SplitFract
                 if missed and missing == "error":
                     break  # said once every rank has its sums, the same on every rank
     finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
         for files_ in opened:
             files_.close()
     return sums, counts, dropped, train_rows

@@ -1,8 +1,13 @@
-"""One item ahead: an iterator's next item made on a thread while the caller works on this one.
+"""Work made on threads while the caller goes on.
 
-The streamed table's row groups (streamed.ReadAhead: each decoded while the one before is
-packed) and the data-parallel ranks' next order or window (engines.distributed) are read this
-way. The first item is started when an Ahead is made, not when it is first asked for.
+Ahead: one item ahead, an iterator's next item made on a thread while the caller works on
+this one. The streamed table's row groups (streamed.ReadAhead: each decoded while the one
+before is packed) and the data-parallel ranks' next order or window (engines.distributed) are
+read this way. The first item is started when an Ahead is made, not when it is first asked for.
+
+in_order: a pass's pieces (a streamed table's row groups, a table's chunks of rows) summed on
+several threads, each piece's result given in the pieces' order, so that adding them up gives
+the same bits on any number of threads.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 _END = object()
@@ -52,6 +57,26 @@ class Ahead:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def in_order(work: Callable, items: Sequence, threads: int) -> Iterator:
+    """work(item) of each of items, made on up to threads threads (one item each at a time),
+    BLAS on one thread while they run (its own threads spin against ours: numpy's two took
+    twice the CPU of one, for a slower pass), given in items' order. Close it (or let an
+    error end it): the items not started are cancelled, the running ones waited for. One item:
+    made here, on this thread."""
+    if len(items) == 1:
+        yield work(items[0])
+        return
+    from threadpoolctl import threadpool_limits
+
+    pool = ThreadPoolExecutor(max(1, min(threads, len(items))), thread_name_prefix="linreg-pass")
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            for future in [pool.submit(work, item) for item in items]:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _lowest_priority() -> None:
