@@ -201,6 +201,42 @@ def test_auto_streams_a_table_over_the_memory_budget(tmp_path):
     assert load_table(path, "price", memory_budget_gb=1e-6).streamed  # 1 KB
 
 
+def test_the_default_budget_is_half_of_what_this_task_may_use(tmp_path, monkeypatch):
+    """The cgroup's limit (or a parent's), SLURM's allocation, shared by the job's tasks here."""
+    from linreg_lab.streamed import _memory_limits, memory_budget
+
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_STEP_NUM_TASKS",
+                "SLURM_NODEID", "SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    alone = memory_budget(None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc-per-node=4
+    assert memory_budget(None) == alone // 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    # SLURM: 3 tasks on the first node, 2 on each of the next two; this task on the second
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "7")
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "3,2(x2)")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert memory_budget(None) == alone // 2
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    assert memory_budget(None) == alone // 3
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "3000")  # sbatch --mem=3000M
+    assert memory_budget(None) == 3000 * 2**20 // 2 // 3
+    assert memory_budget(1.5) == int(1.5 * 2**30)  # a budget the user set is theirs
+    # cgroup v2 and v1: the process's own group and its parents, the lowest limit
+    v2 = tmp_path / "v2"
+    (v2 / "job_7" / "step_0").mkdir(parents=True)
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "job_7" / "memory.max").write_text(f"{2**30}\n")
+    (v2 / "job_7" / "step_0" / "memory.max").write_text("max\n")
+    (tmp_path / "cgroup2").write_text("0::/job_7/step_0\n")
+    assert _memory_limits(str(tmp_path / "cgroup2"), str(v2), env={}) == [2**30]
+    v1 = tmp_path / "v1" / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**31}\n")
+    (tmp_path / "cgroup1").write_text("5:cpu:/x\n4:memory:/docker/abc\n0::/\n")
+    assert _memory_limits(str(tmp_path / "cgroup1"), str(tmp_path / "v1"), env={}) == [2**31]
+
+
 @pytest.mark.slow
 def test_linreg_train_streams_a_folder_and_refuses_what_it_cannot_stream(tmp_path, store):
     folder = _folder(tmp_path, _table())

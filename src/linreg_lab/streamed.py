@@ -84,18 +84,51 @@ class RowGroups:
 
 def memory_budget(budget_gb: float | None) -> int:
     """Bytes a table may take in memory before dataset.stream=auto streams it: budget_gb, or
-    half of this machine's memory (its cgroup limit where lower)."""
+    half of the memory this process may use (this machine's, its cgroup's limit where lower,
+    SLURM's allocation on this node where lower) shared by the tasks of this job on it
+    (SLURM's, torchrun's: each would load its own copy)."""
+    from linreg_lab.engines.distributed import tasks_on_this_node
+
     if budget_gb is not None:
         return int(float(budget_gb) * 2**30)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(limit_file).read().strip()
-        except OSError:
+    return min([total, *_memory_limits()]) // 2 // tasks_on_this_node()
+
+
+def _memory_limits(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup",
+                   env=os.environ) -> list[int]:  # fmt: skip
+    """The limits on this process's memory, in bytes: its cgroup's and every parent's (v2
+    memory.max, v1 memory.limit_in_bytes), and SLURM's allocation on this node."""
+    limits = []
+    try:
+        with open(proc_cgroup) as listed:
+            lines = listed.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:  # cgroup v2: one hierarchy
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        else:
             continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total // 2
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts) + 1):
+            try:
+                with open(os.path.join(base, *parts[:depth], name)) as limit:
+                    text = limit.read().strip()
+            except OSError:
+                continue
+            if text.isdigit():  # v2 says "max" for none
+                limits.append(int(text))
+    per_node, per_cpu = env.get("SLURM_MEM_PER_NODE", ""), env.get("SLURM_MEM_PER_CPU", "")
+    cpus = env.get("SLURM_CPUS_ON_NODE", "")
+    if per_node.isdigit():  # megabytes
+        limits.append(int(per_node) * 2**20)
+    elif per_cpu.isdigit() and cpus.isdigit():
+        limits.append(int(per_cpu) * int(cpus) * 2**20)
+    return limits
 
 
 def parts_of(rows: np.ndarray, fractions: SplitFractions) -> np.ndarray:

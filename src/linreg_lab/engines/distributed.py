@@ -153,6 +153,27 @@ def world_from_environment(job: str = "") -> World | None:
     return World(int(env["SLURM_PROCID"]), tasks, f"tcp://{host}:{port}", "SLURM")
 
 
+def tasks_on_this_node() -> int:
+    """How many tasks of this process's launcher world run on this machine (each loads its
+    own copy of an in-memory table): torchrun's LOCAL_WORLD_SIZE, SLURM's count for this
+    node in SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on each of the first 3 nodes, then 1),
+    by SLURM_NODEID; 1 for one process."""
+    env = os.environ
+    if env.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return max(1, int(env["LOCAL_WORLD_SIZE"]))
+    counts = env.get("SLURM_STEP_TASKS_PER_NODE") or ""
+    if int(env.get("SLURM_STEP_NUM_TASKS") or 1) < 2 or not counts:
+        return 1
+    per_node = []
+    for part in counts.split(","):
+        count, _, times = part.partition("(x")
+        if not count.isdigit() or not (times.rstrip(")").isdigit() or not times):
+            return 1  # a form this does not know: one task's share, as before
+        per_node += [int(count)] * (int(times.rstrip(")")) if times else 1)
+    node = int(env.get("SLURM_NODEID") or 0)
+    return max(1, per_node[node]) if node < len(per_node) else 1
+
+
 @contextlib.contextmanager
 def joined(world: World | None) -> Iterator[None]:
     """This process as world.rank for as long as the block runs (torch.distributed's default
