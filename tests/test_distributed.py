@@ -216,6 +216,12 @@ def test_torchrun_ranks_split_a_streamed_tables_first_pass(tmp_path, store):
             assert float(two.params[key]) == pytest.approx(float(one.params[key]), rel=1e-9)
         else:
             assert two.params[key] == one.params[key], key
+    # auto, with a budget the table (96 KB as float32) is over and each rank's half is not:
+    # each rank holds its share's rows from the first epoch on; the same run.
+    held = store.run("torchrun", "--nproc-per-node=2", str(BIN / "linreg-train"), *table,
+                     "dataset.stream=auto", "dataset.memory_budget_gb=0.00007",
+                     "tracking.run_name=held", timeout=300)  # fmt: skip
+    assert "each of the 2 ranks holds its share's rows" in held.stdout + held.stderr
     # A missing value in one rank's row groups: every rank stops, rank 0 says it, no run.
     frame = _table(6000)
     frame.loc[5990, "b"] = float("nan")
@@ -228,9 +234,13 @@ def test_torchrun_ranks_split_a_streamed_tables_first_pass(tmp_path, store):
     said = "rows with NaN, inf or empty values (at least 1); set dataset.missing=drop"
     assert said in result.stderr, result.stderr
     assert "another rank" not in result.stderr  # (torchrun itself shows its traceback)
-    assert {r.info.run_name for r in store.runs()} == {"one", "two"}
+    assert {r.info.run_name for r in store.runs()} == {"one", "two", "held"}
+    (held,) = [r for r in store.runs() if r.info.run_name == "held"]
+    assert held.info.status == "FINISHED" and held.data.tags["linreg.streamed"] == "true"
+    held = held.data
     for key in ("param/w_0", "param/w_1", "param/w_2", "param/b", "train/loss", "val/loss"):
         assert two.metrics[key] == pytest.approx(one.metrics[key], rel=1e-4), key
+        assert held.metrics[key] == pytest.approx(one.metrics[key], rel=1e-4), key
 
 
 def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):

@@ -141,6 +141,51 @@ def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
             np.testing.assert_array_equal(rebuilt, rows)
 
 
+def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_path, monkeypatch):
+    """A holding table (StreamedTable.hold: each rank's share fits where the table does not):
+    each rank reads its row groups in the first epoch only, keeps their packed rows (held, the
+    caller's), and later epochs' windows are still the single process's, bit for bit."""
+    import dataclasses
+
+    from linreg_lab import streamed
+
+    frame = _table()
+    frame.loc[[5, 1200, 2999], "a"] = np.nan
+    folder = _folder(tmp_path, frame)
+    data = load_table(str(folder), "price", missing="drop",
+                      split={"val": 0.2, "test": 0.0, "seed": 3}, stream=True,
+                      shuffle_window=300)  # fmt: skip
+    reads = []
+    real_read = streamed.RowGroups.read
+
+    def counted(self, file, group, columns):
+        reads.append((file, group))
+        return real_read(self, file, group, columns)
+
+    monkeypatch.setattr(streamed.RowGroups, "read", counted)
+    holding = dataclasses.replace(data, hold=True)
+    size, held = 2, [{}, {}]
+    for epoch in (1, 2, 3):
+        whole = [rows[order].copy() for rows, order in data.windows(epoch, True, 5, 32)]
+        reads.clear()
+        shares = [[(rows.copy(), order, owned) for rows, order, owned in
+                   holding.shares(epoch, True, 5, 32, rank, size, held=held[rank])]
+                  for rank in range(size)]  # fmt: skip
+        if epoch == 1:  # each group read once, by the rank that keeps it
+            assert sorted(reads) == sorted({(f, g) for f, g, _ in data.groups})
+            assert not set(held[0]) & set(held[1])
+            assert len(held[0]) + len(held[1]) == len(data.groups)
+        else:
+            assert reads == []
+        for w, rows in enumerate(whole):
+            rebuilt = np.full_like(rows, np.nan)
+            for share in shares:
+                local, order, owned = share[w]
+                mine = order < owned
+                rebuilt[mine] = local[order[mine]]
+            np.testing.assert_array_equal(rebuilt, rows)
+
+
 def test_held_out_losses_are_those_of_the_held_out_rows(tmp_path):
     frame = _table(2000)
     folder = _folder(tmp_path, frame)

@@ -168,6 +168,9 @@ class StreamedTable:
     held_out_rows: tuple[int, int]
     dropped_rows: int
     window: int  # rows shuffled together
+    # Data-parallel ranks keep the rows of their row groups from the first epoch on (shares):
+    # each rank's share fits its memory where the table does not (tables.load_table decides).
+    hold: bool = False
     streamed: ClassVar[bool] = True
     true_w: ClassVar[None] = None
     true_b: ClassVar[None] = None
@@ -231,6 +234,7 @@ class StreamedTable:
         rank: int,
         size: int,
         buffers: int = 1,
+        held: dict | None = None,
     ) -> Iterator:
         """A data-parallel rank's view of epoch epoch's windows (size ranks): the same windows
         and orders on every rank, each rank reading only the row groups it owns (_owners: in
@@ -238,8 +242,14 @@ class StreamedTable:
         owned): rows the window's rows this rank owns (owned of them, in window order), order
         the window's order with those rows numbered 0 .. owned - 1 and the others owned ..
         n - 1 (so a global batch's part here is its entries below owned). buffers: how many
-        windows' rows are kept (in turn): 2 lets a window be made while the one before trains."""
-        windows = self._windows(epoch, shuffle, seed, batch_size, rank, size, buffers)
+        windows' rows are kept (in turn): 2 lets a window be made while the one before trains.
+
+        held: where the table holds (self.hold) and there are ranks, each row group's rows
+        this rank packed, by group, kept by the caller from epoch to epoch: each row group is
+        then the same rank's every epoch (_owners in the table's order), read and packed in
+        the first epoch only, and copied from here into the windows after it."""
+        windows = self._windows(epoch, shuffle, seed, batch_size, rank, size, buffers,
+                                held if self.hold and size > 1 else None)  # fmt: skip
         for rows, order, mine in windows:
             owned = len(rows)
             if size > 1:
@@ -249,7 +259,8 @@ class StreamedTable:
                 order = relabel[order]
             yield rows, order, owned
 
-    def _windows(self, epoch, shuffle, seed, batch_size, rank, size, buffers=1) -> Iterator:
+    def _windows(self, epoch, shuffle, seed, batch_size, rank, size, buffers=1,
+                 held: dict | None = None) -> Iterator:  # fmt: skip
         """(rows, order, mine): the epoch's windows, each as the rows rank reads of it, the
         window's order, and which of its rows those are (a mask; None for one rank).
 
@@ -266,12 +277,16 @@ class StreamedTable:
         ends = np.cumsum(counts)
         starts = ends - counts
         total = int(ends[-1]) if len(ends) else 0
-        mine = [p for p, owner in enumerate(_owners(counts, size)) if owner == rank]
+        if held is None:
+            owners = _owners(counts, size)
+        else:  # each group the same rank's every epoch: the one that holds its rows
+            owners = np.asarray(_owners(np.asarray(self.group_rows, np.int64), size))[order]
+        mine = [p for p, owner in enumerate(owners) if owner == rank]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
         # Each window's rows, the last row a scratch row; buffers of them, used in turn.
         rings = [np.empty((size_rows + 1, width), np.float32) for _ in range(buffers)]
-        groups = [self.groups[order[p]] for p in mine]
+        groups = [self.groups[order[p]] for p in mine if held is None or order[p] not in held]
         with ReadAhead(self.files, self.metadata, self.columns, groups) as ahead:
             reading = _with_parts(ahead, self.fractions, groups)
             positions = iter(mine)
@@ -282,14 +297,22 @@ class StreamedTable:
                 owned = np.zeros(hi - lo, bool) if size > 1 else None
                 filled = 0
                 while p is not None and starts[p] < hi:
-                    if group is None:
-                        group = self._training_rows(next(reading), counts[p], size_rows)
-                    columns, train, dest = group
                     a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
-                    rows = train[a:b]
-                    dest[rows] = np.arange(filled, filled + len(rows))
-                    kernels.pack_window(columns, int(rows[0]), int(rows[-1]) + 1, dest, center,
-                                        inverse, buffer)  # fmt: skip
+                    if held is not None:
+                        index = int(order[p])
+                        if index not in held:  # the first epoch: its rows packed, and kept
+                            held[index] = self._packed(next(reading), counts[p], center,
+                                                       inverse)  # fmt: skip
+                        buffer[filled : filled + b - a] = held[index][a:b]
+                        rows = range(a, b)
+                    else:
+                        if group is None:
+                            group = self._training_rows(next(reading), counts[p], size_rows)
+                        columns, train, dest = group
+                        rows = train[a:b]
+                        dest[rows] = np.arange(filled, filled + len(rows))
+                        kernels.pack_window(columns, int(rows[0]), int(rows[-1]) + 1, dest,
+                                            center, inverse, buffer)  # fmt: skip
                     if owned is not None:
                         owned[starts[p] + a - lo : starts[p] + b - lo] = True
                     filled += len(rows)
@@ -298,6 +321,17 @@ class StreamedTable:
                     p, group = next(positions, None), None
                 n = hi - lo
                 yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
+
+    def _packed(self, read: tuple, expected: int, center, inverse) -> np.ndarray:
+        """A row group's training rows packed and standardized, as the windows' (a held
+        group's: the same values, bit for bit)."""
+        from linreg_lab.engines import kernels
+
+        columns, train, dest = self._training_rows(read, expected, expected)
+        dest[train] = np.arange(len(train))
+        rows = np.empty((len(train) + 1, len(self.columns)), np.float32)  # a scratch row last
+        kernels.pack_window(columns, 0, len(dest), dest, center, inverse, rows)
+        return rows[: len(train)]
 
     def _training_rows(self, read: tuple, expected: int, scratch: int) -> tuple:
         """A row group's (columns, its training rows, their places in the window: scratch
@@ -487,6 +521,7 @@ def load_streamed(
     scaled: np.ndarray,
     source: TableSource,
     window: int,
+    hold: bool = False,
 ) -> StreamedTable:
     """One pass over parquet (tables._ParquetColumns) gathering each part's sums, then the
     standardization and least-squares optimum they give; see the module's notes.
@@ -574,5 +609,5 @@ def load_streamed(
     return StreamedTable(
         files, metadata, tuple(groups), tuple(group_rows), tuple(columns), fractions, missing,
         scaling, solved(TRAIN), solved(VAL), solved(TEST), source,
-        (int(counts[VAL]), int(counts[TEST])), dropped, int(window),
+        (int(counts[VAL]), int(counts[TEST])), dropped, int(window), hold,
     )  # fmt: skip

@@ -83,14 +83,24 @@ def load_table(
         budget = streamed.memory_budget(memory_budget_gb)
         # In a world of ranks, rank 0's budget decides for all: their collectives must agree.
         if stream is True or streamed.as_rank_0_has_it(size > budget):
+            # auto, in a world of ranks (SLURM's tasks, torchrun's) whose each share (1 /
+            # ranks of the rows) fits where the table does not: each holds its share's rows
+            # from the first epoch on (StreamedTable.hold), instead of reading them every epoch.
+            from linreg_lab.engines.distributed import joined_rank
+
+            ranks = joined_rank()[1]
+            hold = stream == "auto" and streamed.as_rank_0_has_it(ranks > 1 and (
+                size / ranks <= budget))  # fmt: skip
             if stream == "auto":
                 log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
-                         "the memory budget of %.1f GB (dataset.memory_budget_gb)",
-                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30)  # fmt: skip
+                         "the memory budget of %.1f GB (dataset.memory_budget_gb)%s",
+                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30,
+                         f"; each of the {ranks} ranks holds its share's rows from the first "
+                         "epoch on" if hold else "")  # fmt: skip
             scaled = np.r_[np.full(len(chosen), bool(standardize)), bool(standardize_target)]
             return streamed.load_streamed(
                 table, [*chosen, str(target)], missing, split_fractions(split), scaled, source,
-                shuffle_window,
+                shuffle_window, hold,
             )  # fmt: skip
     return _assemble_rows(table, str(target), chosen, missing, split_fractions(split),
                           standardize, standardize_target, source)  # fmt: skip

@@ -440,12 +440,14 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
             for own, bounds in ahead:
                 yield [(X, own, bounds, job.num_samples)]
         return
+    held: dict = {}  # a holding table's row groups of this rank, packed, epoch to epoch
     for epoch in range(1, job.epochs + 1):
         # The next window is read, packed and cut while this one trains: a window's rows are
         # one rank's where its row groups are larger than the window, so the others make theirs
         # meanwhile, instead of after it (2 windows' memory a rank).
         # (At the usual priority: making windows is a streamed epoch's floor, not idle work.)
-        windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size, 2)
+        windows = data.shares(epoch, job.shuffle, job.seed, batch, share.rank, share.size, 2,
+                              held)  # fmt: skip
         yield Ahead((rows, *_owned(order, 0, owned, batch), len(order))
                     for rows, order, owned in windows)  # fmt: skip
 
