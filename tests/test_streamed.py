@@ -144,7 +144,8 @@ def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
 def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_path, monkeypatch):
     """A holding table (StreamedTable.hold: each rank's share fits where the table does not):
     each rank reads its row groups in the first epoch only, keeps their packed rows (held, the
-    caller's), and later epochs' windows are still the single process's, bit for bit."""
+    caller's, trained where they lie), and later epochs' windows are still the single
+    process's, bit for bit."""
     import dataclasses
 
     from linreg_lab import streamed
@@ -173,8 +174,11 @@ def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_
                   for rank in range(size)]  # fmt: skip
         if epoch == 1:  # each group read once, by the rank that keeps it
             assert sorted(reads) == sorted({(f, g) for f, g, _ in data.groups})
-            assert not set(held[0]) & set(held[1])
-            assert len(held[0]) + len(held[1]) == len(data.groups)
+            assert not held[0]["packed"] & held[1]["packed"]
+            assert len(held[0]["packed"]) + len(held[1]["packed"]) == len(data.groups)
+            # each rank holds about half the training rows (one array), and no more
+            assert len(held[0]["rows"]) - 1 + len(held[1]["rows"]) - 1 == data.num_samples
+            assert abs(len(held[0]["rows"]) - len(held[1]["rows"])) <= 400
         else:
             assert reads == []
         for w, rows in enumerate(whole):

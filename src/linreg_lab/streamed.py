@@ -244,25 +244,27 @@ class StreamedTable:
         n - 1 (so a global batch's part here is its entries below owned). buffers: how many
         windows' rows are kept (in turn): 2 lets a window be made while the one before trains.
 
-        held: where the table holds (self.hold) and there are ranks, each row group's rows
-        this rank packed, by group, kept by the caller from epoch to epoch: each row group is
-        then the same rank's every epoch (_owners in the table's order), read and packed in
-        the first epoch only, and copied from here into the windows after it."""
-        windows = self._windows(epoch, shuffle, seed, batch_size, rank, size, buffers,
-                                held if self.hold and size > 1 else None)  # fmt: skip
-        for rows, order, mine in windows:
+        held: where the table holds (self.hold) and there are ranks, this rank's training
+        rows, kept by the caller from epoch to epoch (_held_rows): each row group is then the same
+        rank's every epoch (_owners in the table's order), read and packed into it in the first
+        epoch only, and rows is all of it, trained where it lies (no window is copied)."""
+        held = held if self.hold and size > 1 else None
+        windows = self._windows(epoch, shuffle, seed, batch_size, rank, size, buffers, held)
+        for rows, order, places in windows:
             owned = len(rows)
             if size > 1:
+                here = places >= 0
                 relabel = np.empty(len(order), np.int64)
-                relabel[mine] = np.arange(owned)
-                relabel[~mine] = np.arange(owned, len(order))
+                relabel[here] = places[here]
+                relabel[~here] = np.arange(owned, owned + len(order) - int(here.sum()))
                 order = relabel[order]
             yield rows, order, owned
 
     def _windows(self, epoch, shuffle, seed, batch_size, rank, size, buffers=1,
                  held: dict | None = None) -> Iterator:  # fmt: skip
-        """(rows, order, mine): the epoch's windows, each as the rows rank reads of it, the
-        window's order, and which of its rows those are (a mask; None for one rank).
+        """(rows, order, places): the epoch's windows, each as the rows rank reads of it (or
+        all the rows it holds), the window's order, and where in rows each of the window's
+        rows is (-1: another rank's; None for one rank).
 
         Every window is cut from the epoch's training rows by the training rows each row group
         holds (counted by the first pass), so a rank knows every window's bounds without reading
@@ -277,34 +279,42 @@ class StreamedTable:
         ends = np.cumsum(counts)
         starts = ends - counts
         total = int(ends[-1]) if len(ends) else 0
-        if held is None:
-            owners = _owners(counts, size)
-        else:  # each group the same rank's every epoch: the one that holds its rows
-            owners = np.asarray(_owners(np.asarray(self.group_rows, np.int64), size))[order]
-        mine = [p for p, owner in enumerate(owners) if owner == rank]
         center = np.r_[self.scaling.x_mean, self.scaling.y_mean]
         inverse = 1.0 / np.r_[self.scaling.x_scale, self.scaling.y_scale]
-        # Each window's rows, the last row a scratch row; buffers of them, used in turn.
-        rings = [np.empty((size_rows + 1, width), np.float32) for _ in range(buffers)]
-        groups = [self.groups[order[p]] for p in mine if held is None or order[p] not in held]
+        if held is None:
+            owners = _owners(counts, size)
+            # Each window's rows, the last row a scratch row; buffers of them, used in turn.
+            rings = [np.empty((size_rows + 1, width), np.float32) for _ in range(buffers)]
+        else:  # each group the same rank's every epoch: the one that holds its rows
+            if not held:
+                held.update(_held_rows(np.asarray(self.group_rows, np.int64), rank, size,
+                                       width))  # fmt: skip
+            owners = np.asarray(held["owners"])[order]
+            rings = [held["rows"]]  # its last row a scratch row
+        mine = [p for p, owner in enumerate(owners) if owner == rank]
+        groups = [self.groups[order[p]] for p in mine
+                  if held is None or order[p] not in held["packed"]]  # fmt: skip
         with ReadAhead(self.files, self.metadata, self.columns, groups) as ahead:
             reading = _with_parts(ahead, self.fractions, groups)
             positions = iter(mine)
             p, group = next(positions, None), None
             for lo in range(0, total, size_rows):
                 hi = min(lo + size_rows, total)
-                buffer = rings[(lo // size_rows) % buffers]
-                owned = np.zeros(hi - lo, bool) if size > 1 else None
+                buffer = rings[(lo // size_rows) % len(rings)]
+                places = np.full(hi - lo, -1, np.int64) if size > 1 else None
                 filled = 0
                 while p is not None and starts[p] < hi:
                     a, b = max(starts[p], lo) - starts[p], min(ends[p], hi) - starts[p]
                     if held is not None:
                         index = int(order[p])
-                        if index not in held:  # the first epoch: its rows packed, and kept
-                            held[index] = self._packed(next(reading), counts[p], center,
-                                                       inverse)  # fmt: skip
-                        buffer[filled : filled + b - a] = held[index][a:b]
-                        rows = range(a, b)
+                        if index not in held["packed"]:  # the first epoch: packed where kept
+                            columns, train, dest = self._training_rows(
+                                next(reading), counts[p], len(buffer) - 1)  # fmt: skip
+                            dest[train] = held["offsets"][index] + np.arange(len(train))
+                            kernels.pack_window(columns, 0, len(dest), dest, center, inverse,
+                                                buffer)  # fmt: skip
+                            held["packed"].add(index)
+                        first = held["offsets"][index] + a
                     else:
                         if group is None:
                             group = self._training_rows(next(reading), counts[p], size_rows)
@@ -313,25 +323,17 @@ class StreamedTable:
                         dest[rows] = np.arange(filled, filled + len(rows))
                         kernels.pack_window(columns, int(rows[0]), int(rows[-1]) + 1, dest,
                                             center, inverse, buffer)  # fmt: skip
-                    if owned is not None:
-                        owned[starts[p] + a - lo : starts[p] + b - lo] = True
-                    filled += len(rows)
+                        first = filled
+                    if places is not None:
+                        places[starts[p] + a - lo : starts[p] + b - lo] = np.arange(
+                            first, first + b - a)  # fmt: skip
+                    filled += b - a
                     if ends[p] > hi:  # the group goes on in the next window
                         break
                     p, group = next(positions, None), None
                 n = hi - lo
-                yield buffer[:filled], (rng.permutation(n) if shuffle else np.arange(n)), owned
-
-    def _packed(self, read: tuple, expected: int, center, inverse) -> np.ndarray:
-        """A row group's training rows packed and standardized, as the windows' (a held
-        group's: the same values, bit for bit)."""
-        from linreg_lab.engines import kernels
-
-        columns, train, dest = self._training_rows(read, expected, expected)
-        dest[train] = np.arange(len(train))
-        rows = np.empty((len(train) + 1, len(self.columns)), np.float32)  # a scratch row last
-        kernels.pack_window(columns, 0, len(dest), dest, center, inverse, rows)
-        return rows[: len(train)]
+                rows = buffer[:filled] if held is None else buffer[:-1]
+                yield rows, (rng.permutation(n) if shuffle else np.arange(n)), places
 
     def _training_rows(self, read: tuple, expected: int, scratch: int) -> tuple:
         """A row group's (columns, its training rows, their places in the window: scratch
@@ -348,6 +350,19 @@ class StreamedTable:
                 f"rows, {expected} in the first pass: the table changed while training"
             )
         return columns, train, np.full(len(parts), scratch, np.int64)
+
+
+def _held_rows(group_rows: np.ndarray, rank: int, size: int, width: int) -> dict:
+    """What a rank that holds its share keeps from epoch to epoch (StreamedTable.shares'
+    held): each row group's owner (_owners in the table's order, by training rows), the
+    rows of its own groups (one float32 array, a scratch row last), where each group's rows
+    begin in it, and which groups are packed there already."""
+    owners = _owners(group_rows, size)
+    mine = [g for g, owner in enumerate(owners) if owner == rank]
+    ends = np.cumsum(group_rows[mine]) if mine else np.zeros(0, np.int64)
+    rows = np.empty((int(ends[-1]) + 1 if mine else 1, width), np.float32)
+    return {"owners": owners, "rows": rows, "packed": set(),
+            "offsets": dict(zip(mine, (ends - group_rows[mine]).tolist()))}  # fmt: skip
 
 
 def _owners(counts: np.ndarray, size: int) -> list[int]:

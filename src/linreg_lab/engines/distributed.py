@@ -440,7 +440,7 @@ def _epochs(job: Job, share: Share, data) -> Iterator:
             for own, bounds in ahead:
                 yield [(X, own, bounds, job.num_samples)]
         return
-    held: dict = {}  # a holding table's row groups of this rank, packed, epoch to epoch
+    held: dict = {}  # a holding table's rows of this rank, epoch to epoch (streamed._held_rows)
     for epoch in range(1, job.epochs + 1):
         # The next window is read, packed and cut while this one trains: a window's rows are
         # one rank's where its row groups are larger than the window, so the others make theirs
@@ -488,7 +488,7 @@ def _owned(order: np.ndarray, lo: int, hi: int, batch_size: int) -> tuple[np.nda
     """The entries of order a rank owns (lo .. hi - 1, as indices from lo, in order) and where
     each global batch's part begins: batch i is own[bounds[i]:bounds[i + 1]]."""
     n = order.shape[0]
-    own = np.empty(hi - lo + 1, np.int64)
+    own = np.empty(min(hi - lo, n) + 1, np.int64)  # every entry written, the owned kept
     bounds = np.empty(-(-n // batch_size) + 1, np.int64)
     count = kernels().owned_rows(order, lo, hi, batch_size, own, bounds)
     return own[:count], bounds
