@@ -13,6 +13,14 @@ an epoch trains (engines.ahead.Ahead), and the last epoch has none to draw. Rows
 - the cost of a step's reduction: a small table (it stays in cache) at batch 10, 2 ranks x 1
   thread against 1 rank x 1 thread on the BLAS path (the ranks' own step): the difference per
   step is the reduction of D + 2 values (an all_gather) and the ranks' meeting.
+
+Item "held" (measure_held): a Parquet table (bench.table.make) trained by 2 torchrun ranks,
+    python -m torch.distributed.run --nproc-per-node=2 -m bench.distributed world PATH BATCH
+        STREAM BUDGET_GB
+streamed (dataset.stream=true: every epoch reads and packs the rank's row groups), held
+(stream=auto under a budget the table is over and each rank's half is not: the rank's rows
+kept from the first epoch on) and loaded whole by every rank (stream=false); the second of
+three epochs, timed on rank 0.
 """
 
 from __future__ import annotations
@@ -74,6 +82,66 @@ def measure(goal_shape: tuple[int, int], small_shape: tuple[int, int]) -> list[d
             {**pair, "case": "latency"}]  # fmt: skip
 
 
+def world(path: str, batch: int, stream: str, budget_gb: float) -> dict | None:
+    """Rank 0's row (None on the others) of one job of a torchrun world, as linreg-train
+    trains one: the world joined before the table is loaded."""
+    import torch
+
+    from bench.large import LR, peak_rss_bytes
+    from linreg_lab.engines import fit
+    from linreg_lab.engines.distributed import joined, world_from_environment
+    from linreg_lab.engines.settings import TrainerSettings
+    from linreg_lab.model import init_linear
+    from linreg_lab.tables import load_table
+
+    ranks = world_from_environment()
+    ends: list[float] = []
+    with joined(ranks):
+        stream_ = {"true": True, "false": False}.get(stream, stream)
+        data = load_table(path, "y", split={"val": 0.0, "test": 0.0, "seed": 0}, stream=stream_,
+                          memory_budget_gb=budget_gb)  # fmt: skip
+        settings = TrainerSettings(batch_size=batch, epochs=3)
+        torch.manual_seed(0)
+        model = init_linear(torch.nn.Linear(data.num_features, 1))
+        fit(model, functools.partial(torch.optim.SGD, lr=LR), data, settings,
+            lambda *_: ends.append(time.perf_counter()), world=ranks)  # fmt: skip
+    if ranks is None or ranks.rank > 0:
+        return None
+    return {"N": data.num_samples, "D": data.num_features, "batch": batch, "stream": stream,
+            "streamed": data.streamed, "held": bool(getattr(data, "hold", False)),
+            "epoch_s": ends[1] - ends[0], "peak_rss_bytes": peak_rss_bytes()}  # fmt: skip
+
+
+def measure_held(shape: tuple[int, int], batch_size: int = 100_000) -> list[dict]:
+    """The held share against streaming it and loading it whole, 2 torchrun ranks each."""
+    from bench.table import make
+
+    n, d = shape
+    path = make(n, d)
+    budget_gb = 0.75 * n * (d + 1) * 4 / 2**30  # the table is over it, each rank's half not
+
+    def job(stream: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m",
+             "bench.distributed", "world", str(path), str(batch_size), stream, str(budget_gb)],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        return json.loads(out.strip().splitlines()[-1])
+
+    rows = [{**job(stream), "case": case} for case, stream in
+            (("streamed", "true"), ("held", "auto"), ("in memory", "false"))]  # fmt: skip
+    assert rows[1]["held"] and rows[0]["streamed"] and not rows[0]["held"], rows
+    for row in rows:
+        row["over_memory"] = row["epoch_s"] / rows[2]["epoch_s"]
+    return rows
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "world":
+        path, batch, stream, budget = sys.argv[2:]
+        row = world(path, int(batch), stream, float(budget))
+        if row is not None:
+            print(json.dumps(row))
+        sys.exit(0)
     verb, n, d, batch, processes, threads, compiled = sys.argv[1:]
     print(json.dumps(run(int(n), int(d), int(batch), int(processes), int(threads), compiled)))

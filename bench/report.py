@@ -181,6 +181,16 @@ def _distributed(rows: list[dict]) -> None:
     )  # fmt: skip
 
 
+def _held(rows: list[dict]) -> None:
+    print("   a Parquet table on 2 torchrun ranks: streamed, each rank's share held from the first")
+    print("   epoch on (stream=auto over a budget), loaded whole by every rank; the second epoch")
+    _table(
+        ["case", "N", "D", "batch", "epoch", "vs in memory", "peak (rank 0)"],
+        [[r["case"], r["N"], r["D"], r["batch"], f'{r["epoch_s"]:.3f} s', _x(r["over_memory"]),
+          f'{r["peak_rss_bytes"] / 2**30:.2f} GB'] for r in rows],
+    )  # fmt: skip
+
+
 def _optuna(rows: list[dict]) -> None:
     print("   an Optuna search with pruning (successive halving) against the same search")
     print("   unpruned and a grid of 16 lrs x 4 batch sizes: real linreg-train -m, fresh stores")
@@ -197,6 +207,7 @@ _PRINTERS = {
     "limits": limits.print_rows,
     "optuna": _optuna,
     "distributed": _distributed,
+    "held": _held,
     "streamed": _streamed,
     "table": _table_item,
     "throughput": _throughput, "paths": _paths, "large": _large,

@@ -44,6 +44,7 @@ FULL = {
     "table": [(10_000_000, 100)],
     "streamed": [(10_000_000, 100), (30_000_000, 100)],  # 4 GB and 12 GB on disk
     "distributed": [(10_000_000, 100), (20_000, 100)],  # the goal's shape; a step's latency
+    "held": (2_000_000, 100),  # 2 torchrun ranks: a held share against streaming, loading
     "optuna": {"n_trials": 30, "epochs": 10, "grid_lrs": 16},  # a 64-point grid
     "repeats": 3,
     "sweep_runs": 16,
@@ -54,7 +55,7 @@ FULL = {
     "sweeps": [16, 64, 256],  # jobs of the peer sweep and of ours
     "sweeps_joblib": [64],  # the sizes hydra/launcher=joblib runs at too
 }  # fmt: skip
-SECTIONS = ["throughput", "paths", "large", "table", "streamed", "distributed",
+SECTIONS = ["throughput", "paths", "large", "table", "streamed", "distributed", "held",
             "default_experiment", "sweep", "vectorized", "sweeps", "optuna", "limits"]  # fmt: skip
 QUICK = {
     "throughput_shapes": [(1000, 3), (2000, 100)],
@@ -65,6 +66,7 @@ QUICK = {
     "table": [(100_000, 10)],
     "streamed": [(100_000, 10), (300_000, 10)],
     "distributed": [(200_000, 10), (2000, 10)],
+    "held": (100_000, 10),
     "optuna": {"n_trials": 4, "epochs": 2, "grid_lrs": 2, "datasets": ["tutorial"]},
     "repeats": 1,
     "sweep_runs": 2,
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     section("table", lambda: table.measure(plan["table"]))
     section("streamed", lambda: streamed.measure(plan["streamed"]))
     section("distributed", lambda: distributed.measure(*plan["distributed"]))
+    section("held", lambda: distributed.measure_held(plan["held"]))
     section("default_experiment", lambda: end_to_end.default_experiment(plan["repeats"]))
     section("sweep", lambda: end_to_end.sweep(plan["sweep_runs"]))
     section("vectorized", lambda: end_to_end.vectorized(plan["vectorized"], plan["repeats"]))

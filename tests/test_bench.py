@@ -78,7 +78,14 @@ def test_the_programs_rows(tmp_path, template_store):
 
 
 def test_the_ranks_rows(tmp_path, template_store):
-    results, _ = quick(tmp_path, template_store, "distributed")
+    results, _ = quick(tmp_path, template_store, "distributed", "held")
+    held = results["held"]  # 2 torchrun ranks on a Parquet table, three ways
+    assert [(r["case"], r["streamed"], r["held"]) for r in held] == [
+        ("streamed", True, False),
+        ("held", True, True),
+        ("in memory", False, False),
+    ]
+    assert all(r["epoch_s"] > 0 and r["N"] == 100_000 for r in held)
     rows = results["distributed"]  # one rank against two, at the goal's batch and at batch 10
     assert [(r["case"], r["processes"]) for r in rows] == [
         ("goal", 1),
