@@ -19,14 +19,18 @@ from linreg_lab.engines.settings import TrainerSettings
 from linreg_lab.model import init_linear
 
 
-def _trained(data, lr=0.03, **settings):
+def _trained(data, lr=0.03, after_epoch=lambda epoch: None, **settings):
     torch.manual_seed(0)
     model = init_linear(torch.nn.Linear(data.num_features, 1))
     epochs, places = [], []
     trainer = TrainerSettings(**{"epochs": 3, "batch_size": 10, **settings})
     optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=0.5, weight_decay=1e-3)
-    fit(model, optimizer, data, trainer, lambda e, last, w, b, *rest: epochs.append(last),
-        places.extend)  # fmt: skip
+
+    def on_epoch_end(epoch, last, w, b, *rest):
+        epochs.append(last)
+        after_epoch(epoch)
+
+    fit(model, optimizer, data, trainer, on_epoch_end, places.extend)
     return torch.cat([model.weight.detach().view(-1), model.bias.detach()]), epochs, places
 
 
@@ -258,6 +262,20 @@ def test_a_streamed_table_on_ranks_trains_what_one_process_trains(tmp_path):
         many, losses, places = _trained(table, processes=processes, batch_size=32)
         torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
         assert losses == pytest.approx(one_losses, rel=1e-3) and len(places) == processes
+    # Ranks that hold their share (StreamedTable.hold, as under SLURM or torchrun with
+    # stream=auto): the same training, and no read after the first epoch (every file is
+    # broken once it ends: rank 0 reads its next epoch's groups only after this callback).
+    import dataclasses
+
+    def break_the_files(epoch: int) -> None:
+        if epoch == 1:
+            for path in folder.glob("*.parquet"):
+                path.write_bytes(b"PAR1" + bytes(2000) + b"PAR1")
+
+    held, losses, _ = _trained(dataclasses.replace(table, hold=True), processes=2,
+                               batch_size=32, after_epoch=break_the_files)  # fmt: skip
+    torch.testing.assert_close(held, one, rtol=1e-5, atol=1e-5)
+    assert losses == pytest.approx(one_losses, rel=1e-3)
 
 
 def test_a_rank_that_cannot_read_its_row_group_is_named_with_why(tmp_path):

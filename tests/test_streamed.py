@@ -208,12 +208,17 @@ def test_the_first_pass_gives_the_same_bits_on_any_number_of_threads(tmp_path):
     """Each thread sums whole row groups; their sums are added in the groups' order."""
     folder = _folder(tmp_path, _table(2000))
     split = {"val": 0.25, "test": 0.25, "seed": 1}
+    from linreg_lab import streamed
+
     threads = torch.get_num_threads()
     try:
         passes = []
-        for count in (1, 2, 4):
+        for count in (1, 2, 4):  # the pass's threads: 1 (one after another), 2, 4
             torch.set_num_threads(count)
-            passes.append(load_table(str(folder), "price", split=split, stream=True))
+            with pytest.MonkeyPatch.context() as patch:
+                if count == 1:
+                    patch.setattr(streamed, "_pass_workers", lambda: 1)
+                passes.append(load_table(str(folder), "price", split=split, stream=True))
     finally:
         torch.set_num_threads(threads)
     for data in passes[1:]:
@@ -268,8 +273,10 @@ def test_the_default_budget_is_half_of_what_this_task_may_use(tmp_path, monkeypa
     assert memory_budget(None) == alone // 2
     monkeypatch.setenv("SLURM_NODEID", "0")
     assert memory_budget(None) == alone // 3
-    monkeypatch.setenv("SLURM_MEM_PER_NODE", "3000")  # sbatch --mem=3000M
-    assert memory_budget(None) == 3000 * 2**20 // 2 // 3
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "0")  # sbatch --mem=0: the whole node's
+    assert memory_budget(None) == alone // 3
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "300")  # sbatch --mem=300M
+    assert memory_budget(None) == 300 * 2**20 // 2 // 3
     assert memory_budget(1.5) == int(1.5 * 2**30)  # a budget the user set is theirs
     # cgroup v2 and v1: the process's own group and its parents, the lowest limit
     v2 = tmp_path / "v2"

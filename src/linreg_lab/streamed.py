@@ -1,7 +1,8 @@
 """A Parquet table too large for memory, trained on in passes over its row groups.
 
 tables.load_table returns a StreamedTable instead of RegressionData when dataset.stream says
-so. Nothing here holds more than a window of rows (and one row group read ahead):
+so. Nothing here holds more than a window of rows and a few row groups (one read ahead; in
+the first pass one a thread), except where ranks hold their share (StreamedTable.hold):
 
 - One pass at load time gathers, per part (training, validation, test), the float64 sums
   [X 1 y]' [X 1 y] of the rows (centred by a first estimate of each column's mean, so that
@@ -124,9 +125,9 @@ def _memory_limits(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/
                 limits.append(int(text))
     per_node, per_cpu = env.get("SLURM_MEM_PER_NODE", ""), env.get("SLURM_MEM_PER_CPU", "")
     cpus = env.get("SLURM_CPUS_ON_NODE", "")
-    if per_node.isdigit():  # megabytes
+    if per_node.isdigit() and int(per_node) > 0:  # megabytes; 0: the whole node's
         limits.append(int(per_node) * 2**20)
-    elif per_cpu.isdigit() and cpus.isdigit():
+    elif per_cpu.isdigit() and cpus.isdigit() and int(per_cpu) * int(cpus) > 0:
         limits.append(int(per_cpu) * int(cpus) * 2**20)
     return limits
 
@@ -352,6 +353,24 @@ class StreamedTable:
         return columns, train, np.full(len(parts), scratch, np.int64)
 
 
+def _share_fits(group_rows: tuple[int, ...], width: int, size: int, budget: int) -> bool:
+    """Whether every rank of size could hold its row groups' training rows (_held_rows: whole
+    groups, so one rank may hold up to a group more than its 1 / size) within budget bytes;
+    said once (rank 0) when they do. The same answer on every rank (the first pass's counts,
+    the least budget)."""
+    from linreg_lab.engines.distributed import joined_rank
+
+    counts = np.asarray(group_rows, np.int64)
+    owners = np.asarray(_owners(counts, size))
+    largest = max(int(counts[owners == rank].sum()) for rank in range(size)) + 1  # scratch row
+    fits = largest * width * 4 <= budget
+    if fits and joined_rank()[0] == 0:
+        log.info("dataset: each of the %d ranks holds its share's rows from the first epoch on "
+                 "(at most %.2f GB a rank, within the budget of %.2f GB)", size,
+                 largest * width * 4 / 2**30, budget / 2**30)  # fmt: skip
+    return fits
+
+
 def _held_rows(group_rows: np.ndarray, rank: int, size: int, width: int) -> dict:
     """What a rank that holds its share keeps from epoch to epoch (StreamedTable.shares'
     held): each row group's owner (_owners in the table's order, by training rows), the
@@ -433,16 +452,6 @@ def _with_parts(arrays, fractions: SplitFractions, groups) -> Iterator[tuple[tup
     (arrays: ReadAhead's) and each row's part (parts_of)."""
     for (_, _, first), chosen in zip(groups, arrays, strict=True):
         yield chosen, parts_of(np.arange(first, first + len(chosen[0])), fractions)
-
-
-def as_rank_0_has_it(flag: bool) -> bool:
-    """flag as rank 0 has it in the world this process has joined (distributed.joined); flag
-    itself in one process."""
-    from linreg_lab.engines import distributed
-
-    if distributed.joined_rank()[1] < 2:
-        return flag
-    return bool(distributed.from_rank_0(np.array([float(flag)]))[0])
 
 
 def _pass_workers() -> int:
@@ -536,7 +545,7 @@ def load_streamed(
     scaled: np.ndarray,
     source: TableSource,
     window: int,
-    hold: bool = False,
+    hold_budget: int | None = None,
 ) -> StreamedTable:
     """One pass over parquet (tables._ParquetColumns) gathering each part's sums, then the
     standardization and least-squares optimum they give; see the module's notes.
@@ -589,6 +598,8 @@ def load_streamed(
         sums = together[: sums.size].reshape(sums.shape)
         counts, tallies = together[sums.size : sums.size + 3], together[sums.size + 3 :]
     dropped, group_rows = int(tallies[0]), tuple(int(n) for n in tallies[1:])
+    hold = hold_budget is not None and size > 1 and _share_fits(group_rows, len(columns), size,
+                                                                 hold_budget)  # fmt: skip
     if dropped and missing == "error":
         raise DataError(
             f"{where}: rows with NaN, inf or empty values (at least {dropped}); set "

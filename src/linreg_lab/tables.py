@@ -55,7 +55,9 @@ def load_table(
 
     A Parquet table is streamed (streamed.StreamedTable: read in passes, never whole) when
     stream is true, or "auto" and its rows as float32 would take more than memory_budget_gb
-    (null: half of this machine's memory); else it is loaded (RegressionData)."""
+    (null: half of what this process may use, shared by its job's tasks on this machine:
+    streamed.memory_budget; in a world of ranks, the least of theirs); else it is loaded
+    (RegressionData)."""
     from linreg_lab import streamed
 
     if not (stream is True or stream is False or stream == "auto"):
@@ -79,28 +81,24 @@ def load_table(
         table = _FrameColumns(_read_csv(file))
     chosen = _chosen_columns(table, str(target), features, source)
     if kind == "parquet" and stream is not False:
-        size = table.num_rows * (len(chosen) + 1) * 4
-        budget = streamed.memory_budget(memory_budget_gb)
-        # In a world of ranks, rank 0's budget decides for all: their collectives must agree.
-        if stream is True or streamed.as_rank_0_has_it(size > budget):
-            # auto, in a world of ranks (SLURM's tasks, torchrun's) whose each share (1 /
-            # ranks of the rows) fits where the table does not: each holds its share's rows
-            # from the first epoch on (StreamedTable.hold), instead of reading them every epoch.
-            from linreg_lab.engines.distributed import joined_rank
+        from linreg_lab.engines.distributed import joined_rank, least_over_ranks
 
-            ranks = joined_rank()[1]
-            hold = stream == "auto" and streamed.as_rank_0_has_it(ranks > 1 and (
-                size / ranks <= budget))  # fmt: skip
+        size = table.num_rows * (len(chosen) + 1) * 4
+        # In a world of ranks (each loads its own copy, or holds its share), the least budget
+        # of any rank decides for all, the same on every rank: their collectives must agree.
+        budget = int(least_over_ranks(streamed.memory_budget(memory_budget_gb)))
+        if stream is True or size > budget:
             if stream == "auto":
                 log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
-                         "the memory budget of %.1f GB (dataset.memory_budget_gb)%s",
-                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30,
-                         f"; each of the {ranks} ranks holds its share's rows from the first "
-                         "epoch on" if hold else "")  # fmt: skip
+                         "the memory budget of %.1f GB (dataset.memory_budget_gb)",
+                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30)  # fmt: skip
             scaled = np.r_[np.full(len(chosen), bool(standardize)), bool(standardize_target)]
+            # auto, in a world of ranks (SLURM's tasks, torchrun's): each may hold its share's
+            # rows from the first epoch on, if the largest share fits (load_streamed decides).
+            hold_budget = budget if stream == "auto" and joined_rank()[1] > 1 else None
             return streamed.load_streamed(
                 table, [*chosen, str(target)], missing, split_fractions(split), scaled, source,
-                shuffle_window, hold,
+                shuffle_window, hold_budget,
             )  # fmt: skip
     return _assemble_rows(table, str(target), chosen, missing, split_fractions(split),
                           standardize, standardize_target, source)  # fmt: skip

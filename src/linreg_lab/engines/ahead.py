@@ -12,6 +12,7 @@ the same bits on any number of threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -60,21 +61,29 @@ class Ahead:
 
 
 def in_order(work: Callable, items: Sequence, threads: int) -> Iterator:
-    """work(item) of each of items, made on up to threads threads (one item each at a time),
-    BLAS on one thread while they run (its own threads spin against ours: numpy's two took
-    twice the CPU of one, for a slower pass), given in items' order. Close it (or let an
-    error end it): the items not started are cancelled, the running ones waited for. One item:
-    made here, on this thread."""
+    """work(item) of each of items, made on up to threads threads (one item each at a time,
+    at most twice threads made ahead of the caller: a result is let go once given), BLAS on
+    one thread while they run (its own threads spin against ours: numpy's two took twice the
+    CPU of one, for a slower pass), given in items' order. Close it (or let an error end it):
+    the items not started are cancelled, the running ones waited for. The limit on BLAS is
+    the process's until then: the caller does no BLAS work of its own between items, and
+    makes one pass at a time. One item: made here, on this thread, BLAS as it is."""
     if len(items) == 1:
         yield work(items[0])
         return
     from threadpoolctl import threadpool_limits
 
-    pool = ThreadPoolExecutor(max(1, min(threads, len(items))), thread_name_prefix="linreg-pass")
+    threads = max(1, min(threads, len(items)))
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="linreg-pass")
+    coming: collections.deque = collections.deque()
     try:
         with threadpool_limits(limits=1, user_api="blas"):
-            for future in [pool.submit(work, item) for item in items]:
-                yield future.result()
+            for item in items:
+                coming.append(pool.submit(work, item))
+                if len(coming) >= 2 * threads:
+                    yield coming.popleft().result()
+            while coming:
+                yield coming.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

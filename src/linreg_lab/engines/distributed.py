@@ -217,6 +217,19 @@ def from_rank_0(values: np.ndarray) -> np.ndarray:
     return tensor.numpy()
 
 
+def least_over_ranks(value: float) -> float:
+    """The least of value over the ranks of the world this process has joined (value itself
+    in one process): a limit every rank must keep, the same on every rank."""
+    if joined_rank()[1] < 2:
+        return value
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    except RuntimeError as error:  # gloo: a peer's connection closed, or a timeout
+        raise _lost(error) from None
+    return float(tensor[0])
+
+
 def patient_group():
     """A group of every joined rank whose collectives wait up to PASS_WAIT for the others, not
     TIMEOUT: in a pass over a table each rank reads its own part, and they end far apart. A

@@ -146,7 +146,8 @@ def gradient_sums(X, y, order, lo, hi, theta, out):
 def owned_rows(order, lo, hi, batch_size, own, bounds):
     """A data-parallel rank's part of an epoch's order, for the rank that owns rows lo..hi-1:
     own[:k] = its rows in order (as indices into its share: row - lo); bounds[j]: where
-    global batch j's part begins in own (bounds[-1] = k). Returns k. own holds hi - lo + 1:
+    global batch j's part begins in own (bounds[-1] = k). Returns k. own holds
+    min(hi - lo, len(order)) + 1:
     every entry is written and kept only if owned (no branch to mispredict on a shuffled
     order: 5x faster than testing each at 10^7 rows)."""
     n = order.shape[0]
