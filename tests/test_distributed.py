@@ -309,8 +309,9 @@ def test_linreg_train_streams_a_folder_on_3_ranks_and_ctrl_c_stops_them(tmp_path
     from tests.test_streamed import _folder, _table
 
     folder = _folder(tmp_path, _table(30_000))
+    # (batch 100: 3 ranks on 2 cores make each step's reduction slow)
     table = ["dataset=table", f"dataset.path={folder}", "dataset.target=price",
-             "dataset.stream=true", "trainer.processes=3"]  # fmt: skip
+             "dataset.stream=true", "trainer.processes=3", "trainer.batch_size=100"]  # fmt: skip
     store.command(*table, "trainer.epochs=2", "tracking.run_name=short")
     (run,) = store.runs()
     assert run.info.status == "FINISHED" and run.data.tags["linreg.streamed"] == "true"
