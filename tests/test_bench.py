@@ -85,7 +85,7 @@ def test_the_ranks_rows(tmp_path, template_store):
         ("held", True, True),
         ("in memory", False, False),
     ]
-    assert all(r["epoch_s"] > 0 and r["N"] == 100_000 for r in held)
+    assert all(r["epoch_s"] > 0 and r["N"] == 2_000_000 for r in held)
     rows = results["distributed"]  # one rank against two, at the goal's batch and at batch 10
     assert [(r["case"], r["processes"]) for r in rows] == [
         ("goal", 1),
