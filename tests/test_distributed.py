@@ -226,6 +226,7 @@ def test_torchrun_ranks_split_a_streamed_tables_first_pass(tmp_path, store):
                      "dataset.stream=auto", "dataset.memory_budget_gb=0.00007",
                      "tracking.run_name=held", timeout=300)  # fmt: skip
     assert "each of the 2 ranks holds its share's rows" in held.stdout + held.stderr
+    assert "each rank holding its share's rows from the first epoch on" in held.stdout
     # A missing value in one rank's row groups: every rank stops, rank 0 says it, no run.
     frame = _table(6000)
     frame.loc[5990, "b"] = float("nan")
@@ -241,6 +242,7 @@ def test_torchrun_ranks_split_a_streamed_tables_first_pass(tmp_path, store):
     assert {r.info.run_name for r in store.runs()} == {"one", "two", "held"}
     (held,) = [r for r in store.runs() if r.info.run_name == "held"]
     assert held.info.status == "FINISHED" and held.data.tags["linreg.streamed"] == "true"
+    assert held.data.tags["linreg.held"] == "true" and "linreg.held" not in two.tags
     held = held.data
     for key in ("param/w_0", "param/w_1", "param/w_2", "param/b", "train/loss", "val/loss"):
         assert two.metrics[key] == pytest.approx(one.metrics[key], rel=1e-4), key

@@ -89,6 +89,8 @@ def summary(outcome, data, model, tracking, fitted=None) -> None:
     if data.streamed:
         caption += (f"; streamed: {data.num_samples} training rows from {len(data.groups)} row "
                     f"groups, shuffled {data.window} rows at a time")  # fmt: skip
+        if data.hold:
+            caption += ", each rank holding its share's rows from the first epoch on"
     table = Table(title=title, caption=caption)
     table.add_column("parameter")
     table.add_column("true" if truth else "least squares", justify="right")

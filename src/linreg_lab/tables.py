@@ -88,10 +88,12 @@ def load_table(
         # of any rank decides for all, the same on every rank: their collectives must agree.
         budget = int(least_over_ranks(streamed.memory_budget(memory_budget_gb)))
         if stream is True or size > budget:
-            if stream == "auto":
+            if stream == "auto" and joined_rank()[0] == 0:  # said once, by rank 0
                 log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
-                         "the memory budget of %.1f GB (dataset.memory_budget_gb)",
-                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30)  # fmt: skip
+                         "the memory budget of %.1f GB (dataset.memory_budget_gb=%s)",
+                         table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30,
+                         "null: half of what this task may use" if memory_budget_gb is None
+                         else memory_budget_gb)  # fmt: skip
             scaled = np.r_[np.full(len(chosen), bool(standardize)), bool(standardize_target)]
             # auto, in a world of ranks (SLURM's tasks, torchrun's): each may hold its share's
             # rows from the first epoch on, if the largest share fits (load_streamed decides).

@@ -205,6 +205,7 @@ def open_run(setup: Setup, overrides: Sequence[str], flush_seconds: float = 1.0,
             TAG_JOB_KEY: job_key(setup.plain),
             TAG_DATA_KEY: data_key(setup.plain, setup.data.streamed),
             **({"linreg.streamed": "true"} if setup.data.streamed else {}),
+            **({"linreg.held": "true"} if getattr(setup.data, "hold", False) else {}),
             **(tags or {}),
         },  # fmt: skip
         parent_run_id=setup.parent_run_id,
