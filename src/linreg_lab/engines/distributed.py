@@ -350,20 +350,25 @@ def train_data_parallel(
     rows = blocks(X.shape[0] if table is None else 0, processes)
     port = free_port()
     context = torch.multiprocessing.get_context("spawn")
-    errors = context.SimpleQueue()  # (rank, the one line of what stopped it)
+    # Each rank's pipe, for the one line of what stopped it (pipes: no semaphore, so nothing
+    # for multiprocessing's resource tracker to start for, or to warn about if rank 0 is killed)
+    errors: list = []
     ranks = []
     try:
         for rank in range(1, processes):
+            reader, writer = context.Pipe(duplex=False)
             part = None if table is not None else (
                 share_rows(X, y, *rows[rank]).clone().share_memory_())  # fmt: skip
             process = context.Process(
                 target=_rank_main,
                 args=(rank, processes, port, job, theta.clone(), rows[rank], part, table,
-                      errors),  # fmt: skip
+                      writer),  # fmt: skip
                 name=f"linreg-rank-{rank}", daemon=False,
             )  # fmt: skip
             process.start()
+            writer.close()  # the rank's end now
             ranks.append(process)
+            errors.append(reader)
             del part  # in shared memory now, held by its rank
         try:
             _join_world(0, processes, f"tcp://127.0.0.1:{port}", job.threads)
@@ -383,6 +388,8 @@ def train_data_parallel(
         _wait(ranks, errors)
     finally:  # also when training stops early (divergence, Ctrl-C) or a rank failed
         _end(ranks)
+        for reader in errors:
+            reader.close()
 
 
 def train_in_world(
@@ -530,7 +537,7 @@ def _rank_main(rank: int, size: int, port: int, job: Job, theta, block, rows, ta
     except RankFailed:  # rank 0 stopped training (it ends this rank too): nothing to add
         sys.exit(1)
     except Exception as error:  # its own (a row group it alone reads, say): rank 0 says it
-        errors.put((rank, _first_line(error)))
+        errors.send(_first_line(error))
         sys.exit(1)
 
 
@@ -561,15 +568,17 @@ def free_port() -> int:
 
 def _failure(ranks, error: BaseException, errors) -> BaseException:
     """Rank 0's reduction failed: which rank died, and how (its exit, and the error it sent
-    on errors), if one did; a stop (Ctrl-C, SIGTERM, scancel to every task) that reached the
+    on its pipe, errors[rank - 1]), if one did; a stop (Ctrl-C, SIGTERM, scancel to every task) that reached the
     other ranks first is a stop."""
     if signals.stop_requested():
         return signals.Interrupted(signals.received() or signal.SIGTERM)
     for rank, process in enumerate(ranks, start=1):
         process.join(timeout=2.0 if rank == 1 else 0.2)
     said = {}
-    while not errors.empty():
-        said.update([errors.get()])
+    for rank, reader in enumerate(errors, start=1):
+        with contextlib.suppress(OSError, EOFError):
+            if reader.poll():
+                said[rank] = reader.recv()
 
     # Who stopped first: a rank that said its own error, else one a signal killed; the ranks
     # that exited 1 without a word only followed it (their collective failed).
