@@ -101,19 +101,19 @@ def test_every_epoch_visits_every_training_row_once_in_a_seeded_order(tmp_path):
     assert np.allclose(in_file_order + center, train, rtol=1e-5)  # shuffle=false: file order
 
 
-def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
-    tmp_path, monkeypatch
-):
-    """A data-parallel rank's view (StreamedTable.shares): it reads only its row groups, and
-    its rows, put where its order says, rebuild with the other ranks' the single process's
-    windows exactly (with a split and the dropped rows of missing values)."""
-    from linreg_lab import streamed
-
+def _streamed_with_dropped_rows(tmp_path) -> StreamedTable:
+    """_table() streamed from _folder's files, with a split and 3 rows of missing values."""
     frame = _table()
     frame.loc[[5, 1200, 2999], "a"] = np.nan
-    data = load_table(str(_folder(tmp_path, frame)), "price", missing="drop",
+    return load_table(str(_folder(tmp_path, frame)), "price", missing="drop",
                       split={"val": 0.2, "test": 0.0, "seed": 3}, stream=True,
                       shuffle_window=300)  # fmt: skip
+
+
+def _counted_reads(monkeypatch) -> list[tuple[int, int]]:
+    """The (file, row group) of every row group read from now on, in order."""
+    from linreg_lab import streamed
+
     reads = []
     real_read = streamed.RowGroups.read
 
@@ -122,6 +122,29 @@ def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
         return real_read(self, file, group, columns)
 
     monkeypatch.setattr(streamed.RowGroups, "read", counted)
+    return reads
+
+
+def _assert_rebuilt(whole: list[np.ndarray], shares: list[list[tuple]]) -> None:
+    """Every window's rows (whole: one process's, in order) put back together from each
+    rank's (rows, order, owned) of it (StreamedTable.shares), exactly."""
+    for w, rows in enumerate(whole):
+        rebuilt = np.full_like(rows, np.nan)
+        for share in shares:
+            local, order, owned = share[w]
+            mine = order < owned
+            rebuilt[mine] = local[order[mine]]
+        np.testing.assert_array_equal(rebuilt, rows)
+
+
+def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
+    tmp_path, monkeypatch
+):
+    """A data-parallel rank's view (StreamedTable.shares): it reads only its row groups, and
+    its rows, put where its order says, rebuild with the other ranks' the single process's
+    windows exactly (with a split and the dropped rows of missing values)."""
+    data = _streamed_with_dropped_rows(tmp_path)
+    reads = _counted_reads(monkeypatch)
     whole = [rows[order].copy() for rows, order in data.windows(2, True, 5, 32)]
     assert len(reads) == len(data.groups) and len(whole) > 2
     for size in (2, 3):
@@ -132,13 +155,7 @@ def test_each_rank_reads_its_own_row_groups_and_together_they_make_every_window(
         held = [sum(owned for _, _, owned in share) for share in shares]
         assert sum(held) == data.num_samples  # each training row held by one rank
         assert max(held) - min(held) <= 400  # even, within a row group (97 to 400 rows)
-        for w, rows in enumerate(whole):
-            rebuilt = np.full_like(rows, np.nan)
-            for share in shares:
-                local, order, owned = share[w]
-                mine = order < owned
-                rebuilt[mine] = local[order[mine]]
-            np.testing.assert_array_equal(rebuilt, rows)
+        _assert_rebuilt(whole, shares)
 
 
 def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_path, monkeypatch):
@@ -148,22 +165,8 @@ def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_
     process's, bit for bit."""
     import dataclasses
 
-    from linreg_lab import streamed
-
-    frame = _table()
-    frame.loc[[5, 1200, 2999], "a"] = np.nan
-    folder = _folder(tmp_path, frame)
-    data = load_table(str(folder), "price", missing="drop",
-                      split={"val": 0.2, "test": 0.0, "seed": 3}, stream=True,
-                      shuffle_window=300)  # fmt: skip
-    reads = []
-    real_read = streamed.RowGroups.read
-
-    def counted(self, file, group, columns):
-        reads.append((file, group))
-        return real_read(self, file, group, columns)
-
-    monkeypatch.setattr(streamed.RowGroups, "read", counted)
+    data = _streamed_with_dropped_rows(tmp_path)
+    reads = _counted_reads(monkeypatch)
     holding = dataclasses.replace(data, hold=True)
     size, held = 2, [{}, {}]
     for epoch in (1, 2, 3):
@@ -181,13 +184,7 @@ def test_ranks_that_hold_their_share_read_it_once_and_make_the_same_windows(tmp_
             assert abs(len(held[0]["rows"]) - len(held[1]["rows"])) <= 400
         else:
             assert reads == []
-        for w, rows in enumerate(whole):
-            rebuilt = np.full_like(rows, np.nan)
-            for share in shares:
-                local, order, owned = share[w]
-                mine = order < owned
-                rebuilt[mine] = local[order[mine]]
-            np.testing.assert_array_equal(rebuilt, rows)
+        _assert_rebuilt(whole, shares)
 
 
 def test_held_out_losses_are_those_of_the_held_out_rows(tmp_path):
