@@ -568,8 +568,8 @@ def free_port() -> int:
 
 def _failure(ranks, error: BaseException, errors) -> BaseException:
     """Rank 0's reduction failed: which rank died, and how (its exit, and the error it sent
-    on its pipe, errors[rank - 1]), if one did; a stop (Ctrl-C, SIGTERM, scancel to every task) that reached the
-    other ranks first is a stop."""
+    on its pipe, errors[rank - 1]), if one did; a stop (Ctrl-C, SIGTERM, scancel to every
+    task) that reached the other ranks first is a stop."""
     if signals.stop_requested():
         return signals.Interrupted(signals.received() or signal.SIGTERM)
     for rank, process in enumerate(ranks, start=1):
