@@ -554,7 +554,9 @@ def load_streamed(
     is loaded: distributed.joined), the pass is split: each rank reads the row groups _owners
     gives it by their rows, all centred by rank 0's shift (its first group is the table's
     first), and the sums are added once over the ranks in rank order (float64): the single
-    process's sums, in another order of additions."""
+    process's sums, in another order of additions. hold_budget: in such a world, the bytes
+    a rank may hold (the least of the ranks' budgets): the table holds (StreamedTable.hold)
+    if the largest rank's share fits it."""
     from linreg_lab.engines import distributed
 
     where = f"dataset.path={source.path}"

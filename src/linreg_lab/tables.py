@@ -84,11 +84,13 @@ def load_table(
         from linreg_lab.engines.distributed import joined_rank, least_over_ranks
 
         size = table.num_rows * (len(chosen) + 1) * 4
-        # In a world of ranks (each loads its own copy, or holds its share), the least budget
-        # of any rank decides for all, the same on every rank: their collectives must agree.
-        budget = int(least_over_ranks(streamed.memory_budget(memory_budget_gb)))
-        if stream is True or size > budget:
-            if stream == "auto" and joined_rank()[0] == 0:  # said once, by rank 0
+        # auto: in a world of ranks (each loads its own copy, or holds its share), the least
+        # budget of any rank decides for all, the same on every rank: their collectives must
+        # agree. (stream=true needs no budget: it never holds.)
+        budget = None if stream is True else int(
+            least_over_ranks(streamed.memory_budget(memory_budget_gb)))  # fmt: skip
+        if budget is None or size > budget:
+            if budget is not None and joined_rank()[0] == 0:  # said once, by rank 0
                 log.info("dataset: streamed: %d rows x %d columns as float32 take %.1f GB, over "
                          "the memory budget of %.1f GB (dataset.memory_budget_gb=%s)",
                          table.num_rows, len(chosen) + 1, size / 2**30, budget / 2**30,
@@ -96,11 +98,11 @@ def load_table(
                          else memory_budget_gb)  # fmt: skip
             scaled = np.r_[np.full(len(chosen), bool(standardize)), bool(standardize_target)]
             # auto, in a world of ranks (SLURM's tasks, torchrun's): each may hold its share's
-            # rows from the first epoch on, if the largest share fits (load_streamed decides).
-            hold_budget = budget if stream == "auto" and joined_rank()[1] > 1 else None
+            # rows from the first epoch on, if the largest share fits the budget (load_streamed
+            # decides, after the first pass).
             return streamed.load_streamed(
                 table, [*chosen, str(target)], missing, split_fractions(split), scaled, source,
-                shuffle_window, hold_budget,
+                shuffle_window, budget,
             )  # fmt: skip
     return _assemble_rows(table, str(target), chosen, missing, split_fractions(split),
                           standardize, standardize_target, source)  # fmt: skip
